@@ -1,0 +1,37 @@
+"""`brightrun`: one CLI for the whole product.
+
+Each area registers its commands from its own module under `brightrun.commands`,
+so the command modules stay small and import heavy dependencies lazily.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from brightrun.commands import dataset, export, registry, runpod, training
+from brightrun.errors import BrightrunError
+
+app = typer.Typer(
+    name="brightrun",
+    help="BrightRun LoRA pipeline: conversation datasets to registered LoRA adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for module in (dataset, training, registry, runpod, export):
+    module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrightrunError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The prepared dataset: the contract between the dataset stage and the trainer.
+
+A directory (locally, or `data/` under the job prefix in storage) holding:
+
+    meta.json          PreparedMeta below
+    train.jsonl        one tokenized example per line: PreparedExample
+    validation.jsonl   same, conversations disjoint from train
+    prompts.jsonl      held-out prompts for sample generations: HeldOutPrompt
+    report.json        the dataset report (counts, tokens, skipped by reason...)
+
+Labels are -100 everywhere but assistant target tokens and their end-of-turn
+token. The trainer loads these without tokenizing again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+FORMAT = "brightrun-prepared-v1"
+META = "meta.json"
+TRAIN = "train.jsonl"
+VALIDATION = "validation.jsonl"
+PROMPTS = "prompts.jsonl"
+REPORT = "report.json"
+IGNORE_INDEX = -100
+
+
+class PreparedMeta(BaseModel):
+    format: str = FORMAT
+    tokenizer: str
+    max_seq_length: int
+    source_sha256: str
+    source_name: str
+    min_quality: float
+    val_fraction: float
+    seed: int
+    train_examples: int
+    validation_examples: int
+    train_tokens: int
+    trained_tokens: int
+    files_sha256: dict[str, str] = Field(default_factory=dict)
+
+
+class PreparedExample(BaseModel):
+    input_ids: list[int]
+    labels: list[int]
+    conversation_id: str
+    pair_ids: list[str] = Field(default_factory=list)
+
+
+class HeldOutPrompt(BaseModel):
+    conversation_id: str
+    pair_id: str
+    messages: list[dict[str, str]]
+    reference: str
+
+
+def read_meta(directory: Path) -> PreparedMeta:
+    return PreparedMeta.model_validate_json((directory / META).read_text())
+
+
+def iter_examples(path: Path) -> Iterator[PreparedExample]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield PreparedExample.model_validate_json(line)
+
+
+def iter_prompts(path: Path) -> Iterator[HeldOutPrompt]:
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield HeldOutPrompt.model_validate(json.loads(line))

@@ -1,0 +1,126 @@
+"""Objects the trainer writes and the orchestrator reads (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TrainerPhase(StrEnum):
+    starting = "starting"
+    loading_data = "loading_data"
+    loading_model = "loading_model"  # -> job status model_loaded once past it
+    training = "training"
+    checkpointing = "checkpointing"
+    evaluating = "evaluating"
+    uploading = "uploading"
+    completed = "completed"
+    interrupted = "interrupted"  # SIGTERM honoured: checkpoint committed, exit 0
+    failed = "failed"
+
+
+class TrainerStatus(BaseModel):
+    """`status.json`: the trainer's heartbeat, rewritten every few seconds."""
+
+    phase: TrainerPhase
+    attempt: int = Field(ge=1)
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    last_checkpoint_step: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class MetricRecord(BaseModel):
+    """One line of `metrics/<attempt>-<n>.jsonl`."""
+
+    step: int
+    epoch: float
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_processed: int = 0
+    trained_tokens: int = 0
+    padding_tokens: int = 0
+    tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    mfu: float | None = None
+    attempt: int = 1
+    time: datetime = Field(default_factory=utcnow)
+
+
+class TrainerEvent(BaseModel):
+    """`events/<attempt>-<n>.json`: finer events for `training_job_events`."""
+
+    type: str  # resumed, checkpoint_committed, checkpoint_rejected, interrupted...
+    attempt: int
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ManifestEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """`MANIFEST.json`, written last in a checkpoint or adapter directory."""
+
+    files: dict[str, ManifestEntry]
+    step: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+
+class EvalReport(BaseModel):
+    """`eval.json`."""
+
+    eval_loss: float
+    perplexity: float
+    eval_tokens: int
+    samples: list[dict[str, str]] = Field(default_factory=list)  # prompt, reference, generated
+
+
+class TrainerResult(BaseModel):
+    """`result.json`: terminal marker of a successful run."""
+
+    job_id: str
+    steps: int
+    epochs: float
+    train_loss: float | None
+    eval_loss: float | None
+    perplexity: float | None
+    adapter_prefix: str  # relative to the job prefix, e.g. "adapter"
+    adapter_size_bytes: int
+    train_seconds: float
+    tokens_per_s: float | None = None
+    attempts: int = 1
+    finished_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainerFailure(BaseModel):
+    """`failure.json`: terminal marker of a failed run."""
+
+    job_id: str
+    phase: TrainerPhase
+    error: str
+    error_type: str
+    traceback: str | None = None
+    step: int | None = None
+    attempt: int = 1
+    failed_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,123 @@
+"""One settings object for the whole product.
+
+Read once at the boundary (CLI, flow entry, trainer entry) from `BRIGHTRUN_*`
+environment variables and an optional config file, then passed down as typed
+values. Secrets are `SecretStr`: they never print, never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ComputeBackend(StrEnum):
+    local = "local"
+    runpod = "runpod"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("BRIGHTRUN_HOME", Path.home() / ".brightrun")).expanduser()
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from `$BRIGHTRUN_CONFIG` or `$BRIGHTRUN_HOME/config.yaml` (lowest precedence)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        explicit = os.environ.get("BRIGHTRUN_CONFIG")
+        path = Path(explicit) if explicit else default_home() / "config.yaml"
+        if not path.exists():
+            if explicit:
+                raise FileNotFoundError(f"BRIGHTRUN_CONFIG points to {path}, which does not exist")
+            return {}
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must be a mapping of setting: value")
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class Settings(BaseSettings):
+    """Where things live. Every field has an embedded default that needs no setup."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIGHTRUN_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Local state: storage, SQLite, caches")
+    storage_url: str | None = Field(
+        default=None, description="A directory or s3://bucket/prefix (default: $home/storage)"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (SeaweedFS, R2, Supabase); falls back to AWS_ENDPOINT_URL"
+    )
+    database_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL (default: sqlite:///$home/registry.db)"
+    )
+    compute: ComputeBackend = ComputeBackend.local
+    webhook_secret: SecretStr | None = None
+    # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
+    runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
+    hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        self.home = self.home.expanduser()
+        if (
+            self.storage_url
+            and "://" in self.storage_url
+            and not self.storage_url.startswith(("s3://", "file://"))
+        ):
+            raise ValueError(
+                f"BRIGHTRUN_STORAGE_URL={self.storage_url!r}: use a directory or s3://bucket/prefix"
+            )
+        return self
+
+    @cached_property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str(self.home / "storage")
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def resolved_s3_endpoint_url(self) -> str | None:
+        return (
+            self.s3_endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The one way to read settings (env + config file + explicit overrides)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

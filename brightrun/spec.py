@@ -59,6 +59,9 @@ class TrainingSettings(_Model):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together so padding stays small"
+    )
 
 
 class CheckpointSettings(_Model):
@@ -74,6 +77,7 @@ class EvaluationSettings(_Model):
     every_steps: int | None = Field(None, ge=1, description="None: evaluate at the end only")
     sample_generations: int = Field(3, ge=0, le=50)
     max_new_tokens: int = Field(64, ge=1, le=4096)
+    batch_size: int | None = Field(None, ge=1, description="Validation batch size (default: training's)")
 
 
 class PresetName(StrEnum):
@@ -125,6 +129,16 @@ class ProvisioningPolicy(_Model):
     image: str = "ghcr.io/brightrun/trainer:latest"
     poll_interval_seconds: float = Field(10.0, gt=0)
     heartbeat_timeout_seconds: float = Field(20.0, gt=0)
+    startup_timeout_seconds: float = Field(
+        1800.0, gt=0, description="Longest wait for a new pod's first heartbeat (image pull, model download)"
+    )
+    capacity_backoff_seconds: float = Field(
+        5.0, ge=0, description="Pause after a capacity error before the next GPU type (doubles per round)"
+    )
+    capacity_rounds: int = Field(3, ge=1, description="Passes over the GPU list before giving up")
+    seconds_per_step: dict[str, float] = Field(
+        default_factory=dict, description="Measured seconds per optimizer step by GPU type (cost estimate)"
+    )
 
 
 class JobSpec(_Model):
@@ -144,6 +158,7 @@ class JobSpec(_Model):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     provisioning: ProvisioningPolicy = Field(default_factory=ProvisioningPolicy)
     preset: PresetName | None = None
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="How often status.json is rewritten")
 
     @model_validator(mode="after")
     def _cross_field(self) -> JobSpec:
@@ -170,3 +185,26 @@ def apply_preset(base: dict[str, object], preset: PresetName | str) -> dict[str,
             raise ValueError(f"{section} must be a mapping")
         merged[section] = {**values, **explicit}
     return {**base, **merged}
+
+
+def parse_spec(data: dict[str, object] | str | bytes) -> JobSpec:
+    """Validate a job spec (a mapping or JSON text) at the boundary, every problem at once.
+
+    Raises `InputError` listing each bad field as `section.field: message`.
+    """
+    from pydantic import ValidationError
+
+    from brightrun.errors import InputError
+
+    try:
+        if isinstance(data, str | bytes):
+            return JobSpec.model_validate_json(data)
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "spec"
+            problems.append(f"{where}: {error['msg']}")
+        raise InputError(
+            f"the job spec has {len(problems)} problem(s); fix them and submit it again", problems
+        ) from None

@@ -253,6 +253,7 @@ class S3Storage(Storage):
         *,
         endpoint_url: str | None = None,
         client: Any | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -262,7 +263,10 @@ class S3Storage(Storage):
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._client = client or boto3.client(
+        # A session of its own: boto3's default session caches the first credentials it resolves,
+        # so a process that switches AWS_* settings (tests, a worker serving several jobs) would
+        # keep using stale keys.
+        self._client = client or boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
             config=Config(
@@ -273,8 +277,10 @@ class S3Storage(Storage):
                 s3={"addressing_style": "path"},
             ),
         )
+        # S3 parts must be >= 5 MiB (except the last); tests lower the threshold to exercise multipart.
         self._transfer = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024),
         )
 
     def _key(self, key: str) -> str:

@@ -1,9 +1,84 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""`brightrun prepare` and `brightrun make-tiny-model`: the dataset stage from the command line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from brightrun.errors import BrightrunError
+
+REPO_SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "brightrun-sample.json"
+
+
+def _fail(exc: BrightrunError) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def prepare(
+    dataset: str = typer.Argument(..., help="Training file: a path, s3://bucket/key or https:// URL"),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="Base model directory or hub id (its chat template)"),
+    out: Path = typer.Option(..., "--out", help="Directory for the prepared dataset (replaced atomically)"),
+    max_seq_length: int = typer.Option(2048, "--max-seq-length", help="Longest sequence in tokens"),
+    min_quality: float = typer.Option(3.0, "--min-quality", help="Targets scored below this are context only"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of conversations held out"),
+    seed: int = typer.Option(42, "--seed", help="Seed of the train/validation split"),
+    skip_overlong: bool = typer.Option(
+        False, "--skip-overlong", help="Skip (and report) targets that cannot fit instead of failing"
+    ),
+) -> None:
+    """Validate, convert and tokenize a brightrun-lora-v4 file; write DIR and DIR/report.json."""
+    from pydantic import ValidationError
+
+    from brightrun.errors import InputError
+    from brightrun.settings import load_settings
+    from tasks.dataset import PrepareOptions, fetch_dataset, prepare_dataset, render_summary
+
+    try:
+        try:
+            options = PrepareOptions(
+                max_seq_length=max_seq_length,
+                min_quality=min_quality,
+                val_fraction=val_fraction,
+                seed=seed,
+                skip_overlong_targets=skip_overlong,
+            )
+        except ValidationError as exc:
+            raise InputError(
+                "invalid options", [f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            ) from exc
+        settings = load_settings()
+        source = fetch_dataset(
+            dataset, settings.cache_dir / "datasets", endpoint_url=settings.resolved_s3_endpoint_url
+        )
+        report = prepare_dataset(source, tokenizer, out, options)
+    except BrightrunError as exc:
+        raise _fail(exc) from exc
+    typer.echo(render_summary(report, out))
+
+
+def make_tiny_model(
+    directory: Path = typer.Argument(..., help="Where to write the model and tokenizer"),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Training file whose text trains the tokenizer (default: the sample)"
+    ),
+) -> None:
+    """Build a tiny random Llama-architecture model with a Llama-3-style chat template (demo, tests)."""
+    from brightrun.errors import InputError
+
+    source = dataset or REPO_SAMPLE
+    if not source.is_file():
+        raise _fail(InputError(f"{source}: no such training file; pass --dataset FILE"))
+    try:
+        from brightrun.tiny_model import build_tiny_model
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise _fail(BrightrunError(f"make-tiny-model needs the train extra: {exc}")) from exc
+    path = build_tiny_model(directory, source)
+    typer.echo(f"tiny model written to {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `brightrun` app."""
+    app.command("prepare")(prepare)
+    app.command("make-tiny-model")(make_tiny_model)

@@ -1,9 +1,226 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""`brightrun db ...`, `brightrun jobs ...`, `brightrun artifacts ...`: the registry from the shell.
+
+Tables on screen, `--json` for scripts. `jobs_app` and `db_app` are module-level so other
+areas can add commands to them (e.g. `jobs cancel` from the flows area).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from typing import Annotated, Any
+
 import typer
+
+db_app = typer.Typer(help="The registry database: schema migrations.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Training jobs recorded in the registry.", no_args_is_help=True)
+artifacts_app = typer.Typer(
+    help="Adapters and other artifacts recorded in the registry.", no_args_is_help=True
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `brightrun` app."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(artifacts_app, name="artifacts")
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, default=str, indent=2))
+
+
+def _engine() -> Any:
+    from brightrun.registry import open_registry
+    from brightrun.settings import load_settings
+
+    return open_registry(load_settings())
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the registry migrations (safe to run again; needed once per release on Postgres)."""
+    from brightrun.registry import mask_url, upgrade
+    from brightrun.settings import load_settings
+
+    url = load_settings().resolved_database_url
+    before_after = upgrade(url, revision)
+    if as_json:
+        _print_json({"database": mask_url(url), "revision": before_after})
+    else:
+        typer.echo(f"registry {mask_url(url)} is at revision {before_after}")
+
+
+@db_app.command("current")
+def db_current(as_json: JsonOption = False) -> None:
+    """Show the database's schema revision and the latest one this brightrun knows."""
+    from brightrun.registry import current_revision, head_revision, make_engine, mask_url
+    from brightrun.settings import load_settings
+
+    url = load_settings().resolved_database_url
+    engine = make_engine(url)
+    try:
+        current = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    info = {"database": mask_url(url), "current": current, "head": head, "up_to_date": current == head}
+    if as_json:
+        _print_json(info)
+        return
+    state = "up to date" if current == head else "behind: run `brightrun db upgrade`"
+    typer.echo(f"registry {info['database']}: revision {current or '(none)'}, latest {head} ({state})")
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    from brightrun.registry import repository as repo
+
+    engine = _engine()
+    try:
+        jobs = repo.list_jobs(engine, status=status or None, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json([dataclasses.asdict(j) for j in jobs])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(jobs)} job(s)")
+    for col in ("id", "name", "status", "base model", "step", "progress", "loss", "cost $", "created"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        table.add_row(
+            j.id,
+            j.job_name,
+            j.status,
+            j.base_model,
+            f"{j.current_step}/{j.total_steps or '?'}",
+            f"{j.progress_percent:.0f}%",
+            _fmt(j.current_loss),
+            _fmt(j.actual_cost_usd, 3),
+            _fmt(j.created_at),
+        )
+    Console().print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="The job's id (see `brightrun jobs list`).")],
+    events: Annotated[int, typer.Option(help="Show this many latest events.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """One job: its fields, latest events and artifacts."""
+    from brightrun.registry import repository as repo
+
+    engine = _engine()
+    try:
+        job = repo.get_job(engine, job_id)
+        job_events = repo.list_events(engine, job_id)[-events:] if events else []
+        artifacts = repo.list_artifacts(engine, job_id=job_id)
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json(
+            {
+                **dataclasses.asdict(job),
+                "events": [dataclasses.asdict(e) for e in job_events],
+                "artifacts": [dataclasses.asdict(a) for a in artifacts],
+            }
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    fields = Table(title=f"job {job.id}", show_header=False)
+    fields.add_column("field", style="bold")
+    fields.add_column("value", overflow="fold")
+    for name, value in dataclasses.asdict(job).items():
+        if isinstance(value, dict):
+            value = json.dumps(value, default=str) if value else "-"
+        fields.add_row(name, _fmt(value))
+    console.print(fields)
+    if job_events:
+        table = Table(title="events (latest last)")
+        for col in ("time", "type", "attempt", "payload"):
+            table.add_column(col, overflow="fold")
+        for e in job_events:
+            table.add_row(_fmt(e.created_at), e.type, str(e.attempt), json.dumps(e.payload, default=str))
+        console.print(table)
+    if artifacts:
+        _artifacts_table(console, artifacts)
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(artifacts)} artifact(s)")
+    for col in ("id", "job", "type", "base model", "size", "val loss", "ppl", "status", "path"):
+        table.add_column(col, overflow="fold")
+    for a in artifacts:
+        table.add_row(
+            a.id,
+            a.job_id,
+            a.artifact_type,
+            a.base_model or "-",
+            _fmt(a.size_bytes),
+            _fmt(a.validation_loss),
+            _fmt(a.perplexity),
+            a.deployment_status,
+            a.storage_path,
+        )
+    console.print(table)
+
+
+@artifacts_app.command("list")
+def artifacts_list(
+    job: Annotated[str | None, typer.Option("--job", help="Only this job's artifacts.")] = None,
+    artifact_type: Annotated[str | None, typer.Option("--type", help="lora_adapter, checkpoint...")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered artifacts (adapters), newest first."""
+    from brightrun.registry import repository as repo
+
+    engine = _engine()
+    try:
+        artifacts = repo.list_artifacts(engine, job_id=job, artifact_type=artifact_type, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json([dataclasses.asdict(a) for a in artifacts])
+        return
+    from rich.console import Console
+
+    _artifacts_table(Console(), artifacts)

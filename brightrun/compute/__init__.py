@@ -11,6 +11,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from brightrun.errors import BrightrunError
+
+
+class ComputeError(BrightrunError):
+    """The compute provider refused or failed a request; the message says what to do."""
+
+
+class CapacityError(ComputeError):
+    """No machine of the requested kind is available right now (try another GPU type or later)."""
+
 
 class PodState(StrEnum):
     pending = "pending"  # requested, not running yet

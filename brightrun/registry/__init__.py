@@ -1,0 +1,62 @@
+"""The registry: jobs, training files, adapters, metrics and events in SQLite or Postgres.
+
+    from brightrun.registry import open_registry, repository as repo
+    engine = open_registry(settings)
+    job = repo.create_job(engine, job_name="...", base_model="...")
+
+`open_registry` upgrades the embedded SQLite database by itself (no setup step on a
+laptop) and refuses a Postgres database behind the latest migration, naming the command
+that fixes it (`brightrun db upgrade`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from brightrun.registry.db import DatabaseError, DatabaseUnavailable, is_sqlite, make_engine, mask_url
+from brightrun.registry.migrations import (
+    SchemaOutOfDate,
+    current_revision,
+    ensure_schema_current,
+    head_revision,
+    upgrade,
+)
+
+if TYPE_CHECKING:
+    from brightrun.settings import Settings
+
+__all__ = [
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "SchemaOutOfDate",
+    "current_revision",
+    "ensure_schema_current",
+    "head_revision",
+    "make_engine",
+    "mask_url",
+    "open_registry",
+    "open_registry_url",
+    "upgrade",
+]
+
+
+def open_registry_url(url: str, *, auto_upgrade: bool | None = None) -> Engine:
+    """An engine on `url` whose schema is current. `auto_upgrade` defaults to True for SQLite."""
+    engine = make_engine(url)
+    if auto_upgrade is None:
+        auto_upgrade = is_sqlite(engine)
+    try:
+        if auto_upgrade:
+            upgrade(engine)
+        ensure_schema_current(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def open_registry(settings: Settings, *, auto_upgrade: bool | None = None) -> Engine:
+    """The registry engine for these settings (see the module docstring)."""
+    return open_registry_url(settings.resolved_database_url, auto_upgrade=auto_upgrade)

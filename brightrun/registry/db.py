@@ -1,0 +1,235 @@
+"""Engine creation and connection handling for the registry database.
+
+Production (Postgres/Supabase): pooled connections checked with pre-ping, a short
+statement timeout so a stuck query fails instead of hanging a flow, and retries with
+backoff when the connection is lost (a restarted server, a dropped pooler connection).
+The embedded default (SQLite under $BRIGHTRUN_HOME) gets WAL and a busy timeout so
+threads and processes share it.
+
+The URL's password never reaches a log line or an error message: log with `mask_url`,
+raise through `database_error`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, exc, make_url
+from sqlalchemy.engine import URL
+
+from brightrun.errors import BrightrunError
+
+log = logging.getLogger("brightrun.registry")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+# About 8 s of backoff in all: enough for a Postgres restart or a pooler failover.
+RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
+_SECRET_QUERY_KEYS = re.compile(r"(?i)((?:password|passwd|pwd|sslpassword|secret|token|key)=)[^&\s'\"]+")
+
+
+class DatabaseError(BrightrunError):
+    """The registry database failed or cannot be reached (the URL in the message is masked)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The connection was lost or refused, and retries did not bring it back."""
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password (and secret-looking query parameters) replaced by ***."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+        text = parsed.render_as_string(hide_password=True)
+    except Exception:
+        text = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", str(url))
+    return _SECRET_QUERY_KEYS.sub(r"\1***", text)
+
+
+def _secrets_of(url: URL) -> list[str]:
+    secrets = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if _SECRET_QUERY_KEYS.match(f"{key}=x"):
+            secrets.extend([value] if isinstance(value, str) else list(value))
+    return [s for s in secrets if s and len(s) >= 3]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return _SECRET_QUERY_KEYS.sub(r"\1***", text)
+
+
+class _ScrubFilter(logging.Filter):
+    """Removes known secrets from every record that passes through the registry's loggers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            cleaned = scrub(message, sorted(self.secrets, key=len, reverse=True))
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+_scrub_filter = _ScrubFilter()
+for _name in ("brightrun", "sqlalchemy", "alembic"):
+    logging.getLogger(_name).addFilter(_scrub_filter)
+
+
+def is_sqlite(engine_or_url: Engine | str | URL) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    statement_timeout_ms: int | None = DEFAULT_STATEMENT_TIMEOUT_MS,
+    pool_size: int = 5,
+    echo: bool = False,
+) -> Engine:
+    """An engine configured for the registry (see module docstring). `url` may hold secrets."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    _scrub_filter.secrets.update(_secrets_of(parsed))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed, echo=echo, pool_pre_ping=True, connect_args={"timeout": 30, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            if parsed.database and parsed.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+
+    if backend == "postgresql" and parsed.get_driver_name() in ("psycopg2", "default"):
+        # One driver everywhere (psycopg 3): `postgresql://` means psycopg here.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": 10, "application_name": "brightrun"}
+    engine = create_engine(
+        parsed,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        pool_timeout=30,
+        connect_args=connect_args,
+        hide_parameters=True,
+    )
+    if backend == "postgresql" and statement_timeout_ms:
+        # SET per connection rather than the `options` startup parameter: Supabase's
+        # transaction pooler rejects startup options.
+        @event.listens_for(engine, "connect")
+        def _pg_timeouts(dbapi_conn: Any, _record: Any) -> None:
+            autocommit = dbapi_conn.autocommit
+            dbapi_conn.autocommit = True
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+                cur.execute(f"SET idle_in_transaction_session_timeout = {int(statement_timeout_ms) * 4}")
+            dbapi_conn.autocommit = autocommit
+
+    log.debug("registry engine for %s", mask_url(parsed))
+    return engine
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """True for errors that a fresh connection may cure (lost or refused connections)."""
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+            text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+            return any(
+                marker in text
+                for marker in (
+                    "connection",
+                    "server closed",
+                    "terminating",
+                    "shutting down",
+                    "starting up",
+                    "timeout expired",
+                    "could not receive",
+                    "ssl syscall",
+                    "eof detected",
+                    "the database system is",
+                )
+            )
+    return False
+
+
+def database_error(engine_or_url: Engine | str | URL, error: BaseException, doing: str) -> DatabaseError:
+    """A user-facing error for `error`, with the URL masked and secrets scrubbed."""
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else engine_or_url
+    parsed = make_url(url) if isinstance(url, str) else url
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+    first = detail[0] if detail else type(error).__name__
+    message = scrub(f"{doing}: {first} (database {mask_url(parsed)})", _secrets_of(parsed))
+    kind = DatabaseUnavailable if is_disconnect(error) else DatabaseError
+    return kind(
+        message
+        + (
+            "; check that the server is up and BRIGHTRUN_DATABASE_URL is right"
+            if kind is DatabaseUnavailable
+            else ""
+        )
+    )
+
+
+def retry_on_disconnect(fn: Callable[P, T]) -> Callable[P, T]:
+    """Retry `fn` with jittered backoff while the database connection is lost.
+
+    Only for functions that open their own transaction from an Engine (the repository's
+    functions when given an Engine): a transaction cut in the middle rolled back, so
+    running it again is safe. With a Connection the caller owns the transaction: no retry.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        bind = args[0] if args else None
+        if not isinstance(bind, Engine):
+            return fn(*args, **kwargs)
+        # Read at call time so tests (and impatient scripts) can shorten the backoff.
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                return fn(*args, **kwargs)
+            except exc.DBAPIError as error:
+                if not is_disconnect(error):
+                    raise database_error(bind, error, f"{fn.__name__} failed") from None
+                if delay is None:
+                    raise database_error(bind, error, f"{fn.__name__}: database unreachable") from None
+                log.warning(
+                    "registry connection lost (%s, attempt %d); retrying in %.1fs",
+                    mask_url(bind.url),
+                    attempt + 1,
+                    delay,
+                )
+                bind.dispose()  # drop every pooled connection: they are all dead after a restart
+                time.sleep(delay * (0.75 + random.random() / 2))
+        raise AssertionError("unreachable")
+
+    return wrapper

@@ -1,0 +1,2 @@
+-- The registry lives beside Prefect's database in the same server.
+CREATE DATABASE brightrun;

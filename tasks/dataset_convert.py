@@ -1,0 +1,314 @@
+"""Turn validated conversations into token sequences with an assistant-only loss mask.
+
+Pure logic (DESIGN.md section 5), no Prefect and no torch; the tokenizer is any
+Hugging Face tokenizer passed in by the caller.
+
+Merging rule. Pair k's `conversation_history` should equal the earlier pairs'
+(`current_user_input`, assistant reply) turns. Pairs are walked in turn order and
+appended to one *run* [system, user1, assistant1, user2, ...] while that holds; a
+pair whose history or system prompt disagrees closes the run and opens a new one
+seeded with its own history as context. So a consistent conversation becomes
+one sequence, and a conversation with a disagreement splits into consistent runs
+(never worse than one example per pair, and every kept target keeps exactly the
+history the file gave it). A null target is context whose text is not known yet:
+the next pair's history supplies it; below-threshold targets are context too.
+
+Masking. Each trained assistant turn's character span is found by rendering the
+chat template for the prefix with the generation prompt and for the prefix plus
+the turn: the difference is the reply and whatever the template emits to close
+the turn (`<|eot_id|>` for Llama 3, `<|im_end|>` for ChatML), never the next
+header. Tokens whose offsets overlap a span are trained; nothing depends on a
+particular tokenizer's ids.
+
+Over-long runs are cut into windows: each window is the system prompt plus a
+contiguous slice ending on a trained reply, later targets packed in while they
+fit, then older history added back while it fits. A target that does not fit
+with only the system prompt and its user turn cannot be trained at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from brightrun.errors import BrightrunError
+from brightrun.prepared import IGNORE_INDEX
+from tasks.dataset_schema import Conversation, TrainingPair
+
+
+@dataclass
+class Msg:
+    role: str
+    # None: an assistant reply whose text the file has not told us yet (null target).
+    content: str | None
+    pair_id: str | None = None
+    trained: bool = False
+
+
+@dataclass
+class Run:
+    conversation_id: str
+    system: str
+    messages: list[Msg] = field(default_factory=list)
+
+    def trained_pairs(self) -> list[str]:
+        return [m.pair_id for m in self.messages if m.trained and m.pair_id is not None]
+
+
+@dataclass
+class Mismatch:
+    conversation_id: str
+    pair: str
+    field: str
+
+    def __str__(self) -> str:
+        return f"conversation {self.conversation_id}, pair {self.pair}, field {self.field}"
+
+
+@dataclass
+class ConversionStats:
+    kept_targets: int = 0
+    skipped: dict[str, int] = field(
+        default_factory=lambda: {"null_target": 0, "below_min_quality": 0, "too_long": 0}
+    )
+    quality_histogram: dict[str, int] = field(default_factory=dict)
+    mismatches: int = 0
+    mismatch_examples: list[str] = field(default_factory=list)
+    merged_conversations: int = 0
+    split_conversations: int = 0
+
+
+def _score_key(score: float) -> str:
+    return str(int(score)) if float(score).is_integer() else f"{score:g}"
+
+
+def _history_matches(run: Run, pair: TrainingPair) -> bool:
+    history = pair.conversation_history
+    if pair.system_prompt != run.system or len(history) != len(run.messages):
+        return False
+    for turn, msg in zip(history, run.messages, strict=True):
+        if turn.role != msg.role:
+            return False
+        if msg.content is not None and msg.content != turn.content:
+            return False
+    return True
+
+
+def _fill_pending(run: Run, pair: TrainingPair) -> None:
+    for turn, msg in zip(pair.conversation_history, run.messages, strict=True):
+        if msg.content is None:
+            msg.content = turn.content
+
+
+def _close(run: Run) -> Run | None:
+    """Drop the untrained tail (nothing learns from it); None when nothing is trained."""
+    last = max((i for i, m in enumerate(run.messages) if m.trained), default=-1)
+    if last < 0:
+        return None
+    run.messages = run.messages[: last + 1]
+    return run
+
+
+def build_runs(conversation: Conversation, min_quality: float, stats: ConversionStats) -> list[Run]:
+    """Consistent runs of one conversation, each a candidate training sequence."""
+    cid = conversation.conversation_id
+    runs: list[Run] = []
+    run: Run | None = None
+    for index, pair in enumerate(conversation.training_pairs):
+        score = pair.training_metadata.quality_score
+        key = _score_key(score)
+        stats.quality_histogram[key] = stats.quality_histogram.get(key, 0) + 1
+        if run is not None and _history_matches(run, pair):
+            _fill_pending(run, pair)
+        else:
+            if run is not None:
+                stats.mismatches += 1
+                field_name = "system_prompt" if pair.system_prompt != run.system else "conversation_history"
+                if len(stats.mismatch_examples) < 20:
+                    stats.mismatch_examples.append(
+                        str(Mismatch(cid, f"{pair.id} (#{index}) turn {pair.turn_number}", field_name))
+                    )
+                closed = _close(run)
+                if closed is not None:
+                    runs.append(closed)
+            run = Run(cid, pair.system_prompt, [Msg(t.role, t.content) for t in pair.conversation_history])
+        run.messages.append(Msg("user", pair.current_user_input))
+        target = pair.target_response
+        if target is None:
+            stats.skipped["null_target"] += 1
+            run.messages.append(Msg("assistant", None, pair.id, trained=False))
+        elif score < min_quality:
+            stats.skipped["below_min_quality"] += 1
+            run.messages.append(Msg("assistant", target, pair.id, trained=False))
+        else:
+            stats.kept_targets += 1
+            run.messages.append(Msg("assistant", target, pair.id, trained=True))
+    if run is not None:
+        closed = _close(run)
+        if closed is not None:
+            runs.append(closed)
+    if len(runs) == 1 and stats is not None:
+        stats.merged_conversations += 1
+    elif len(runs) > 1:
+        stats.split_conversations += 1
+    return runs
+
+
+def is_validation(conversation_id: str, seed: int, val_fraction: float) -> bool:
+    """Deterministic split by conversation, decidable while streaming."""
+    return split_hash(conversation_id, seed) < val_fraction
+
+
+def split_hash(conversation_id: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{conversation_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class TemplateError(BrightrunError):
+    """The tokenizer's chat template cannot be used to locate assistant turns."""
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    pair_ids: list[str]
+
+
+class ChatEncoder:
+    """Render with the tokenizer's own chat template and mask everything but trained replies."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TemplateError(
+                f"{type(tokenizer).__name__} is a slow tokenizer; the dataset stage needs a fast "
+                "(tokenizers-backed) one for character offsets. Save the model's tokenizer.json."
+            )
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "the tokenizer has no chat template; use the base model's tokenizer (e.g. a Llama 3 "
+                "Instruct tokenizer) or set tokenizer.chat_template"
+            )
+        self.tokenizer = tokenizer
+
+    @staticmethod
+    def _messages(system: str, msgs: Sequence[Msg]) -> list[dict[str, str]]:
+        out = [{"role": "system", "content": system}] if system else []
+        out.extend({"role": m.role, "content": m.content or ""} for m in msgs)
+        return out
+
+    def render(self, system: str, msgs: Sequence[Msg], *, add_generation_prompt: bool = False) -> str:
+        text = self.tokenizer.apply_chat_template(
+            self._messages(system, msgs), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        if not isinstance(text, str):  # some versions wrap a single rendering in a list
+            text = text[0]
+        return text
+
+    def text_and_spans(self, system: str, msgs: Sequence[Msg]) -> tuple[str, list[tuple[int, int]]]:
+        full = self.render(system, msgs)
+        spans: list[tuple[int, int]] = []
+        for i, msg in enumerate(msgs):
+            if not msg.trained:
+                continue
+            prompt = self.render(system, msgs[:i], add_generation_prompt=True)
+            upto = self.render(system, msgs[: i + 1])
+            if upto.startswith(prompt) and full.startswith(upto):
+                spans.append((len(prompt), len(upto)))
+                continue
+            # Templates that rewrite earlier turns: fall back to finding the reply's text.
+            start_from = spans[-1][1] if spans else 0
+            needle = (msg.content or "").strip()
+            pos = full.find(needle, start_from) if needle else -1
+            if pos < 0:
+                raise TemplateError(
+                    f"cannot locate assistant turn of pair {msg.pair_id} in the rendered chat template"
+                )
+            spans.append((pos, pos + len(needle)))
+        return full, spans
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
+    def count(self, texts: list[str]) -> list[int]:
+        enc = self.tokenizer(texts, add_special_tokens=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    @staticmethod
+    def labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+        labels = [IGNORE_INDEX] * len(ids)
+        s = 0
+        for j, (a, b) in enumerate(offsets):
+            while s < len(spans) and spans[s][1] <= a:
+                s += 1
+            if s == len(spans):
+                break
+            start, end = spans[s]
+            if b > start and a < end:
+                labels[j] = ids[j]
+        return labels
+
+    def encode_many(self, runs: Sequence[tuple[str, Sequence[Msg]]]) -> list[Encoded]:
+        rendered = [self.text_and_spans(system, msgs) for system, msgs in runs]
+        ids_list, offsets_list = self.tokenize([text for text, _ in rendered])
+        out = []
+        for (system, msgs), (_, spans), ids, offsets in zip(
+            runs, rendered, ids_list, offsets_list, strict=True
+        ):
+            _ = system
+            out.append(
+                Encoded(
+                    list(ids),
+                    self.labels(ids, offsets, spans),
+                    [m.pair_id for m in msgs if m.trained and m.pair_id is not None],
+                )
+            )
+        return out
+
+    def length(self, system: str, msgs: Sequence[Msg]) -> int:
+        return self.count([self.render(system, msgs)])[0]
+
+
+@dataclass
+class Window:
+    start: int
+    end: int  # inclusive, a trained assistant message
+
+
+def plan_windows(
+    encoder: ChatEncoder, run: Run, max_len: int
+) -> tuple[list[tuple[str, list[Msg]]], list[Msg]]:
+    """Cut an over-long run into windows that fit; also return the targets that cannot fit."""
+    msgs = run.messages
+    targets = [i for i, m in enumerate(msgs) if m.trained]
+    windows: list[tuple[str, list[Msg]]] = []
+    unfit: list[Msg] = []
+
+    def fits(start: int, end: int) -> bool:
+        return encoder.length(run.system, msgs[start : end + 1]) <= max_len
+
+    k = 0
+    while k < len(targets):
+        t = targets[k]
+        minimal = t - 1 if t > 0 and msgs[t - 1].role != "assistant" else t
+        if not fits(minimal, t):
+            unfit.append(msgs[t])
+            k += 1
+            continue
+        last = k
+        while last + 1 < len(targets) and fits(minimal, targets[last + 1]):
+            last += 1
+        end = targets[last]
+        start = minimal
+        while start > 0 and fits(start - 1, end):
+            start -= 1
+        # Open on a user turn where possible: a window opening on a reply reads oddly to most templates.
+        while start < minimal and msgs[start].role != "user":
+            start += 1
+        window = [Msg(m.role, m.content, m.pair_id, m.trained) for m in msgs[start : end + 1]]
+        windows.append((run.system, window))
+        k = last + 1
+    return windows, unfit

@@ -1,0 +1,112 @@
+"""Personal data scrubbing for exported inference logs.
+
+Every text that leaves the database for a training file goes through `Scrubber`:
+e-mail addresses, phone numbers, card-like numbers (13-19 digits passing the Luhn
+check) and the requesting user's id are replaced by placeholders, and every
+replacement is counted by kind so the export report can say what was removed.
+
+JSON values are scrubbed value by value (never as rendered text), so a scrubbed
+output is still valid JSON; a number that is itself a card or phone number becomes
+the placeholder string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+EMAIL = "[EMAIL]"
+PHONE = "[PHONE]"
+CARD = "[CARD]"
+USER_ID = "[USER_ID]"
+
+_EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+# Digit runs with the separators people type inside card and phone numbers; validated below.
+_NUMBERISH_RE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-]{7,}\d(?![\w])")
+_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{4}$")
+# A decimal amount or a thousands-grouped number ("1,250,000.00", "3.14159265") is not a phone.
+_AMOUNT_RE = re.compile(r"^\d+\.\d+$")
+# User ids shorter than this are too likely to occur by chance ("7") to replace safely.
+MIN_USER_ID_LENGTH = 4
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _classify_number(candidate: str) -> str | None:
+    """CARD, PHONE or None (a date, an amount, an id-like run we leave alone)."""
+    stripped = candidate.strip()
+    if _DATE_RE.match(stripped) or _AMOUNT_RE.match(stripped):
+        return None
+    digits = re.sub(r"\D", "", stripped)
+    n = len(digits)
+    if 13 <= n <= 19 and luhn_valid(digits) and re.fullmatch(r"[\d \-]+", stripped):
+        return CARD
+    # Phone numbers: 10-15 digits (E.164 allows 15), or 8-9 when written with a leading '+'.
+    if 10 <= n <= 15 or (stripped.startswith("+") and 8 <= n <= 15):
+        separators = re.sub(r"[\d+]", "", stripped)
+        # A bare run of 10-15 digits is as likely an order number as a phone: only count it
+        # when written like a phone (with separators or a '+'), unless it is exactly 10 digits.
+        if separators or stripped.startswith("+") or n == 10:
+            return PHONE
+    return None
+
+
+class Scrubber:
+    """Scrubs one log's texts; `counts` accumulates replacements by placeholder."""
+
+    def __init__(self, user_ids: list[str] | tuple[str, ...] = ()) -> None:
+        self.counts: Counter[str] = Counter()
+        ids = sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}, key=len, reverse=True)
+        self._user_re = (
+            re.compile("(?<![\\w-])(?:" + "|".join(re.escape(u) for u in ids) + ")(?![\\w-])", re.IGNORECASE)
+            if ids
+            else None
+        )
+
+    def text(self, value: str) -> str:
+        if self._user_re is not None:
+            value, n = self._user_re.subn(USER_ID, value)
+            if n:
+                self.counts[USER_ID] += n
+        value, n = _EMAIL_RE.subn(EMAIL, value)
+        if n:
+            self.counts[EMAIL] += n
+        if any(ch.isdigit() for ch in value):
+            value = _NUMBERISH_RE.sub(self._number, value)
+        return value
+
+    def _number(self, match: re.Match[str]) -> str:
+        raw = match.group(0)
+        # The pattern may swallow a trailing/leading bracket or dot that belongs to the prose.
+        kind = _classify_number(raw)
+        if kind is None:
+            return raw
+        self.counts[kind] += 1
+        return kind
+
+    def value(self, value: Any) -> Any:
+        """Scrub a JSON value recursively (keys too: a user id can be a key)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            as_text = str(value)
+            scrubbed = self.text(as_text)
+            return value if scrubbed == as_text else scrubbed
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value

@@ -1,0 +1,419 @@
+"""Selection, example building and dedup keys for the feedback export (pure logic).
+
+Input is a stream of joined log rows (one per feedback) ordered by response id, then
+feedback time; `select_responses` folds each response's ratings into one decision,
+`build_example` turns a selected log into a scrubbed training example, and `Deduper`
+drops exact and near-duplicates within the export and against earlier training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from tasks.feedback_scrub import Scrubber
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are LexyBrain, an assistant that produces structured insights. "
+    "Answer with a single JSON value and nothing else."
+)
+
+
+class Rating(StrEnum):
+    positive = "positive"
+    negative = "negative"
+    neutral = "neutral"
+
+
+class Skip(StrEnum):
+    """Why a rated response did not become a training example (keys of the report)."""
+
+    response_missing = "response_missing"
+    request_missing = "request_missing"
+    response_failed = "response_failed"
+    null_prompt = "null_prompt"
+    prompt_too_long = "prompt_too_long"
+    invalid_output_json = "invalid_output_json"
+    empty_output = "empty_output"
+    invalid_context_json = "invalid_context_json"
+    invalid_text = "invalid_text"
+    unknown_rating = "unknown_rating"
+    rated_negative = "rated_negative"
+    rated_neutral = "rated_neutral"
+    conflicting_ratings = "conflicting_ratings"
+
+
+class Dup(StrEnum):
+    exact_in_export = "exact_in_export"
+    near_in_export = "near_in_export"
+    earlier_training = "earlier_training"
+    validation_split = "validation_split"
+
+
+class SelectionOptions(BaseModel):
+    """How rated logs become training examples. Validated once at the flow boundary."""
+
+    include_neutral_with_notes: bool = Field(
+        default=False, description="Also export responses rated neutral when the rater left notes"
+    )
+    latest_feedback_wins: bool = Field(
+        default=True,
+        description="A response rated several times takes its latest rating; otherwise the net vote decides",
+    )
+    one_vote_per_user: bool = Field(
+        default=True, description="Only each user's latest rating of a response counts"
+    )
+    max_prompt_chars: int = Field(default=8000, gt=0, description="Longer user turns are skipped")
+    system_prompts: dict[str, str] = Field(default_factory=dict, description="System prompt per insight type")
+    default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    positive_quality_score: float = 5.0
+    neutral_quality_score: float = 4.0
+
+    @field_validator("system_prompts")
+    @classmethod
+    def _no_empty_prompts(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = [k for k, v in value.items() if not v.strip()]
+        if empty:
+            raise ValueError(f"system_prompts: empty prompt for insight type(s) {', '.join(empty)}")
+        return value
+
+    def system_prompt(self, insight_type: str | None) -> str:
+        return self.system_prompts.get(insight_type or "", self.default_system_prompt)
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One feedback joined to its response and request (any of the joined sides may be absent)."""
+
+    feedback_id: str
+    response_id: str | None
+    feedback_user_id: str | None
+    rating: str | None
+    notes: str | None
+    feedback_at: datetime | None
+    response_found: bool
+    request_id: str | None
+    request_found: bool
+    output_text: str | None
+    model_name: str | None
+    model_version: str | None
+    success: bool | None
+    request_user_id: str | None
+    prompt: str | None
+    context_text: str | None
+    insight_type: str | None
+
+
+@dataclass
+class Decision:
+    """A response's ratings folded into one verdict."""
+
+    row: LogRow  # the deciding feedback (its id goes into the provenance)
+    rating: Rating | None
+    skip: Skip | None = None
+    votes: int = 1
+
+
+def canonical_json(value: Any) -> str:
+    """One rendering per value: sorted keys, compact separators, real UTF-8, no NaN."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _parse_json(text: str | None) -> tuple[bool, Any]:
+    if text is None:
+        return True, None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return False, None
+    # A JSON string holding JSON is a double-encoded value, a common logging slip.
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return True, json.loads(stripped, parse_constant=_reject_constant)
+            except (ValueError, RecursionError):
+                return False, None
+    return True, value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _vote(rating: Rating) -> int:
+    return {Rating.positive: 1, Rating.negative: -1, Rating.neutral: 0}[rating]
+
+
+def decide(rows: list[LogRow], options: SelectionOptions) -> Decision:
+    """Fold all feedback on one response (rows in feedback-time order) into a decision."""
+    valid: list[tuple[LogRow, Rating]] = []
+    for row in rows:
+        try:
+            valid.append((row, Rating(str(row.rating).strip().lower())))
+        except ValueError:
+            continue
+    if not valid:
+        return Decision(row=rows[-1], rating=None, skip=Skip.unknown_rating, votes=len(rows))
+    if options.one_vote_per_user:
+        latest: dict[str, tuple[LogRow, Rating]] = {}
+        anonymous: list[tuple[LogRow, Rating]] = []
+        for row, rating in valid:
+            if row.feedback_user_id is None:
+                anonymous.append((row, rating))
+            else:
+                latest.pop(row.feedback_user_id, None)  # re-insert keeps time order
+                latest[row.feedback_user_id] = (row, rating)
+        valid = sorted([*latest.values(), *anonymous], key=lambda rv: _order_key(rv[0]))
+    if options.latest_feedback_wins:
+        row, rating = valid[-1]
+        return Decision(row=row, rating=rating, votes=len(valid))
+    net = sum(_vote(r) for _, r in valid)
+    if net == 0 and any(r is not Rating.neutral for _, r in valid):
+        return Decision(row=valid[-1][0], rating=None, skip=Skip.conflicting_ratings, votes=len(valid))
+    rating = Rating.positive if net > 0 else Rating.negative if net < 0 else Rating.neutral
+    row = next(row for row, r in reversed(valid) if r is rating)
+    return Decision(row=row, rating=rating, votes=len(valid))
+
+
+def _order_key(row: LogRow) -> tuple[str, str]:
+    return (row.feedback_at.isoformat() if row.feedback_at else "", row.feedback_id)
+
+
+def group_by_response(rows: Iterable[LogRow]) -> Iterator[list[LogRow]]:
+    """Consecutive rows of one response (the reader orders by response id). Feedback whose
+    response id is null stands alone."""
+    group: list[LogRow] = []
+    for row in rows:
+        if group and (row.response_id is None or row.response_id != group[0].response_id):
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
+
+
+_NORMALIZE_DROP = re.compile(r"[^\w]+", re.UNICODE)
+
+
+def normalize_text(text: str) -> str:
+    """Near-duplicate form: NFKC, case-folded, punctuation and whitespace runs collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _NORMALIZE_DROP.sub(" ", text).strip()
+
+
+def _digest(*parts: str) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.digest()
+
+
+def exact_key(user: str, target: str) -> bytes:
+    return _digest("exact", user, target)
+
+
+def near_key(user: str, target: str) -> bytes:
+    return _digest("near", normalize_text(user), normalize_text(target))
+
+
+def prompt_key(user: str) -> bytes:
+    return _digest("prompt", normalize_text(user))
+
+
+@dataclass
+class Example:
+    """One exported training example (already scrubbed)."""
+
+    system_prompt: str
+    user: str
+    target: str
+    insight_type: str
+    rating: Rating
+    quality_score: float
+    provenance: dict[str, Any]
+
+    @property
+    def example_id(self) -> str:
+        return f"fb-{self.provenance['response_id']}"
+
+    @property
+    def exact(self) -> bytes:
+        return exact_key(self.user, self.target)
+
+    @property
+    def near(self) -> bytes:
+        return near_key(self.user, self.target)
+
+    @property
+    def prompt(self) -> bytes:
+        return prompt_key(self.user)
+
+
+@dataclass
+class Built:
+    example: Example | None
+    skip: Skip | None = None
+    scrubbed: Counter[str] = field(default_factory=Counter)
+
+
+def user_turn(prompt: str, context: Any) -> str:
+    """The request's prompt, then its context (canonical JSON) when there is any."""
+    text = prompt.strip()
+    if context in (None, "", {}, []):
+        return text
+    rendered = context if isinstance(context, str) else canonical_json(context)
+    return f"{text}\n\nContext:\n{rendered}"
+
+
+def build_example(decision: Decision, options: SelectionOptions) -> Built:
+    """Validate one decided log and render it as a scrubbed example (or say why not)."""
+    row = decision.row
+    if not row.response_found:
+        return Built(None, Skip.response_missing)
+    if not row.request_found:
+        return Built(None, Skip.request_missing)
+    if row.success is False:
+        return Built(None, Skip.response_failed)
+    if row.prompt is None or not row.prompt.strip():
+        return Built(None, Skip.null_prompt)
+    texts = [row.prompt, row.output_text or "", row.context_text or "", row.insight_type or ""]
+    if any(_has_lone_surrogate(t) or "\x00" in t for t in texts):
+        return Built(None, Skip.invalid_text)
+    ok, output = _parse_json(row.output_text)
+    if not ok:
+        return Built(None, Skip.invalid_output_json)
+    if output in (None, "", {}, []) or (isinstance(output, str) and not output.strip()):
+        return Built(None, Skip.empty_output)
+    if not isinstance(output, dict | list):
+        # A bare string or number is not the structured output an insight must be.
+        return Built(None, Skip.invalid_output_json)
+    ok, context = _parse_json(row.context_text)
+    if not ok:
+        return Built(None, Skip.invalid_context_json)
+    scrubber = Scrubber([u for u in (row.request_user_id, row.feedback_user_id) if u])
+    user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
+    if len(user) > options.max_prompt_chars:
+        return Built(None, Skip.prompt_too_long)
+    try:
+        target = canonical_json(scrubber.value(output))
+    except ValueError:
+        return Built(None, Skip.invalid_output_json)
+    rating = decision.rating or Rating.neutral
+    quality = options.positive_quality_score if rating is Rating.positive else options.neutral_quality_score
+    insight = row.insight_type or "default"
+    example = Example(
+        system_prompt=options.system_prompt(row.insight_type),
+        user=user,
+        target=target,
+        insight_type=insight,
+        rating=rating,
+        quality_score=quality,
+        provenance={
+            "request_id": row.request_id,
+            "response_id": row.response_id,
+            "feedback_id": row.feedback_id,
+            "model_name": row.model_name,
+            "model_version": row.model_version,
+            "rating": rating.value,
+            "votes": decision.votes,
+        },
+    )
+    return Built(example, None, scrubber.counts)
+
+
+def wanted(decision: Decision, options: SelectionOptions) -> Skip | None:
+    """None when the decision makes a training example, else the skip reason."""
+    if decision.skip is not None:
+        return decision.skip
+    if decision.rating is Rating.positive:
+        return None
+    if decision.rating is Rating.neutral:
+        notes = (decision.row.notes or "").strip()
+        return None if options.include_neutral_with_notes and notes else Skip.rated_neutral
+    return Skip.rated_negative
+
+
+class Deduper:
+    """Drops exact and near-duplicate examples: within the export, and against the
+    examples of earlier training files (`seen`) and of validation splits (`validation`,
+    where a shared prompt alone is a leak)."""
+
+    def __init__(self, seen: set[bytes] | None = None, validation: set[bytes] | None = None) -> None:
+        self.seen: set[bytes] = seen if seen is not None else set()
+        self.validation: set[bytes] = validation if validation is not None else set()
+        self._exported: set[bytes] = set()
+
+    def fresh(self) -> Deduper:
+        """The same earlier data, nothing exported yet (a retried read starts over)."""
+        return Deduper(self.seen, self.validation)
+
+    def add_earlier(self, user: str, target: str | None, *, validation: bool) -> None:
+        if target is not None:
+            self.seen.add(exact_key(user, target))
+            self.seen.add(near_key(user, target))
+        if validation:
+            if target is not None:
+                self.validation.add(exact_key(user, target))
+                self.validation.add(near_key(user, target))
+            self.validation.add(prompt_key(user))
+
+    def check(self, example: Example) -> Dup | None:
+        exact, near = example.exact, example.near
+        if exact in self.validation or near in self.validation or example.prompt in self.validation:
+            return Dup.validation_split
+        if exact in self.seen or near in self.seen:
+            return Dup.earlier_training
+        if exact in self._exported:
+            return Dup.exact_in_export
+        if near in self._exported:
+            return Dup.near_in_export
+        self._exported.add(exact)
+        self._exported.add(near)
+        return None
+
+
+def preference_key(example: Example) -> bytes:
+    return _digest("pref", example.insight_type, normalize_text(example.user))
+
+
+class PreferencePairs:
+    """Negative-rated responses paired with a positive response to the same prompt."""
+
+    def __init__(self) -> None:
+        self._chosen: dict[bytes, Example] = {}
+        self._rejected: dict[bytes, list[Example]] = {}
+
+    def chosen(self, example: Example) -> None:
+        self._chosen.setdefault(preference_key(example), example)
+
+    def rejected(self, example: Example) -> None:
+        self._rejected.setdefault(preference_key(example), []).append(example)
+
+    def pairs(self) -> list[tuple[Example, Example]]:
+        out = []
+        for key, rejected in self._rejected.items():
+            chosen = self._chosen.get(key)
+            if chosen is None:
+                continue
+            out.extend((chosen, r) for r in rejected if r.target != chosen.target)
+        return sorted(out, key=lambda cr: str(cr[1].provenance["response_id"]))

@@ -1,0 +1,277 @@
+"""The job lifecycle on the orchestrator side: the registry row, its events, and who hears.
+
+`JobRecorder` is the one place a job's state changes are written: it moves the
+`training_jobs` row through DESIGN.md §3, appends `training_job_events`, stores metrics,
+cost and resumes, and fans each change out to the Prefect UI (`RunReporter`) and the
+webhook (`WebhookNotifier`). The monitor loop (tasks/monitor.py) reports through it; the
+flow uses it for the stages before and after training.
+
+A registry write is the record of truth and may raise; artifacts and webhooks are views
+and never do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from brightrun.protocol import MetricRecord, TrainerStatus
+from tasks.notify import WebhookNotifier, build_payload
+from tasks.reporting import RunReporter
+
+log = logging.getLogger("brightrun.job")
+
+TABLE_REFRESH_S = 5.0
+RECENT_METRICS = 200
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def current_flow_run_id() -> str | None:
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:
+        return None
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def rename_current_flow_run(name: str) -> None:
+    """Give the running flow run its final name once the job id exists (best-effort)."""
+    flow_run_id = current_flow_run_id()
+    if flow_run_id is None:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(uuid.UUID(flow_run_id), name=name)
+    except Exception as exc:
+        log.warning("could not rename flow run %s: %s", flow_run_id, exc)
+
+
+def flow_run_cancel_requested(flow_run_id: str | None) -> bool:
+    """True once someone asked Prefect to cancel this run (UI, API, `brightrun jobs cancel`)."""
+    if flow_run_id is None:
+        return False
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+    except Exception as exc:
+        log.debug("could not read flow run %s state: %s", flow_run_id, exc)
+        return False
+    return state is not None and state.type.value in ("CANCELLING", "CANCELLED")
+
+
+_LIFECYCLE = ("queued", "preprocessing", "model_loaded", "training")
+_PHASE_STATUS = {
+    "loading_model": None,
+    "training": "training",
+    "checkpointing": "training",
+    "evaluating": "training",
+    "uploading": "training",
+}
+
+
+def statuses_for_phase(phase: str, current: str) -> list[str]:
+    """Job statuses to pass through when the trainer reports `phase` (DESIGN.md §3 order).
+
+    The model is loaded once the trainer is past `loading_model`; a terminal phase is the
+    flow's to record, from the trainer's markers, so it maps to nothing here.
+    """
+    target = _PHASE_STATUS.get(phase)
+    if target is None or current not in _LIFECYCLE:
+        return []
+    have, want = _LIFECYCLE.index(current), _LIFECYCLE.index(target)
+    return list(_LIFECYCLE[have + 1 : want + 1])
+
+
+@dataclass
+class JobRecorder:
+    """Writes one job's lifecycle to the registry, the Prefect UI and the webhook."""
+
+    engine: Engine
+    job_id: str
+    notifier: WebhookNotifier
+    reporter: RunReporter
+    flow_run_id: str | None = None
+    status_value: str = "queued"
+    step: int = 0
+    total_steps: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+    recent_metrics: list[dict[str, Any]] = field(default_factory=list)
+    interruptions: int = 0
+    cost_usd: float | None = None
+    gpu_hours: float | None = None
+    lora_artifact_path: str | None = None
+    _table_at: float = 0.0
+    _cancel_checked_at: float = 0.0
+    cancel_check_interval_s: float = 2.0
+
+    # -- payloads
+
+    def _payload(self, status: str, error_message: str | None = None) -> dict[str, Any]:
+        return build_payload(
+            self.job_id,
+            status,
+            step=self.step,
+            total_steps=self.total_steps,
+            loss=self.last.get("loss"),
+            learning_rate=self.last.get("learning_rate"),
+            grad_norm=self.last.get("grad_norm"),
+            epoch=self.last.get("epoch"),
+            lora_artifact_path=self.lora_artifact_path,
+            error_message=error_message,
+        )
+
+    # -- lifecycle (the flow)
+
+    def transition(self, status: str, *, error_message: str | None = None) -> None:
+        """Move the job to `status` (a no-op when it is already there)."""
+        from brightrun.registry import repository as repo
+
+        status = str(getattr(status, "value", status))
+        job = repo.transition_job(self.engine, self.job_id, status, error_message=error_message)
+        changed = status != self.status_value
+        self.status_value = job.status
+        if changed:
+            log.info("job %s: %s%s", self.job_id, status, f" ({error_message})" if error_message else "")
+            self.notifier.status_changed(self._payload(status, error_message))
+
+    # -- JobRecorder protocol of tasks/monitor.py
+
+    def event(self, type: str, attempt: int = 0, payload: Mapping[str, Any] | None = None) -> None:
+        from brightrun.registry import repository as repo
+
+        if type == "interrupted":
+            self.interruptions += 1
+        repo.add_event(self.engine, self.job_id, type, attempt=attempt, **dict(payload or {}))
+
+    def status(self, heartbeat: TrainerStatus) -> None:
+        """The trainer's heartbeat: job status by phase, progress, the UI bar and the webhook."""
+        from brightrun.registry import repository as repo
+
+        for target in statuses_for_phase(heartbeat.phase.value, self.status_value):
+            self.transition(target)
+        self.step = heartbeat.step
+        self.total_steps = heartbeat.total_steps or self.total_steps
+        for name in ("loss", "learning_rate", "grad_norm", "epoch"):
+            value = getattr(heartbeat, name)
+            if value is not None:
+                self.last[name] = value
+        repo.update_job_progress(
+            self.engine,
+            self.job_id,
+            current_step=self.step,
+            total_steps=self.total_steps or None,
+            current_epoch=self.last.get("epoch"),
+            current_loss=self.last.get("loss"),
+        )
+        self.reporter.progress(self.step, self.total_steps)
+        self.notifier.progress(self._payload(self.status_value))
+
+    def metrics(self, records: Sequence[MetricRecord | Mapping[str, Any]]) -> None:
+        from brightrun.registry import repository as repo
+
+        rows = [r.model_dump(mode="json") if isinstance(r, MetricRecord) else dict(r) for r in records]
+        if not rows:
+            return
+        repo.add_metrics(self.engine, self.job_id, rows)
+        self.recent_metrics = (self.recent_metrics + rows)[-RECENT_METRICS:]
+        now = time.monotonic()
+        if now - self._table_at >= TABLE_REFRESH_S:
+            self._table_at = now
+            self.reporter.metrics(self.recent_metrics)
+
+    def cost(self, actual_cost_usd: float, gpu_hours: float) -> None:
+        from brightrun.registry import repository as repo
+
+        if actual_cost_usd == self.cost_usd and gpu_hours == self.gpu_hours:
+            return  # the monitor reports every poll; write only changes
+        self.cost_usd, self.gpu_hours = actual_cost_usd, gpu_hours
+        repo.set_job_cost(self.engine, self.job_id, actual_cost_usd=actual_cost_usd, gpu_hours=gpu_hours)
+
+    def retries(self, count: int) -> None:
+        """The monitor counted one more resume after an interruption."""
+        from brightrun.registry import repository as repo
+
+        while repo.get_job(self.engine, self.job_id).retry_count < count:
+            repo.increment_retry_count(self.engine, self.job_id)
+
+    def update(self, **changes: Any) -> None:
+        """Descriptive fields (pod_id, gpu_type...)."""
+        from brightrun.registry import repository as repo
+
+        repo.update_job(self.engine, self.job_id, **changes)
+
+    def cancel_requested(self) -> bool:
+        """Cancellation asked through the registry (`brightrun jobs cancel`) or Prefect."""
+        from brightrun.registry import repository as repo
+
+        now = time.monotonic()
+        if now - self._cancel_checked_at < self.cancel_check_interval_s:
+            return False
+        self._cancel_checked_at = now
+        try:
+            job = repo.get_job(self.engine, self.job_id)
+            if job.status == "cancelled" or job.metadata.get("cancel_requested"):
+                return True
+        except Exception as exc:
+            log.debug("could not read job %s: %s", self.job_id, exc)
+        return flow_run_cancel_requested(self.flow_run_id)
+
+    def flush(self) -> None:
+        """Publish the latest table and stop the webhook sender (bounded wait)."""
+        if self.recent_metrics:
+            self.reporter.metrics(self.recent_metrics)
+        self.notifier.close()
+
+
+def create_job_record(
+    engine: Engine,
+    *,
+    job_id: str,
+    job_name: str,
+    base_model: str,
+    preset: str | None,
+    hyperparameters: Mapping[str, Any],
+    compute_backend: str,
+    storage_prefix: str,
+    flow_run_id: str | None,
+    metadata: Mapping[str, Any],
+) -> Any:
+    """The `queued` row; idempotent for a retried flow (same job id returns the same row)."""
+    from brightrun.registry import repository as repo
+
+    return repo.create_job(
+        engine,
+        job_id=job_id,
+        job_name=job_name,
+        base_model=base_model,
+        preset=preset,
+        hyperparameters=dict(hyperparameters),
+        compute_backend=compute_backend,
+        storage_prefix=storage_prefix,
+        flow_run_id=flow_run_id,
+        metadata=dict(metadata),
+    )
+
+
+def request_cancel(engine: Engine, job_id: str) -> Any:
+    """Flag a job for cancellation (the flow's monitor sees it within a poll)."""
+    from brightrun.registry import repository as repo
+
+    job = repo.get_job(engine, job_id)
+    if not job.is_terminal:
+        job = repo.update_job(engine, job_id, metadata={**job.metadata, "cancel_requested": True})
+    return job

@@ -1,0 +1,298 @@
+"""Checkpoints in object storage with a commit point (DESIGN.md §4).
+
+Save: every file is written to a local directory, uploaded under
+`checkpoints/<step:08d>/`, then `MANIFEST.json` (sha256 and size of each file), then
+`checkpoints/LATEST` naming the step. A checkpoint exists only once LATEST names it;
+older ones are deleted only after the new LATEST is written.
+
+Resume: the committed steps (LATEST and any older step with a manifest) are tried
+newest first; a checkpoint whose manifest is unreadable, lacks a file, or whose file
+size or sha256 differs is rejected and the previous one is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+
+from brightrun import layout
+from brightrun.protocol import Manifest, ManifestEntry
+from brightrun.storage import Storage, StorageError, sha256_file
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter_model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+REQUIRED_FILES = (ADAPTER_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, STATE_FILE)
+_STEP_DIR = re.compile(r"^checkpoints/(\d{8})/")
+
+
+class TrainerState(BaseModel):
+    """`trainer_state.json`: counters and the data position after `step`."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    micro_batches_done: int
+    data_epoch: int
+    data_batch_index: int
+    sampler_seed: int
+    tokens_processed: int = 0
+    trained_tokens: int = 0
+    padding_tokens: int = 0
+    last_loss: float | None = None
+    train_seconds: float = 0.0
+
+
+class CheckpointRejected(Exception):
+    """A stored checkpoint failed verification; the reason names the file."""
+
+
+def fault(name: str, step: int) -> None:
+    """Test hook: `BRIGHTRUN_TRAINER_FAULT=kill_in_upload:6,kill_after_step:4,sigterm_at_step:3`
+    makes this process signal itself at that point (real signals, real mid-upload state)."""
+    spec = os.environ.get("BRIGHTRUN_TRAINER_FAULT", "")
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        kind, _, at = item.partition(":")
+        if kind == name and at.isdigit() and int(at) == step:
+            log.warning("fault injection: %s at step %d", name, step)
+            os.kill(os.getpid(), signal.SIGTERM if name == "sigterm_at_step" else signal.SIGKILL)
+            if name != "sigterm_at_step":
+                time.sleep(60)  # SIGKILL is asynchronous on some systems; never go on
+
+
+# local files ------------------------------------------------------------------
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The exact trainable parameters by name (their own dtype, no PEFT renaming)."""
+    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+def save_local(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    save_file(trainable_state(model), str(directory / ADAPTER_FILE))
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
+    torch.save(rng_state(), directory / RNG_FILE)
+    (directory / STATE_FILE).write_text(state.model_dump_json(indent=2))
+
+
+def load_local(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    adapter_dtype: torch.dtype,
+) -> TrainerState:
+    """Restore everything saved by `save_local` into freshly built objects."""
+    weights = load_file(str(directory / ADAPTER_FILE))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != set(params):
+        missing = sorted(set(params) - set(weights))[:3]
+        extra = sorted(set(weights) - set(params))[:3]
+        raise CheckpointRejected(
+            f"adapter weights do not match the model (missing {missing}, unexpected {extra}); "
+            "was the job spec changed since the checkpoint?"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            # Pin the dtype: whatever the checkpoint holds, the weights live in adapter_dtype, exactly
+            # as in an uninterrupted run (the TRL/PEFT resume path silently switched bf16 -> fp32).
+            param.data = weights[name].to(device=param.device, dtype=adapter_dtype)
+    # Our own files, verified against the manifest's sha256 before we get here.
+    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, map_location="cpu", weights_only=False))
+    restore_rng_state(torch.load(directory / RNG_FILE, map_location="cpu", weights_only=False))
+    return TrainerState.model_validate_json((directory / STATE_FILE).read_text())
+
+
+def build_manifest(directory: Path, step: int | None = None) -> Manifest:
+    files = {
+        p.relative_to(directory).as_posix(): ManifestEntry(sha256=sha256_file(p), size=p.stat().st_size)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != layout.MANIFEST
+    }
+    return Manifest(files=files, step=step)
+
+
+def upload_with_manifest(
+    storage: Storage,
+    prefix: str,
+    directory: Path,
+    step: int | None = None,
+    *,
+    before_manifest: Callable[[], None],
+) -> Manifest:
+    """Upload every file under `prefix/`, the manifest last. Any old manifest there is deleted
+    first so a half-overwritten directory can never pass verification."""
+    manifest = build_manifest(directory, step)
+    storage.delete(f"{prefix}/{layout.MANIFEST}")
+    for rel in manifest.files:
+        storage.put_file(f"{prefix}/{rel}", directory / rel)
+        before_manifest()
+    storage.put_bytes(f"{prefix}/{layout.MANIFEST}", manifest.model_dump_json(indent=2).encode())
+    return manifest
+
+
+# storage ----------------------------------------------------------------------
+
+
+def stored_steps(storage: Storage) -> list[int]:
+    """Steps that have anything under `checkpoints/`, ascending."""
+    steps = set()
+    for key in storage.list(layout.CHECKPOINTS_DIR + "/"):
+        match = _STEP_DIR.match(key)
+        if match:
+            steps.add(int(match.group(1)))
+    return sorted(steps)
+
+
+def read_latest(storage: Storage) -> int | None:
+    try:
+        text = storage.get_bytes(layout.LATEST).decode().strip()
+    except StorageError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def committed_steps(storage: Storage) -> list[int]:
+    """Resume candidates, newest first: LATEST, then older steps that have a manifest."""
+    latest = read_latest(storage)
+    if latest is None:
+        return []
+    older = [s for s in stored_steps(storage) if s < latest and storage.exists(layout.checkpoint_manifest(s))]
+    return [latest, *sorted(older, reverse=True)]
+
+
+def download_verified(storage: Storage, step: int, dest: Path) -> Path:
+    """Download checkpoint `step` to `dest`, checking every file against its manifest entry."""
+    prefix = layout.checkpoint_dir(step)
+    if dest.exists():
+        shutil.rmtree(dest)
+    try:
+        manifest = Manifest.model_validate_json(storage.get_bytes(layout.checkpoint_manifest(step)))
+    except Exception as exc:
+        raise CheckpointRejected(f"{prefix}: manifest unreadable ({exc})") from exc
+    missing = [f for f in REQUIRED_FILES if f not in manifest.files]
+    if missing:
+        raise CheckpointRejected(f"{prefix}: manifest lacks {missing}")
+    for rel, entry in manifest.files.items():
+        target = dest / rel
+        try:
+            info = storage.get_file(f"{prefix}/{rel}", target, expected_sha256=entry.sha256)
+        except StorageError as exc:
+            raise CheckpointRejected(f"{prefix}/{rel}: {exc}") from exc
+        if info.size != entry.size or target.stat().st_size != entry.size:
+            raise CheckpointRejected(f"{prefix}/{rel}: size {info.size} != manifest {entry.size}")
+    return dest
+
+
+@dataclass(frozen=True)
+class Restorable:
+    step: int
+    directory: Path
+    rejected: list[tuple[int, str]]
+
+
+def fetch_latest_valid(storage: Storage, work: Path) -> Restorable | None:
+    """The newest committed checkpoint that verifies, downloaded; None to start from scratch."""
+    rejected: list[tuple[int, str]] = []
+    for step in committed_steps(storage):
+        try:
+            directory = download_verified(storage, step, work / f"{step:08d}")
+        except CheckpointRejected as exc:
+            log.warning("checkpoint %d rejected: %s", step, exc)
+            rejected.append((step, str(exc)))
+            continue
+        return Restorable(step, directory, rejected)
+    if rejected:
+        return Restorable(-1, work, rejected)
+    return None
+
+
+def commit(storage: Storage, directory: Path, step: int, keep_last: int) -> Manifest:
+    """Upload, write the manifest, then LATEST; then prune to the last `keep_last` commits."""
+    manifest = upload_with_manifest(
+        storage,
+        layout.checkpoint_dir(step),
+        directory,
+        step,
+        before_manifest=lambda: fault("kill_in_upload", step),
+    )
+    storage.put_bytes(layout.LATEST, f"{step}\n".encode())
+    prune(storage, keep_last, step)
+    return manifest
+
+
+def prune(storage: Storage, keep_last: int, latest: int) -> None:
+    """Delete committed checkpoints beyond the newest `keep_last`, and leftovers of uploads
+    that never committed. Manifests go first so a half-deleted directory never verifies."""
+    steps = stored_steps(storage)
+    kept = [s for s in steps if s <= latest and storage.exists(layout.checkpoint_manifest(s))]
+    kept = sorted(kept, reverse=True)[:keep_last]
+    for step in steps:
+        if step in kept:
+            continue
+        prefix = layout.checkpoint_dir(step)
+        storage.delete(f"{prefix}/{layout.MANIFEST}")
+        storage.delete_prefix(prefix + "/")
+
+
+def discard_after(storage: Storage, step: int) -> list[int]:
+    """Delete uncommitted checkpoint directories above `step` (a killed upload's leftovers)."""
+    gone = [s for s in stored_steps(storage) if s > step]
+    for s in gone:
+        storage.delete(layout.checkpoint_manifest(s))
+        storage.delete_prefix(layout.checkpoint_dir(s) + "/")
+    return gone
+
+
+def state_summary(state: TrainerState) -> str:
+    return json.dumps({"step": state.step, "epoch": round(state.epoch, 3)})

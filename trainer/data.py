@@ -1,0 +1,168 @@
+"""The prepared dataset as batches: length-grouped, deterministic, resumable at any micro-batch.
+
+The batch order of an epoch is a pure function of (seed, epoch), drawn from a private
+generator, so it never depends on (or disturbs) the global RNG that dropout uses. A run
+is a stream of micro-batches; micro-batch `m` is batch `m % batches_per_epoch` of epoch
+`m // batches_per_epoch`, so the data position after optimizer step `s` is simply
+`s * gradient_accumulation_steps` micro-batches in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brightrun.prepared import IGNORE_INDEX, iter_examples
+
+log = logging.getLogger(__name__)
+
+# Examples sorted by length within windows of this many batches: small padding, still random.
+GROUP_WINDOW_BATCHES = 64
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the next micro-batch comes from."""
+
+    epoch: int
+    batch_index: int
+    sampler_seed: int
+
+
+def load_examples(path: Path, max_seq_length: int) -> list[Example]:
+    """Read a prepared split; longer examples are cut at `max_seq_length` (the dataset stage
+    normally fits them already) and examples left with no trained token are skipped."""
+    examples: list[Example] = []
+    cut = skipped = 0
+    for prepared in iter_examples(path):
+        ids, labels = prepared.input_ids, prepared.labels
+        if len(ids) != len(labels):
+            raise ValueError(
+                f"{path}: example of conversation {prepared.conversation_id} has {len(ids)} input ids "
+                f"but {len(labels)} labels; prepare the dataset again"
+            )
+        if len(ids) > max_seq_length:
+            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+            cut += 1
+        example = Example(list(ids), list(labels))
+        if example.trained_tokens == 0:
+            skipped += 1
+            continue
+        examples.append(example)
+    if cut or skipped:
+        log.warning("%s: %d example(s) cut to %d tokens, %d skipped", path.name, cut, max_seq_length, skipped)
+    return examples
+
+
+def plan_epoch(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, *, group_by_length: bool = True
+) -> list[list[int]]:
+    """The batches (lists of example indices) of one epoch, in training order."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * GROUP_WINDOW_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: (-lengths[i], i))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    # Shuffle batch order so the long batches do not all come first.
+    return [batches[i] for i in rng.permutation(len(batches)).tolist()]
+
+
+class BatchStream:
+    """Micro-batches by global index; epoch plans are computed on demand and cached."""
+
+    def __init__(
+        self, examples: Sequence[Example], batch_size: int, seed: int, *, group_by_length: bool = True
+    ) -> None:
+        if not examples:
+            raise ValueError("the training split is empty")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.batches_per_epoch = math.ceil(len(examples) / batch_size)
+        self._plans: dict[int, list[list[int]]] = {}
+
+    def position(self, micro_batch: int) -> DataPosition:
+        return DataPosition(
+            epoch=micro_batch // self.batches_per_epoch,
+            batch_index=micro_batch % self.batches_per_epoch,
+            sampler_seed=self.seed,
+        )
+
+    def micro_batch(self, index: int) -> list[Example]:
+        pos = self.position(index)
+        plan = self._plans.get(pos.epoch)
+        if plan is None:
+            self._plans = {
+                pos.epoch: plan_epoch(
+                    self.lengths, self.batch_size, self.seed, pos.epoch, group_by_length=self.group_by_length
+                )
+            }
+            plan = self._plans[pos.epoch]
+        return [self.examples[i] for i in plan[pos.batch_index]]
+
+
+def plan_steps(
+    batches_per_epoch: int, epochs: float, max_steps: int | None, gradient_accumulation_steps: int
+) -> tuple[int, int]:
+    """(total optimizer steps, total micro-batches). `max_steps` wins over `epochs`."""
+    if max_steps is not None:
+        return max_steps, max_steps * gradient_accumulation_steps
+    total_micro = max(1, math.ceil(epochs * batches_per_epoch))
+    return math.ceil(total_micro / gradient_accumulation_steps), total_micro
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    attention_mask: list[list[int]]
+    tokens: int  # real tokens (no padding)
+    trained_tokens: int  # tokens whose next-token prediction is trained
+    padding_tokens: int
+
+
+def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
+    """Right-pad to the longest example; padding is masked out of attention and loss."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids, labels, mask = [], [], []
+    tokens = trained = 0
+    for e in examples:
+        pad = width - len(e.input_ids)
+        input_ids.append(e.input_ids + [pad_token_id] * pad)
+        labels.append(e.labels + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(e.input_ids) + [0] * pad)
+        tokens += len(e.input_ids)
+        # The first position is never a prediction target (nothing precedes it).
+        trained += sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
+    return Batch(input_ids, labels, mask, tokens, trained, width * len(examples) - tokens)
+
+
+def padding_share(stream: BatchStream, micro_batches: int) -> float:
+    """Share of padding among all positions of the first `micro_batches` micro-batches."""
+    padding = total = 0
+    for m in range(micro_batches):
+        batch = collate(stream.micro_batch(m), 0)
+        padding += batch.padding_tokens
+        total += batch.tokens + batch.padding_tokens
+    return padding / total if total else 0.0

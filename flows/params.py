@@ -166,6 +166,14 @@ def _check_sources(params: TrainAdapterParams) -> list[str]:
     return problems
 
 
+def _runpod_is_local() -> bool:
+    """A RunPod endpoint on this machine (a local fake or proxy) starts pods that see our paths."""
+    import os
+
+    host = urlparse(os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io")).hostname
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def _check_environment(params: TrainAdapterParams, settings: Settings, compute: ComputeBackend) -> list[str]:
     problems = []
     storage_url = params.storage_url or settings.resolved_storage_url
@@ -179,7 +187,11 @@ def _check_environment(params: TrainAdapterParams, settings: Settings, compute: 
                 f"compute=runpod needs object storage the pod can reach (s3://...), not {storage_url!r}; "
                 "set BRIGHTRUN_STORAGE_URL"
             )
-        if _looks_local(params.base_model) and not params.base_model.startswith("/workspace"):
+        if (
+            _looks_local(params.base_model)
+            and not params.base_model.startswith("/workspace")
+            and not _runpod_is_local()
+        ):
             problems.append(
                 f"base_model: {params.base_model!r} is a local path a RunPod pod cannot see; use a hub id"
             )
@@ -221,7 +233,23 @@ def resolve_job_request(raw: dict[str, Any], settings: Settings) -> JobRequest:
     try:
         params = TrainAdapterParams.model_validate(raw)
     except ValidationError as exc:
-        raise InputError("invalid train_adapter parameters", _problems(exc)) from None
+        problems = _problems(exc)
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        # Check what did parse too, so one attempt shows every problem.
+        good = {k: v for k, v in raw.items() if k not in bad and k in TrainAdapterParams.model_fields}
+        try:
+            partial = TrainAdapterParams.model_validate(
+                {"dataset": "-", "base_model": "-", **good, "hyperparameters": {}, "config": {}}
+            )
+        except ValidationError:
+            partial = None
+        if partial is not None:
+            compute = partial.compute or settings.compute
+            problems += [
+                p for p in _check_sources(partial) if not p.startswith(("dataset: -", "base_model: '-'"))
+            ]
+            problems += _check_environment(partial, settings, compute)
+        raise InputError("invalid train_adapter parameters (nothing was started)", problems) from None
 
     compute = params.compute or settings.compute
     problems += _check_sources(params)

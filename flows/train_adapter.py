@@ -136,7 +136,7 @@ def _make_compute(settings: Settings, request: JobRequest, spec: JobSpec) -> Any
         return RunPodCompute.from_env(spec.provisioning)
     from brightrun.compute.local import LocalCompute
 
-    return LocalCompute(settings=settings)
+    return LocalCompute(settings.home)
 
 
 def _trainer_env(settings: Settings, storage_url: str) -> dict[str, str]:

@@ -153,10 +153,11 @@ class _Writer:
         self.directory = directory
         self.options = options
         self.files: dict[str, IO[str]] = {
-            "train": open(directory / prepared.TRAIN, "w", encoding="utf-8"),
-            "validation": open(directory / prepared.VALIDATION, "w", encoding="utf-8"),
+            # Open for the writer's whole life; close() in prepare_dataset's finally.
+            "train": open(directory / prepared.TRAIN, "w", encoding="utf-8"),  # noqa: SIM115
+            "validation": open(directory / prepared.VALIDATION, "w", encoding="utf-8"),  # noqa: SIM115
         }
-        self.prompts = open(directory / prepared.PROMPTS, "w", encoding="utf-8")
+        self.prompts = open(directory / prepared.PROMPTS, "w", encoding="utf-8")  # noqa: SIM115
         self.splits = {"train": SplitStats(), "validation": SplitStats()}
         self.sequences = 0
         self.longest = 0
@@ -555,12 +556,15 @@ def render_report_markdown(report: DatasetReport) -> str:
 def render_summary(report: DatasetReport, out_dir: Path) -> str:
     """One screen for the CLI."""
     s = report.skipped_targets
+    skipped = (
+        f"{s.get('null_target', 0)} null, {s.get('below_min_quality', 0)} below min quality, "
+        f"{s.get('too_long', 0)} too long"
+    )
     return "\n".join(
         [
             f"prepared {report.source_name} -> {out_dir}",
-            f"  conversations {report.conversations}, pairs {report.pairs}, kept targets {report.kept_targets}"
-            f" (skipped: {s.get('null_target', 0)} null, {s.get('below_min_quality', 0)} below min quality, "
-            f"{s.get('too_long', 0)} too long)",
+            f"  conversations {report.conversations}, pairs {report.pairs}, "
+            f"kept targets {report.kept_targets} (skipped: {skipped})",
             f"  sequences {report.sequences} (merged conversations {report.merged_conversations}, split "
             f"{report.split_conversations}, windowed {report.windowed_sequences})",
             f"  tokens {report.total_tokens:,}, trained {report.trained_tokens:,}, longest "
@@ -592,20 +596,22 @@ def _tokenizer_fingerprint(tokenizer: str | Path | Any) -> str:
 
 def prepare_cache_key(
     source: Path, tokenizer: str | Path | Any, out_dir: Path, options: PrepareOptions
-) -> str | None:
-    """Same file + tokenizer + options + output dir -> same key; None (no caching) once the output is gone."""
-    if not (Path(out_dir) / prepared.META).exists():
-        return None
+) -> str:
+    """Same file bytes + tokenizer + options + output dir -> same key.
+
+    A cache hit returns the stored report without touching `out_dir`: a caller that deleted
+    the output runs the task with `refresh_cache=True` (flows prepare into a per-job dir).
+    """
     parts = [
         sha256_file(Path(source)),
         _tokenizer_fingerprint(tokenizer),
         options.model_dump_json(),
-        str(out_dir),
+        str(Path(out_dir).resolve()),
     ]
     return "prepare-dataset-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _prepare_key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
+def _prepare_key_fn(context: Any, parameters: dict[str, Any]) -> str:
     return prepare_cache_key(
         parameters["source"],
         parameters["tokenizer"],

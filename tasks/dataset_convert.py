@@ -28,6 +28,7 @@ with only the system prompt and its user turn cannot be trained at all.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ def build_runs(conversation: Conversation, min_quality: float, stats: Conversion
         closed = _close(run)
         if closed is not None:
             runs.append(closed)
-    if len(runs) == 1 and stats is not None:
+    if len(runs) == 1:
         stats.merged_conversations += 1
     elif len(runs) > 1:
         stats.split_conversations += 1
@@ -192,6 +193,46 @@ class ChatEncoder:
                 "Instruct tokenizer) or set tokenizer.chat_template"
             )
         self.tokenizer = tokenizer
+        self._fast_render = self._compile_fast_render()
+
+    def _compile_fast_render(self) -> Any:
+        """The compiled Jinja template called directly, when it renders exactly as apply_chat_template.
+
+        apply_chat_template copies and sanitizes every message on every call; masking renders
+        each prefix of a conversation, so that copying would dominate preparation. The fast path
+        is only used after it reproduced apply_chat_template on a probe conversation.
+        """
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            template = _compile_jinja_template(self.tokenizer.get_chat_template())
+            extras = {k: v for k, v in self.tokenizer.special_tokens_map.items() if isinstance(v, str)}
+
+            def render(chat: list[dict[str, str]], add_generation_prompt: bool) -> str:
+                return template.render(
+                    messages=chat,
+                    tools=None,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **extras,
+                )
+
+            probe = [
+                {"role": "system", "content": "Probe system. "},
+                {"role": "user", "content": " Probe question?"},
+                {"role": "assistant", "content": "Probe answer.\n"},
+                {"role": "user", "content": "Again?"},
+            ]
+            for n in (2, 3, 4):
+                for gen in (False, True):
+                    slow = self.tokenizer.apply_chat_template(
+                        probe[:n], tokenize=False, add_generation_prompt=gen
+                    )
+                    if render(probe[:n], gen) != slow:
+                        return None
+            return render
+        except Exception:  # private API moved or template needs more context: use the public path
+            return None
 
     @staticmethod
     def _messages(system: str, msgs: Sequence[Msg]) -> list[dict[str, str]]:
@@ -200,59 +241,88 @@ class ChatEncoder:
         return out
 
     def render(self, system: str, msgs: Sequence[Msg], *, add_generation_prompt: bool = False) -> str:
-        text = self.tokenizer.apply_chat_template(
-            self._messages(system, msgs), tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-        if not isinstance(text, str):  # some versions wrap a single rendering in a list
-            text = text[0]
-        return text
+        return self._render_many([self._messages(system, msgs)], add_generation_prompt=add_generation_prompt)[
+            0
+        ]
 
-    def text_and_spans(self, system: str, msgs: Sequence[Msg]) -> tuple[str, list[tuple[int, int]]]:
-        full = self.render(system, msgs)
-        spans: list[tuple[int, int]] = []
-        for i, msg in enumerate(msgs):
-            if not msg.trained:
-                continue
-            prompt = self.render(system, msgs[:i], add_generation_prompt=True)
-            upto = self.render(system, msgs[: i + 1])
-            if upto.startswith(prompt) and full.startswith(upto):
-                spans.append((len(prompt), len(upto)))
-                continue
-            # Templates that rewrite earlier turns: fall back to finding the reply's text.
-            start_from = spans[-1][1] if spans else 0
-            needle = (msg.content or "").strip()
-            pos = full.find(needle, start_from) if needle else -1
-            if pos < 0:
-                raise TemplateError(
-                    f"cannot locate assistant turn of pair {msg.pair_id} in the rendered chat template"
-                )
-            spans.append((pos, pos + len(needle)))
-        return full, spans
+    def _render_many(self, chats: list[list[dict[str, str]]], *, add_generation_prompt: bool) -> list[str]:
+        if not chats:
+            return []
+        if self._fast_render is not None:
+            return [self._fast_render(chat, add_generation_prompt) for chat in chats]
+        # One batched call: the per-call overhead of apply_chat_template dominates short renders.
+        texts = self.tokenizer.apply_chat_template(
+            chats, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return [texts] if isinstance(texts, str) else list(texts)
+
+    def texts_and_spans(
+        self, runs: Sequence[tuple[str, Sequence[Msg]]]
+    ) -> list[tuple[str, list[tuple[int, int]]]]:
+        """Rendered text of each run and the character spans of its trained replies."""
+        fulls, prompts, uptos = [], [], []
+        for system, msgs in runs:
+            chat = self._messages(system, msgs)
+            fulls.append(chat)
+            head = len(chat) - len(msgs)  # 1 with a system prompt, else 0
+            for i, msg in enumerate(msgs):
+                if msg.trained:
+                    prompts.append(chat[: head + i])
+                    uptos.append(chat[: head + i + 1])
+        full_texts = self._render_many(fulls, add_generation_prompt=False)
+        prompt_texts = iter(self._render_many(prompts, add_generation_prompt=True))
+        upto_texts = iter(self._render_many(uptos, add_generation_prompt=False))
+        out = []
+        for (_, msgs), full in zip(runs, full_texts, strict=True):
+            spans: list[tuple[int, int]] = []
+            for msg in msgs:
+                if not msg.trained:
+                    continue
+                prompt, upto = next(prompt_texts), next(upto_texts)
+                if upto.startswith(prompt) and full.startswith(upto):
+                    spans.append((len(prompt), len(upto)))
+                    continue
+                # Templates that rewrite earlier turns: fall back to finding the reply's text.
+                start_from = spans[-1][1] if spans else 0
+                needle = (msg.content or "").strip()
+                pos = full.find(needle, start_from) if needle else -1
+                if pos < 0:
+                    raise TemplateError(
+                        f"cannot locate assistant turn of pair {msg.pair_id} in the rendered chat template"
+                    )
+                spans.append((pos, pos + len(needle)))
+            out.append((full, spans))
+        return out
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            # The Rust tokenizer directly: transformers' conversion of every Encoding to Python
+            # lists costs more than the tokenization itself.
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            return [e.ids for e in encodings], [e.offsets for e in encodings]
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"], enc["offset_mapping"]
 
     def count(self, texts: list[str]) -> list[int]:
-        enc = self.tokenizer(texts, add_special_tokens=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        return [len(ids) for ids in self.tokenize(texts)[0]]
 
     @staticmethod
     def labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+        """Trained where a token's characters overlap a reply span, -100 elsewhere."""
         labels = [IGNORE_INDEX] * len(ids)
-        s = 0
-        for j, (a, b) in enumerate(offsets):
-            while s < len(spans) and spans[s][1] <= a:
-                s += 1
-            if s == len(spans):
-                break
-            start, end = spans[s]
-            if b > start and a < end:
-                labels[j] = ids[j]
+        starts = [a for a, _ in offsets]
+        ends = [b for _, b in offsets]
+        for start, end in spans:
+            first = bisect.bisect_right(ends, start)  # first token ending after the span starts
+            last = bisect.bisect_left(starts, end)  # first token starting at or after the span ends
+            labels[first:last] = ids[first:last]
         return labels
 
     def encode_many(self, runs: Sequence[tuple[str, Sequence[Msg]]]) -> list[Encoded]:
-        rendered = [self.text_and_spans(system, msgs) for system, msgs in runs]
+        if not runs:
+            return []
+        rendered = self.texts_and_spans(runs)
         ids_list, offsets_list = self.tokenize([text for text, _ in rendered])
         out = []
         for (system, msgs), (_, spans), ids, offsets in zip(
@@ -308,7 +378,11 @@ def plan_windows(
         # Open on a user turn where possible: a window opening on a reply reads oddly to most templates.
         while start < minimal and msgs[start].role != "user":
             start += 1
-        window = [Msg(m.role, m.content, m.pair_id, m.trained) for m in msgs[start : end + 1]]
+        # Targets before t were trained in an earlier window: here they are history only.
+        window = [
+            Msg(m.role, m.content, m.pair_id, m.trained and start + j >= t)
+            for j, m in enumerate(msgs[start : end + 1])
+        ]
         windows.append((run.system, window))
         k = last + 1
     return windows, unfit

@@ -12,6 +12,7 @@ the placeholder string.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from typing import Any
@@ -62,28 +63,51 @@ def _classify_number(candidate: str) -> str | None:
     return None
 
 
+# A cheap superset of what the patterns above find (an '@', or 8+ digit-ish characters
+# starting with a digit): a text without a match cannot need scrubbing.
+_CANDIDATE_RE = re.compile(r"@|\d[\d ().\-]{7}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_pattern(ids: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(u) for u in sorted(ids, key=len, reverse=True))
+    return re.compile(f"(?<![\\w-])(?:{alternatives})(?![\\w-])", re.IGNORECASE)
+
+
 class Scrubber:
     """Scrubs one log's texts; `counts` accumulates replacements by placeholder."""
 
     def __init__(self, user_ids: list[str] | tuple[str, ...] = ()) -> None:
         self.counts: Counter[str] = Counter()
-        ids = sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}, key=len, reverse=True)
-        self._user_re = (
-            re.compile("(?<![\\w-])(?:" + "|".join(re.escape(u) for u in ids) + ")(?![\\w-])", re.IGNORECASE)
-            if ids
-            else None
-        )
+        self._ids = tuple(sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}))
+        self._ids_lower = tuple(u.lower() for u in self._ids)
+        self._user_re: re.Pattern[str] | None = None
+
+    def needed(self, *texts: str | None) -> bool:
+        """False when none of `texts` can hold anything to scrub: the common case, checked
+        on the raw texts at once so most logs skip the value-by-value walk."""
+        for text in texts:
+            if not text:
+                continue
+            if _CANDIDATE_RE.search(text):
+                return True
+            if self._ids_lower:
+                lowered = text.lower()
+                if any(u in lowered for u in self._ids_lower):
+                    return True
+        return False
 
     def text(self, value: str) -> str:
-        if self._user_re is not None:
+        if self._ids_lower and any(u in value.lower() for u in self._ids_lower):
+            if self._user_re is None:
+                self._user_re = _user_pattern(self._ids)
             value, n = self._user_re.subn(USER_ID, value)
             if n:
                 self.counts[USER_ID] += n
         value, n = _EMAIL_RE.subn(EMAIL, value)
         if n:
             self.counts[EMAIL] += n
-        if any(ch.isdigit() for ch in value):
-            value = _NUMBERISH_RE.sub(self._number, value)
+        value = _NUMBERISH_RE.sub(self._number, value)
         return value
 
     def _number(self, match: re.Match[str]) -> str:

@@ -8,6 +8,7 @@ drops exact and near-duplicates within the export and against earlier training d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -19,6 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.feedback_scrub import Scrubber
@@ -125,8 +127,13 @@ class Decision:
 
 
 def canonical_json(value: Any) -> str:
-    """One rendering per value: sorted keys, compact separators, real UTF-8, no NaN."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """One rendering per value: sorted keys, compact separators, real UTF-8. (NaN cannot
+    occur: `_parse_json` rejects it, so values reaching here are plain JSON.)"""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        # orjson refuses integers beyond 64 bits; the standard library does not.
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -141,9 +148,13 @@ def _parse_json(text: str | None) -> tuple[bool, Any]:
     if text is None:
         return True, None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return False, None
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson rejects what the standard library reads too (huge integers): try it once more.
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return False, None
     # A JSON string holding JSON is a double-encoded value, a common logging slip.
     if isinstance(value, str):
         stripped = value.strip()
@@ -256,17 +267,21 @@ class Example:
     def example_id(self) -> str:
         return f"fb-{self.provenance['response_id']}"
 
-    @property
+    @functools.cached_property
+    def normalized_user(self) -> str:
+        return normalize_text(self.user)
+
+    @functools.cached_property
     def exact(self) -> bytes:
         return exact_key(self.user, self.target)
 
-    @property
+    @functools.cached_property
     def near(self) -> bytes:
-        return near_key(self.user, self.target)
+        return _digest("near", self.normalized_user, normalize_text(self.target))
 
-    @property
+    @functools.cached_property
     def prompt(self) -> bytes:
-        return prompt_key(self.user)
+        return _digest("prompt", self.normalized_user)
 
 
 @dataclass
@@ -311,13 +326,17 @@ def build_example(decision: Decision, options: SelectionOptions) -> Built:
     if not ok:
         return Built(None, Skip.invalid_context_json)
     scrubber = Scrubber([u for u in (row.request_user_id, row.feedback_user_id) if u])
-    user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
-    if len(user) > options.max_prompt_chars:
-        return Built(None, Skip.prompt_too_long)
     try:
-        target = canonical_json(scrubber.value(output))
+        if scrubber.needed(row.prompt, row.context_text, row.output_text):
+            user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
+            target = canonical_json(scrubber.value(output))
+        else:
+            user = user_turn(row.prompt, context)
+            target = canonical_json(output)
     except ValueError:
         return Built(None, Skip.invalid_output_json)
+    if len(user) > options.max_prompt_chars:
+        return Built(None, Skip.prompt_too_long)
     rating = decision.rating or Rating.neutral
     quality = options.positive_quality_score if rating is Rating.positive else options.neutral_quality_score
     insight = row.insight_type or "default"
@@ -393,7 +412,7 @@ class Deduper:
 
 
 def preference_key(example: Example) -> bytes:
-    return _digest("pref", example.insight_type, normalize_text(example.user))
+    return _digest("pref", example.insight_type, example.normalized_user)
 
 
 class PreferencePairs:

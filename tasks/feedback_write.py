@@ -10,13 +10,13 @@ database produce the same bytes, which is what makes a rerun idempotent.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 from tasks.feedback_select import Example
@@ -50,7 +50,8 @@ def file_name(since: datetime, until: datetime) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Compact, UTF-8, keys in insertion order: the same bytes for the same examples.
+    return orjson.dumps(value).decode()
 
 
 def conversation(example: Example) -> dict[str, Any]:
@@ -144,12 +145,15 @@ class ExportWriter:
         self.chat_path = directory / f"{self.name}.chat.jsonl"
         self._chat = open(self.chat_path, "w", encoding="utf-8")  # noqa: SIM115
         self.examples = 0
+        # (conversation id, source response id) of every example, for the registry.
+        self.refs: list[tuple[str, str]] = []
 
     def add(self, example: Example) -> None:
         if self.examples:
             self._spool.write(",\n")
         self._spool.write(_dumps(conversation(example)))
         self._chat.write(_dumps(chat_record(example)) + "\n")
+        self.refs.append((example.example_id, str(example.provenance["response_id"])))
         self.examples += 1
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from tasks.reporting import RunReporter
 log = logging.getLogger("brightrun.job")
 
 TABLE_REFRESH_S = 5.0
+PROGRESS_LOG_S = 5.0
 RECENT_METRICS = 200
 
 
@@ -115,6 +116,7 @@ class JobRecorder:
     gpu_hours: float | None = None
     lora_artifact_path: str | None = None
     _table_at: float = 0.0
+    _logged_at: float = 0.0
     _cancel_checked_at: float = 0.0
     cancel_check_interval_s: float = 2.0
 
@@ -179,6 +181,17 @@ class JobRecorder:
         )
         self.reporter.progress(self.step, self.total_steps)
         self.notifier.progress(self._payload(self.status_value))
+        now = time.monotonic()
+        if now - self._logged_at >= PROGRESS_LOG_S and self.total_steps:
+            self._logged_at = now
+            loss = self.last.get("loss")
+            log.info(
+                "job %s: step %d/%d%s",
+                self.job_id,
+                self.step,
+                self.total_steps,
+                f", loss {loss:.4f}" if loss is not None else "",
+            )
 
     def metrics(self, records: Sequence[MetricRecord | Mapping[str, Any]]) -> None:
         from brightrun.registry import repository as repo

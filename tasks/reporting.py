@@ -22,6 +22,7 @@ from uuid import UUID
 log = logging.getLogger("brightrun.reporting")
 
 LIBRARY_LOGGERS = ("transformers", "peft", "trl", "brightrun", "trainer", "tasks", "flows")
+OWN_LOGGERS = ("brightrun", "trainer", "tasks", "flows")
 TABLE_ROWS = 20
 
 
@@ -208,7 +209,8 @@ def attach_library_loggers(names: Sequence[str] = LIBRARY_LOGGERS) -> None:
     handlers = logging.getLogger("prefect.extra").handlers
     for name in names:
         logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        # Our own loggers speak at INFO; libraries keep their level (transformers: WARNING).
+        if name in OWN_LOGGERS and logger.level in (logging.NOTSET, logging.WARNING):
             logger.setLevel(logging.INFO)
         for handler in handlers:
             if handler not in logger.handlers:

@@ -15,4 +15,6 @@ pytest_plugins = [
     "tests.fixtures.seaweed",
     "tests.fixtures.postgres",
     "tests.fixtures.fake_runpod",
+    "tests.fixtures.prefect",
+    "tests.fixtures.training",
 ]

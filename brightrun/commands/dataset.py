@@ -18,10 +18,14 @@ def _fail(exc: BrightrunError) -> typer.Exit:
 
 def prepare(
     dataset: str = typer.Argument(..., help="Training file: a path, s3://bucket/key or https:// URL"),
-    tokenizer: str = typer.Option(..., "--tokenizer", help="Base model directory or hub id (its chat template)"),
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", help="Base model directory or hub id (its chat template)"
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for the prepared dataset (replaced atomically)"),
     max_seq_length: int = typer.Option(2048, "--max-seq-length", help="Longest sequence in tokens"),
-    min_quality: float = typer.Option(3.0, "--min-quality", help="Targets scored below this are context only"),
+    min_quality: float = typer.Option(
+        3.0, "--min-quality", help="Targets scored below this are context only"
+    ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of conversations held out"),
     seed: int = typer.Option(42, "--seed", help="Seed of the train/validation split"),
     skip_overlong: bool = typer.Option(

@@ -1,9 +1,77 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""`brightrun export-feedback`: rated inference logs into a new training file, now.
+
+Runs the same export as the scheduled `export_feedback` flow (and takes the same database
+lock, so it never races a scheduled run), without starting a training.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Annotated
+
 import typer
+
+from brightrun.errors import InputError
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"{option} {value!r} is not a date or time; use ISO 8601, e.g. 2026-03-01 or 2026-03-01T12:00:00Z"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def export_feedback_command(
+    since: Annotated[
+        str | None, typer.Option(help="Window start, ISO 8601 (default: where the last export stopped)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end, exclusive, ISO 8601 (default: now minus the settle delay)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Select and report, but upload and register nothing")
+    ] = False,
+    settle_minutes: Annotated[float, typer.Option(min=0, help="Settle delay for the default end")] = 15.0,
+    include_neutral_with_notes: Annotated[
+        bool, typer.Option(help="Also export responses rated neutral with notes")
+    ] = False,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a running export")] = 0.0,
+) -> None:
+    """Export feedback-rated inference logs into a brightrun-lora-v4 training file."""
+    from brightrun.registry import open_registry
+    from brightrun.settings import load_settings
+    from brightrun.storage import open_storage
+    from tasks.feedback import export_window
+    from tasks.feedback_select import SelectionOptions
+
+    start, end = _when(since, "--since"), _when(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise InputError(f"--until {until} must be after --since {since}")
+    settings = load_settings()
+    engine = open_registry(settings)
+    try:
+        storage = open_storage(settings.resolved_storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
+        result = export_window(
+            engine,
+            storage,
+            since=start,
+            until=end,
+            settle_delay_s=settle_minutes * 60,
+            options=SelectionOptions(include_neutral_with_notes=include_neutral_with_notes),
+            dry_run=dry_run,
+            lock_wait_s=wait,
+        )
+    finally:
+        engine.dispose()
+    typer.echo(result.report)
+    typer.echo(result.message)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `brightrun` app."""
+    app.command("export-feedback")(export_feedback_command)

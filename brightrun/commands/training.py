@@ -7,9 +7,7 @@ ephemeral local API.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -41,22 +39,10 @@ def _load_config(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def _console_logging() -> None:
-    """Progress lines on the terminal (Prefect's own console handler prints the run logs)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    for name in ("brightrun.job", "brightrun.webhook"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
-            logger.addHandler(handler)
-
-
 def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Run the flow in this process and return its result (raises on failure)."""
     from flows.train_adapter import train_adapter
 
-    _console_logging()
     typer.secho(f"job {job_id}", bold=True)
     state = train_adapter(**params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -87,7 +73,9 @@ def train(
     lora_r: int | None = typer.Option(None, "--lora-r"),
     no_quantize: bool = typer.Option(False, "--no-quantize", help="Plain LoRA instead of 4-bit QLoRA"),
     compute: str | None = typer.Option(None, "--compute", help="local | runpod (default BRIGHTRUN_COMPUTE)"),
-    webhook_url: str | None = typer.Option(None, "--webhook-url", help="Signed with BRIGHTRUN_WEBHOOK_SECRET"),
+    webhook_url: str | None = typer.Option(
+        None, "--webhook-url", help="Signed with BRIGHTRUN_WEBHOOK_SECRET"
+    ),
     storage_url: str | None = typer.Option(None, "--storage-url", help="Directory or s3://bucket/prefix"),
     job_name: str | None = typer.Option(None, "--job-name"),
 ) -> None:
@@ -249,7 +237,7 @@ def _cancel_here(settings: Any, engine: Any, job: Any) -> None:
     else:
         from brightrun.compute.local import LocalCompute
 
-        compute = LocalCompute(settings=settings)
+        compute = LocalCompute(settings.home)
     pods = [p for p in compute.list_pods(job.id) if p.state.value != "terminated"]
     for pod in pods:
         compute.terminate(pod.pod_id)
@@ -280,7 +268,3 @@ def register(app: typer.Typer) -> None:
         jobs_app = None
     if jobs_app is not None:
         jobs_app.command("cancel")(cancel)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -333,15 +334,13 @@ class GraphQLRunPodClient:
 
 
 def client_from_env(api_key: str | None = None, **kwargs: Any) -> GraphQLRunPodClient:
-    """The client for the configured account; also configures the `runpod` SDK's key, which
-    does not read RUNPOD_API_KEY by itself, for any code that uses the SDK."""
+    """The client for the configured account. This client does not use the `runpod` SDK (its
+    `create_pod` splices env values into the query unescaped, and it has no spot rental); where
+    other code has imported the SDK, its key is set too, since the SDK ignores RUNPOD_API_KEY."""
     key = api_key or os.environ.get("RUNPOD_API_KEY") or ""
     if not key:
         raise RunPodAuthError("RUNPOD_API_KEY is not set: export a RunPod API key to use --compute runpod")
-    try:
-        import runpod
-
-        runpod.api_key = key
-    except ImportError:  # the SDK is optional for this client
-        pass
+    sdk = sys.modules.get("runpod")  # importing it costs seconds; configure it only if in use
+    if sdk is not None:
+        sdk.api_key = key
     return GraphQLRunPodClient(key, **kwargs)

@@ -20,7 +20,7 @@ import contextlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, and_, func, insert, select, update
@@ -561,9 +561,10 @@ def add_events(bind: Bind, events: Sequence[NewEvent]) -> int:
             "attempt": e.attempt,
             "payload": dict(e.payload),
             "source_key": e.source_key,
-            "created_at": e.created_at or now,
+            # Batch order is event order: events without a time get distinct, increasing ones.
+            "created_at": e.created_at or now + timedelta(microseconds=i),
         }
-        for e in events
+        for i, e in enumerate(events)
     ]
     with _tx(bind) as conn:
         stmt = _insert(conn, events_t).on_conflict_do_nothing(index_elements=["job_id", "source_key"])

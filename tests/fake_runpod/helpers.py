@@ -90,7 +90,9 @@ def write_job(storage_root: Path, job_id: str, *, steps: int = 10, every: int = 
     return storage.uri(layout.JobLayout(job_id).spec)
 
 
-def runpod_compute(url: str, api_key: str, policy: ProvisioningPolicy, trainer: str = FAKE_TRAINER) -> RunPodCompute:
+def runpod_compute(
+    url: str, api_key: str, policy: ProvisioningPolicy, trainer: str = FAKE_TRAINER
+) -> RunPodCompute:
     client = GraphQLRunPodClient(api_key, base_url=url, backoff_seconds=0.05, max_attempts=3)
     return RunPodCompute(client, policy, trainer_command=trainer)
 

@@ -444,9 +444,10 @@ class FakeRunPod:
         bin_dir = self.workdir / "bin"
         bin_dir.mkdir(exist_ok=True)
         for name in ("python", "python3"):
-            link = bin_dir / name
-            if not link.exists():
-                link.symlink_to(sys.executable)
+            # A script, not a symlink: a venv interpreter finds its pyvenv.cfg only by its own path.
+            shim = bin_dir / name
+            shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+            shim.chmod(0o755)
         shim = bin_dir / "runpodctl"
         shim.write_text(
             f"#!{sys.executable}\n"

@@ -23,7 +23,9 @@ STEPS = 12
 EXPECTED_WEIGHTS = {"sum": sum(range(1, STEPS + 1)), "steps": STEPS}
 
 
-def _run(fake_runpod, tmp_path: Path, job_id: str = "job1", *, env=None, recorder=None, cancel=None, **policy):
+def _run(
+    fake_runpod, tmp_path: Path, job_id: str = "job1", *, env=None, recorder=None, cancel=None, **policy
+):
     pol = fast_policy(**policy)
     root = tmp_path / "storage"
     uri = write_job(root, job_id, steps=STEPS, every=3)
@@ -42,12 +44,15 @@ def _run(fake_runpod, tmp_path: Path, job_id: str = "job1", *, env=None, recorde
     return outcome, recorder, LocalStorage(root)
 
 
-def _interrupt_at_steps(fake_runpod, tmp_path: Path, plan: list[tuple[int, str]], job_id: str = "job1") -> None:
+def _interrupt_at_steps(
+    fake_runpod, tmp_path: Path, plan: list[tuple[int, str]], job_id: str = "job1"
+) -> None:
     """Interrupt the running pod of the job when its heartbeat reaches each step of `plan`."""
     status_path = tmp_path / "storage" / "jobs" / job_id / layout.STATUS
 
     def chaos() -> None:
         for n, (step, mode) in enumerate(plan, start=1):
+
             def ready(n: int = n, step: int = step):
                 pods = [p for p in fake_runpod.fake.pods_of(f"brightrun-{job_id}-a{n}") if p.alive]
                 if not pods or not status_path.exists():
@@ -56,7 +61,8 @@ def _interrupt_at_steps(fake_runpod, tmp_path: Path, plan: list[tuple[int, str]]
                     status = json.loads(status_path.read_text())
                 except ValueError:
                     return None
-                return pods[0] if status["attempt"] == n and status["step"] >= step else None
+                fresh = status_path.stat().st_mtime > pods[0].created_at
+                return pods[0] if fresh and status["step"] >= step else None
 
             pod = wait_for(ready, timeout=60)
             fake_runpod.fake.interrupt(pod.id, mode=mode, grace_seconds=1.0)
@@ -70,7 +76,7 @@ def test_interrupted_job_resumes_and_completes(fake_runpod, tmp_path: Path) -> N
     outcome, rec, storage = _run(fake_runpod, tmp_path)
 
     assert outcome.kind == OutcomeKind.completed, outcome.reason
-    assert outcome.retry_count == 3
+    assert outcome.retry_count == 3, rec.events
     assert rec.retry_counts == [1, 2, 3]
     assert json.loads(storage.get_bytes("jobs/job1/adapter/weights.json")) == EXPECTED_WEIGHTS
     types = rec.types()
@@ -89,7 +95,9 @@ def test_interrupted_job_resumes_and_completes(fake_runpod, tmp_path: Path) -> N
 
 
 def test_heartbeat_silence_is_an_interruption(fake_runpod, tmp_path: Path) -> None:
-    outcome, rec, _ = _run(fake_runpod, tmp_path, env={"FAKE_TRAINER_HANG_AT": "4"}, heartbeat_timeout_seconds=2.0)
+    outcome, rec, _ = _run(
+        fake_runpod, tmp_path, env={"FAKE_TRAINER_HANG_AT": "4"}, heartbeat_timeout_seconds=2.0
+    )
     assert outcome.kind == OutcomeKind.completed, outcome.reason
     assert outcome.retry_count == 1
     assert "heartbeat silent" in rec.of("interrupted")[0]["reason"]
@@ -192,9 +200,11 @@ def test_cancellation_terminates_the_pod(fake_runpod, tmp_path: Path) -> None:
 
 def test_env_value_with_quotes_backslashes_newlines_reaches_the_pod(fake_runpod, tmp_path: Path) -> None:
     tricky = 'say "hi" \\n and \\"x\\"\nnext line\t$HOME `id` \'single\' {"json": [1]}'
-    outcome, _, storage = _run(fake_runpod, tmp_path, env={"TRICKY": tricky, "FAKE_TRAINER_ECHO_ENV": "TRICKY"})
+    outcome, _, storage = _run(
+        fake_runpod, tmp_path, env={"TRICKY": tricky, "FAKE_TRAINER_ECHO_ENV": "TRICKY"}
+    )
     assert outcome.kind == OutcomeKind.completed
-    assert storage.get_bytes("echo/TRICKY").decode() == tricky
+    assert storage.get_bytes("jobs/job1/echo/TRICKY").decode() == tricky
 
 
 def test_secrets_never_leak(fake_runpod, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -225,3 +235,17 @@ def test_secrets_never_leak(fake_runpod, tmp_path: Path, caplog: pytest.LogCaptu
     for value in [*secrets.values(), fake_runpod.api_key]:
         for text in texts:
             assert value not in text
+
+
+def test_pod_self_destructs_at_its_deadline_without_the_orchestrator(fake_runpod) -> None:
+    from brightrun.compute import PodRequest
+
+    sleeper = "python -c 'import time; time.sleep(120)'"
+    policy = fast_policy(max_duration_hours=1 / 3600)  # a one-second deadline
+    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, policy, trainer=sleeper)
+    pod = compute.start(
+        PodRequest(job_id="orphan", attempt=1, spec_uri="/x/spec.json", gpu_type="NVIDIA A40")
+    )
+    # nobody polls or terminates: the pod's own start command ends it and removes the pod
+    wait_for(lambda: fake_runpod.fake.pods[pod.pod_id].status == "TERMINATED", timeout=30)
+    assert compute.get(pod.pod_id).state.value == "terminated"

@@ -66,7 +66,9 @@ class TestS3Storage(StorageContract):
         assert "CreateMultipartUpload" in seen and "CompleteMultipartUpload" in seen
         with self.failing_upload(storage), pytest.raises(Exception):  # noqa: B017
             storage.put_file("mp/failed.bin", src)
-        pending = self.server.client().list_multipart_uploads(Bucket=storage.bucket, Prefix=storage._key("mp/"))
+        pending = self.server.client().list_multipart_uploads(
+            Bucket=storage.bucket, Prefix=storage._key("mp/")
+        )
         assert pending.get("Uploads", []) == []
 
     def test_bad_credentials_error_names_object(

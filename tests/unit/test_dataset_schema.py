@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tasks.dataset_schema import validate_dataset
 
 SYSTEM = "You are a kind financial planning assistant."
@@ -32,7 +30,11 @@ def make_pair(
 
 
 def make_conversation(
-    conv: str, turns: int = 3, *, targets: list[str | None] | None = None, qualities: list[float] | None = None
+    conv: str,
+    turns: int = 3,
+    *,
+    targets: list[str | None] | None = None,
+    qualities: list[float] | None = None,
 ) -> dict[str, Any]:
     """A consistent conversation: each pair's history is the earlier inputs and replies."""
     targets = targets or [f"Reply {t} for {conv}: take one small step." for t in range(1, turns + 1)]
@@ -44,7 +46,10 @@ def make_conversation(
         pair = make_pair(conv, t, history, target=target, quality=qualities[t - 1])
         pairs.append(pair)
         said = target if target is not None else f"(unrecorded reply {t} for {conv})"
-        history += [{"role": "user", "content": pair["current_user_input"]}, {"role": "assistant", "content": said}]
+        history += [
+            {"role": "user", "content": pair["current_user_input"]},
+            {"role": "assistant", "content": said},
+        ]
     return {
         "conversation_metadata": {
             "conversation_id": conv,
@@ -152,7 +157,9 @@ def test_wrong_types(tmp_path: Path) -> None:
     pair["training_metadata"]["quality_score"] = "high"
     pair["conversation_history"] = "none"
     msgs = problems(tmp_path, data)
-    assert any(m.startswith("conversation c1, pair c1-p1 (#0), field turn_number:") and "'1'" in m for m in msgs)
+    assert any(
+        m.startswith("conversation c1, pair c1-p1 (#0), field turn_number:") and "'1'" in m for m in msgs
+    )
     assert any("field training_metadata.quality_score" in m for m in msgs)
     assert any("field conversation_history" in m for m in msgs)
 
@@ -188,7 +195,10 @@ def test_duplicate_pair_ids_across_conversations(tmp_path: Path) -> None:
     c1, c2 = make_conversation("c1"), make_conversation("c2")
     c2["training_pairs"][0]["id"] = "c1-p3"
     msgs = problems(tmp_path, make_file([c1, c2]))
-    assert msgs == ["conversation c2, pair c1-p3 (#0) turn 1, field id: duplicate pair id (already used in conversation c1)"]
+    assert msgs == [
+        "conversation c2, pair c1-p3 (#0) turn 1, field id: "
+        "duplicate pair id (already used in conversation c1)"
+    ]
 
 
 def test_duplicate_conversation_ids(tmp_path: Path) -> None:

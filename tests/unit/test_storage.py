@@ -96,7 +96,10 @@ class StorageContract:
         (src / "adapter_config.json").write_text("{}")
         (src / "sub" / "weights.bin").write_bytes(b"\x00\x01" * 100)
         infos = storage.put_dir("jobs/x/adapter", src)
-        assert [i.key for i in infos] == ["jobs/x/adapter/adapter_config.json", "jobs/x/adapter/sub/weights.bin"]
+        assert [i.key for i in infos] == [
+            "jobs/x/adapter/adapter_config.json",
+            "jobs/x/adapter/sub/weights.bin",
+        ]
         dest = tmp_path / "back"
         storage.get_dir("jobs/x/adapter", dest)
         assert (dest / "adapter_config.json").read_text() == "{}"

@@ -1,0 +1,140 @@
+"""Trainer benchmark: checkpoint cost, resume time, padding share and throughput.
+
+    .venv/bin/python benchmarks/bench_trainer.py [--steps 100] [--kill-at 60] [--no-quantize]
+
+Builds the tiny model, prepares the sample dataset with the real dataset stage, then runs
+the real entry point (`python -m trainer`) on a local storage with the job spec defaults
+(4-bit QLoRA, batch 4 x 4 accumulation, checkpoint every 50 steps / 600 s):
+
+1. an uninterrupted run: checkpoint save+commit share of wall time (target <= 5 %),
+   padding share of the tokens processed (target <= 5 %), tokens/s;
+2. a run SIGKILLed at `--kill-at`, then restarted: seconds from the restart to its first
+   trained step (target <= 30 s), and steps lost.
+
+Reading the same on a GPU: run this script on the GPU machine (the trainer picks CUDA,
+bf16 compute and paged AdamW 8-bit by itself) with `--base-model` pointing at a real
+model, or read any job's storage: `events/*checkpoint_committed*` carry `seconds` per
+checkpoint, `result.json` has `train_seconds` and `tokens_per_s`, the metric records in
+`metrics/*.jsonl` carry `tokens_per_s`, `padding_tokens`, `peak_memory_mb` and `mfu`
+(model FLOPs utilisation, 6 x parameters x tokens/s over the GPU's bf16 peak), and the
+first record of attempt N against the `resumed` event's time gives the resume time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from brightrun import layout  # noqa: E402
+from brightrun.storage import LocalStorage  # noqa: E402
+
+SAMPLE = REPO / "examples" / "brightrun-sample.json"
+
+
+def _trainer(spec_uri: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", "--spec", spec_uri], env=full_env, capture_output=True, text=True
+    )
+
+
+def _job(root: Path, prepared: Path, job_id: str, spec: dict[str, object]) -> LocalStorage:
+    storage = LocalStorage(root / "jobs" / job_id)
+    storage.put_dir("data", prepared)
+    storage.put_json("spec.json", spec)
+    return storage
+
+
+def _records(storage: LocalStorage) -> list[dict[str, object]]:
+    out = []
+    for key in storage.list("metrics/"):
+        out.extend(json.loads(line) for line in storage.get_bytes(key).decode().splitlines() if line)
+    return out
+
+
+def _events(storage: LocalStorage, kind: str) -> list[dict[str, object]]:
+    return [e for e in (storage.get_json(k) for k in storage.list("events/")) if e["type"] == kind]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--kill-at", type=int, default=60)
+    parser.add_argument("--no-quantize", action="store_true")
+    parser.add_argument("--base-model", help="a model path or hub id (default: the tiny model)")
+    args = parser.parse_args()
+
+    from brightrun.tiny_model import ensure_tiny_model
+    from tasks.dataset import PrepareOptions, prepare_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    model = args.base_model or str(ensure_tiny_model(work / "tiny-llama", SAMPLE))
+    prepared = work / "prepared"
+    report = prepare_dataset(SAMPLE, model, prepared, PrepareOptions(skip_overlong_targets=True))
+    spec: dict[str, object] = {
+        "base_model": model,
+        "quantization": {"load_in_4bit": not args.no_quantize},
+        "training": {"max_steps": args.steps},
+        "evaluation": {"sample_generations": 1, "max_new_tokens": 16},
+    }
+
+    # 1. uninterrupted run
+    storage = _job(work, prepared, "full", {**spec, "job_id": "full"})
+    started = time.perf_counter()
+    proc = _trainer(storage.uri("spec.json"))
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:])
+        return 1
+    result = storage.get_json(layout.RESULT)
+    ckpt = [e["payload"]["seconds"] for e in _events(storage, "checkpoint_committed")]
+    train_s = result["train_seconds"]
+    last = max((r for r in _records(storage) if r["loss"] is not None), key=lambda r: r["step"])
+    padding = last["padding_tokens"] / (last["tokens_processed"] + last["padding_tokens"])
+
+    # 2. SIGKILL after a committed checkpoint, then restart
+    killed = _job(work, prepared, "killed", {**spec, "job_id": "killed"})
+    _trainer(killed.uri("spec.json"), {"BRIGHTRUN_TRAINER_FAULT": f"kill_after_step:{args.kill_at}"})
+    restart_at = time.time()
+    proc = _trainer(killed.uri("spec.json"))
+    if proc.returncode != 0:
+        print(proc.stderr[-4000:])
+        return 1
+    first = min(
+        (r for r in _records(killed) if r["attempt"] == 2 and r["loss"] is not None), key=lambda r: r["step"]
+    )
+    first_step_at = datetime.fromisoformat(str(first["time"]).replace("Z", "+00:00")).timestamp()
+    resumed = _events(killed, "resumed")[0]["payload"]
+
+    print(f"base model: {model}  ({'plain LoRA' if args.no_quantize else '4-bit NF4 QLoRA'}, CPU)")
+    print(
+        f"dataset: {report.train.examples} train / {report.validation.examples} validation sequences, "
+        f"{args.steps} steps of 4 x 4"
+    )
+    print(f"run wall time (process): {wall:.1f} s; training steps: {train_s:.1f} s")
+    print(
+        f"checkpoints: {len(ckpt)} x {sum(ckpt) / max(len(ckpt), 1):.3f} s; "
+        f"save+commit share of training wall time: {100 * sum(ckpt) / (train_s + sum(ckpt)):.2f} % (target <= 5 %)"
+    )
+    print(f"padding share of tokens processed: {100 * padding:.2f} % (target <= 5 %)")
+    print(f"throughput: {result['tokens_per_s']:.0f} tokens/s over {last['tokens_processed']} tokens")
+    print(
+        f"resume: killed at step {args.kill_at}, resumed from {resumed['from_step']} "
+        f"({resumed['lost_steps']} steps lost); restart to first resumed step: "
+        f"{first_step_at - restart_at:.1f} s (target <= 30 s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

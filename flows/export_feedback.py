@@ -1,0 +1,199 @@
+"""`export_feedback`: rated inference logs → a new training file (DESIGN.md §1, §6).
+
+Scheduled daily (prefect.yaml). Each run exports the window from the watermark left by
+the last successful export up to now minus a settle delay (late ratings land before
+their window is read), registers the file, and — with `auto_train` and enough new
+examples — starts `train_adapter` on it through its deployment as a linked subflow run.
+The work itself is in `tasks/feedback.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from pydantic import Field
+
+from brightrun.errors import InputError
+from brightrun.settings import load_settings
+from tasks.feedback import ExportBusy, ExportResult
+from tasks.feedback_select import SelectionOptions
+from tasks.feedback_write import FileOptions
+
+CONCURRENCY_LIMIT = "export-feedback"
+DEFAULT_TRAIN_DEPLOYMENT = "train_adapter/local"
+
+
+def _ensure_concurrency_limit() -> None:
+    """Create the one-slot global concurrency limit the flow occupies, if it is missing
+    (without it `concurrency()` would not limit anything)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=CONCURRENCY_LIMIT, limit=1)
+                )
+
+
+@task(name="export-feedback-window", retries=1, retry_delay_seconds=30)
+def export_feedback_window(
+    since: datetime | None,
+    until: datetime | None,
+    settle_delay_s: float,
+    selection: SelectionOptions,
+    file_options: FileOptions,
+    dry_run: bool,
+    lock_wait_s: float,
+) -> ExportResult | None:
+    """Export one window; a lost database connection is retried inside (from the window
+    start), and the task retry covers anything else transient. Either way nothing is
+    registered until the whole file is uploaded."""
+    from brightrun.registry import open_registry
+    from brightrun.storage import open_storage
+    from tasks.feedback import export_window
+
+    settings = load_settings()
+    engine = open_registry(settings)
+    try:
+        storage = open_storage(settings.resolved_storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
+        return export_window(
+            engine,
+            storage,
+            since=since,
+            until=until,
+            settle_delay_s=settle_delay_s,
+            options=selection,
+            file_options=file_options,
+            dry_run=dry_run,
+            lock_wait_s=lock_wait_s,
+        )
+    except ExportBusy as busy:
+        get_run_logger().warning("%s", busy)
+        return None
+    finally:
+        engine.dispose()
+
+
+@task(name="start-training")
+def start_training(
+    deployment: str, training_file_uri: str, base_model: str, preset: str | None, job_name: str
+) -> dict[str, Any]:
+    """Start `train_adapter` on the new file without waiting for it (timeout=0); the
+    subflow link makes the training run appear under this export run in the UI."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        name=deployment,
+        parameters={
+            "dataset": training_file_uri,
+            "base_model": base_model,
+            "preset": preset,
+            "job_name": job_name,
+        },
+        timeout=0,
+        as_subflow=True,
+        tags=["brightrun", "feedback-export"],
+    )
+    return {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment}
+
+
+@flow(name="export_feedback", log_prints=True, retries=0)
+def export_feedback(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    settle_delay_minutes: Annotated[float, Field(ge=0)] = 15.0,
+    include_neutral_with_notes: bool = False,
+    latest_feedback_wins: bool = True,
+    one_vote_per_user: bool = True,
+    max_prompt_chars: Annotated[int, Field(gt=0)] = 8000,
+    system_prompts: dict[str, str] | None = None,
+    default_system_prompt: str | None = None,
+    target_model: str = "lexybrain",
+    vertical: str = "lexybrain_insights",
+    min_examples: Annotated[int, Field(ge=1)] = 200,
+    auto_train: bool = False,
+    train_deployment: str = DEFAULT_TRAIN_DEPLOYMENT,
+    train_base_model: str = "meta-llama/Meta-Llama-3-8B-Instruct",
+    train_preset: str | None = "balanced",
+    dry_run: bool = False,
+    lock_wait_seconds: Annotated[float, Field(ge=0)] = 0.0,
+) -> dict[str, Any]:
+    """Export rated inference logs of `[since, until)` into a brightrun-lora-v4 training file.
+
+    Args:
+        since: window start (default: the watermark of the last successful export).
+        until: window end, exclusive (default: now minus the settle delay).
+        settle_delay_minutes: how long ratings may still arrive for a window.
+        include_neutral_with_notes: also export responses rated neutral with notes.
+        latest_feedback_wins: a response rated several times takes its latest rating
+            (otherwise the net vote decides).
+        one_vote_per_user: only each user's latest rating of a response counts.
+        max_prompt_chars: user turns longer than this are skipped.
+        system_prompts: system prompt per insight type.
+        default_system_prompt: system prompt for other insight types.
+        target_model / vertical: recorded in the file's metadata.
+        min_examples: with auto_train, train only when the new file has this many examples.
+        auto_train: start `train_deployment` on the new file.
+        train_deployment / train_base_model / train_preset: what to train.
+        dry_run: select and write locally, report, but upload and register nothing.
+        lock_wait_seconds: wait this long for a running export, then exit cleanly.
+    """
+    logger = get_run_logger()
+    if since is not None and until is not None and until <= since:
+        raise InputError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
+    selection = SelectionOptions(
+        include_neutral_with_notes=include_neutral_with_notes,
+        latest_feedback_wins=latest_feedback_wins,
+        one_vote_per_user=one_vote_per_user,
+        max_prompt_chars=max_prompt_chars,
+        system_prompts=system_prompts or {},
+        **({"default_system_prompt": default_system_prompt} if default_system_prompt else {}),
+    )
+    file_options = FileOptions(target_model=target_model, vertical=vertical)
+    _ensure_concurrency_limit()
+    # The Prefect limit queues exports in this orchestrator; the database lock inside the
+    # export also stops a CLI run or a second Prefect server from exporting at once.
+    try:
+        with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=lock_wait_seconds + 60):
+            result = export_feedback_window(
+                since, until, settle_delay_minutes * 60, selection, file_options, dry_run, lock_wait_seconds
+            )
+    except TimeoutError:
+        result = None
+    if result is None:
+        message = "another export is running; this run exported nothing (the next scheduled run catches up)"
+        logger.warning(message)
+        return {"status": "busy", "message": message, "training_run": None}
+    create_markdown_artifact(
+        key="export-feedback-report",
+        markdown=result.report,
+        description=f"feedback export {result.since.isoformat()} → {result.until.isoformat()}",
+    )
+    logger.info(result.message)
+    summary = result.summary()
+    summary["training_run"] = None
+    if result.status == "exported" and auto_train:
+        if result.examples >= min_examples and result.training_file_uri:
+            summary["training_run"] = start_training(
+                train_deployment,
+                result.training_file_uri,
+                train_base_model,
+                train_preset,
+                f"feedback-{result.since:%Y%m%d}-{result.until:%Y%m%d}",
+            )
+            logger.info("started %s: %s", train_deployment, summary["training_run"]["flow_run_name"])
+        else:
+            logger.info(
+                "not training: %d new example(s), fewer than min_examples=%d", result.examples, min_examples
+            )
+    return summary

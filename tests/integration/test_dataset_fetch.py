@@ -1,0 +1,98 @@
+"""Fetching a training file: local path, s3:// (SeaweedFS) and https-style URLs, cached by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brightrun.errors import BrightrunError, InputError
+from brightrun.storage import S3Storage
+from tasks.dataset import fetch_dataset
+from tests.fixtures.seaweed import SeaweedS3
+
+pytestmark = pytest.mark.integration
+
+
+def test_local_path_is_used_in_place(sample_dataset: Path, tmp_path: Path) -> None:
+    assert fetch_dataset(str(sample_dataset), tmp_path / "cache") == sample_dataset
+    assert fetch_dataset(f"file://{sample_dataset}", tmp_path / "cache") == sample_dataset
+    with pytest.raises(InputError, match="no such file"):
+        fetch_dataset(str(tmp_path / "missing.json"), tmp_path / "cache")
+    with pytest.raises(InputError, match="ftp://x"):
+        fetch_dataset("ftp://x/y.json", tmp_path / "cache")
+
+
+def test_s3_fetch_caches_by_content_hash(
+    seaweed: SeaweedS3, s3_storage: S3Storage, sample_dataset: Path, tmp_path: Path
+) -> None:
+    s3_storage.put_file("datasets/sample.json", sample_dataset)
+    uri = s3_storage.uri("datasets/sample.json")
+    cache = tmp_path / "cache"
+    got = fetch_dataset(uri, cache, endpoint_url=seaweed.endpoint_url)
+    digest = hashlib.sha256(sample_dataset.read_bytes()).hexdigest()
+    assert got == cache / f"{digest}.json" and got.read_bytes() == sample_dataset.read_bytes()
+    # A second fetch finds the recorded sha256 in the cache and does not download again.
+    got.write_bytes(got.read_bytes())  # same content, new mtime
+    before = got.stat().st_mtime_ns
+    assert fetch_dataset(uri, cache, endpoint_url=seaweed.endpoint_url) == got
+    assert got.stat().st_mtime_ns == before
+    assert sorted(p.name for p in cache.iterdir()) == [got.name]
+
+
+def test_s3_missing_object_is_an_input_error(
+    seaweed: SeaweedS3, s3_storage: S3Storage, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="nope.json"):
+        fetch_dataset(s3_storage.uri("nope.json"), tmp_path / "cache", endpoint_url=seaweed.endpoint_url)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/broken"):
+            # Promise more bytes than we send, then hang up: a download that fails midway.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b'{"partial": ')
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def http_server(sample_dataset: Path) -> Iterator[str]:
+    def handler(*args: object, **kwargs: object) -> _Handler:
+        return _Handler(*args, directory=str(sample_dataset.parent), **kwargs)  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_fetch_and_failed_download_leaves_nothing(
+    http_server: str, sample_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    got = fetch_dataset(f"{http_server}/{sample_dataset.name}?X-Amz-Signature=secret", cache)
+    assert got.read_bytes() == sample_dataset.read_bytes()
+    with pytest.raises(BrightrunError) as info:
+        fetch_dataset(f"{http_server}/missing.json?X-Amz-Signature=secret", cache)
+    assert "HTTP 404" in str(info.value) and "secret" not in str(info.value)
+    with pytest.raises(BrightrunError):
+        fetch_dataset(f"{http_server}/broken.json", cache)
+    assert [p.name for p in cache.iterdir()] == [got.name]

@@ -1,0 +1,54 @@
+"""`brightrun export-feedback` on the embedded default (SQLite registry, local storage)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+from typer.testing import CliRunner
+
+from brightrun.cli import app
+from brightrun.registry import open_registry_url
+from brightrun.registry import repository as repo
+from brightrun.registry.models import LexybrainFeedback, LexybrainRequest, LexybrainResponse
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_cli_dry_run_then_export(brightrun_home: Path) -> None:
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}", auto_upgrade=True)
+    with engine.begin() as conn:
+        q, r = uuid.uuid4(), uuid.uuid4()
+        conn.execute(insert(LexybrainRequest.__table__).values(id=q, prompt="Top tags?", requested_at=T0))
+        conn.execute(
+            insert(LexybrainResponse.__table__).values(
+                id=r, request_id=q, output={"tags": ["a"]}, success=True
+            )
+        )
+        conn.execute(
+            insert(LexybrainFeedback.__table__).values(
+                id=uuid.uuid4(), response_id=r, feedback="positive", created_at=T0 + timedelta(hours=1)
+            )
+        )
+    runner = CliRunner()
+    args = ["export-feedback", "--since", "2026-03-01", "--until", "2026-03-02T00:00:00Z"]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: 1 example(s) would be exported" in dry.output
+    assert repo.list_training_files(engine) == []
+
+    real = runner.invoke(app, args)
+    assert real.exit_code == 0, real.output
+    assert "exported 1 example(s)" in real.output and "| rows read | 1 |" in real.output
+    files = repo.list_training_files(engine)
+    assert len(files) == 1 and files[0].source == "feedback_export"
+    assert Path(files[0].storage_path).is_relative_to(brightrun_home)
+
+    bad = runner.invoke(app, ["export-feedback", "--since", "yesterday"])
+    assert bad.exit_code != 0
+    engine.dispose()

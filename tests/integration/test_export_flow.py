@@ -1,0 +1,114 @@
+"""The `export_feedback` flow under a real (ephemeral) Prefect API: artifact, concurrency
+limit and the automatic `train_adapter` run started through its deployment."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from brightrun.registry import open_registry_url
+from brightrun.registry import repository as repo
+from brightrun.registry.models import LexybrainFeedback, LexybrainRequest, LexybrainResponse
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def _seed(db: Path, n: int) -> None:
+    engine = open_registry_url(f"sqlite:///{db}", auto_upgrade=True)
+    with engine.begin() as conn:
+        for i in range(n):
+            q, r = uuid.uuid4(), uuid.uuid4()
+            at = T0 + timedelta(minutes=i)
+            conn.execute(
+                insert(LexybrainRequest.__table__).values(
+                    id=q, user_id=uuid.uuid4(), prompt=f"Insight {i}?", insight_type="trend", requested_at=at
+                )
+            )
+            conn.execute(
+                insert(LexybrainResponse.__table__).values(
+                    id=r, request_id=q, output={"trend": i}, success=True, model_version="v1", created_at=at
+                )
+            )
+            conn.execute(
+                insert(LexybrainFeedback.__table__).values(
+                    id=uuid.uuid4(), response_id=r, feedback="positive", created_at=at
+                )
+            )
+    engine.dispose()
+
+
+def _train_deployment() -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("train_adapter")
+        client.create_deployment(
+            flow_id=flow_id, name="feedback-test", entrypoint="flows/train_adapter.py:train_adapter"
+        )
+    return "train_adapter/feedback-test"
+
+
+def test_flow_exports_reports_and_starts_training(prefect_api: None, brightrun_home: Path) -> None:
+    from prefect import get_client
+
+    from flows.export_feedback import CONCURRENCY_LIMIT, export_feedback
+
+    _seed(brightrun_home / "registry.db", 3)
+    deployment = _train_deployment()
+    state = export_feedback(
+        since=T0,
+        until=T0 + timedelta(days=1),
+        min_examples=2,
+        auto_train=True,
+        train_deployment=deployment,
+        train_base_model="tiny",
+        system_prompts={"trend": "You spot trends."},
+        return_state=True,
+    )
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["status"] == "exported" and summary["examples"] == 3
+    run_info = summary["training_run"]
+    assert run_info is not None
+
+    with get_client(sync_client=True) as client:
+        training = client.read_flow_run(uuid.UUID(run_info["flow_run_id"]))
+        assert training.parameters["dataset"] == summary["training_file_uri"]
+        assert training.parameters["base_model"] == "tiny"
+        # Linked: the training run is a subflow of this export run.
+        assert training.parent_task_run_id is not None
+        parent = client.read_task_run(training.parent_task_run_id)
+        assert parent.flow_run_id == state.state_details.flow_run_id
+        # Raw filter request: this Prefect client's artifact helpers send nulls its server rejects.
+        found = client._client.post(
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": ["export-feedback-report"]}}, "limit": 5, "offset": 0},
+        ).json()
+        assert found and "| rows read | 3 |" in found[0]["data"]
+        assert found[0]["flow_run_id"] == str(state.state_details.flow_run_id)
+        assert client.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT).limit == 1
+
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
+    assert repo.get_watermark(engine).position == T0 + timedelta(days=1)
+    engine.dispose()
+
+    # Below min_examples nothing is started; a window with no ratings changes nothing.
+    again = export_feedback(
+        until=T0 + timedelta(days=2), min_examples=2, auto_train=True, train_deployment=deployment
+    )
+    assert again["status"] == "empty" and again["training_run"] is None

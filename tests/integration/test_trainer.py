@@ -1,0 +1,208 @@
+"""The trainer through its real entry point (`python -m trainer --spec URI`), on the CPU with the
+tiny model and real 4-bit NF4: exact resume after SIGKILL, kills during checkpoint upload,
+corrupted checkpoints, the end-of-run outputs, and a finished job started again."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from brightrun import layout
+from brightrun.protocol import EvalReport, Manifest, TrainerResult, TrainerStatus
+from brightrun.storage import S3Storage, sha256_file
+from tests.fixtures.training import (
+    adapter_tensors,
+    copy_job,
+    create_job,
+    events,
+    job_storage,
+    max_abs_diff,
+    metric_records,
+    run_trainer,
+    small_spec,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXACT = 1e-6
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """An uninterrupted reference run, and a twin job SIGKILLed at `kill_step` (not resumed)."""
+
+    four_bit: bool
+    reference: str
+    killed: str
+    kill_step: int
+    root: Path
+
+
+def _scenario(root: Path, tiny_model: Path, prepared: Path, four_bit: bool) -> Scenario:
+    quant = {"load_in_4bit": four_bit}
+    reference = create_job(root / "ref", prepared, small_spec("ref", tiny_model, quantization=quant))
+    done = run_trainer(reference)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # Any step after the first commit (step 3); random so that no one position is special.
+    kill_step = random.randint(4, 9)
+    killed = create_job(root / "killed", prepared, small_spec("killed", tiny_model, quantization=quant))
+    proc = run_trainer(killed, env={"BRIGHTRUN_TRAINER_FAULT": f"kill_after_step:{kill_step}"})
+    assert proc.returncode == -9, f"expected SIGKILL at step {kill_step}: {proc.stderr[-3000:]}"
+    assert not job_storage(killed).exists(layout.RESULT)
+    return Scenario(four_bit, reference, killed, kill_step, root)
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, prepared_dataset: Path) -> Scenario:
+    return _scenario(tmp_path_factory.mktemp("lora"), tiny_model, prepared_dataset, four_bit=False)
+
+
+@pytest.fixture(scope="module")
+def qlora_runs(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, prepared_dataset: Path
+) -> Scenario:
+    return _scenario(tmp_path_factory.mktemp("qlora"), tiny_model, prepared_dataset, four_bit=True)
+
+
+@pytest.mark.parametrize("runs", ["lora_runs", "qlora_runs"])
+def test_resume_after_sigkill_gives_the_uninterrupted_adapter(
+    runs: str, request: pytest.FixtureRequest
+) -> None:
+    scenario: Scenario = request.getfixturevalue(runs)
+    storage = job_storage(scenario.killed)
+    committed = int(storage.get_bytes(layout.LATEST).decode())
+    assert 3 <= committed <= scenario.kill_step
+
+    proc = run_trainer(scenario.killed)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    resumed = events(storage, "resumed")
+    assert [e["payload"]["from_step"] for e in resumed] == [committed]
+    assert resumed[0]["attempt"] == 2
+    reference, result = adapter_tensors(job_storage(scenario.reference)), adapter_tensors(storage)
+    diff = max_abs_diff(reference, result)
+    assert diff <= EXACT, f"kill at step {scenario.kill_step}, resumed from {committed}: max abs diff {diff}"
+    # The adapter did train (LoRA B starts at zero), so equality is not trivial.
+    assert max(float(t.abs().max()) for k, t in result.items() if "lora_B" in k) > 1e-3
+    status = TrainerStatus.model_validate(storage.get_json(layout.STATUS))
+    assert (status.phase, status.attempt, status.step) == ("completed", 2, 10)
+    # Steps after the commit are trained again in attempt 2, none skipped.
+    steps = sorted(r["step"] for r in metric_records(storage) if r["attempt"] == 2 and r["loss"] is not None)
+    assert steps == list(range(committed + 1, 11))
+
+
+def test_end_of_run_outputs_and_validation_loss_goes_down(lora_runs: Scenario) -> None:
+    storage = job_storage(lora_runs.reference)
+    baseline = [r["eval_loss"] for r in metric_records(storage) if r["step"] == 0 and r["eval_loss"]]
+    report = EvalReport.model_validate(storage.get_json(layout.EVAL))
+    assert baseline and report.eval_loss < baseline[0]
+    assert report.perplexity == pytest.approx(math.exp(report.eval_loss))
+    assert len(report.samples) == 1 and report.samples[0]["reference"]
+
+    result = TrainerResult.model_validate(storage.get_json(layout.RESULT))
+    assert (result.steps, result.adapter_prefix, result.attempts) == (10, "adapter", 1)
+    manifest = Manifest.model_validate(storage.get_json(f"{layout.ADAPTER_DIR}/{layout.MANIFEST}"))
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md"):
+        entry = manifest.files[name]
+        assert sha256_file(storage.root / layout.ADAPTER_DIR / name) == entry.sha256
+    card = (storage.root / layout.ADAPTER_DIR / "README.md").read_text()
+    meta = storage.get_json("data/meta.json")
+    assert meta["source_sha256"] in card and "base_model:" in card and "validation loss" in card
+
+    records = [r for r in metric_records(storage) if r["loss"] is not None]
+    last = max(records, key=lambda r: r["step"])
+    assert last["tokens_processed"] > last["trained_tokens"] > 0
+    assert last["padding_tokens"] < 0.05 * last["tokens_processed"]
+    assert all(r["learning_rate"] is not None and r["grad_norm"] is not None for r in records)
+    committed = [e["payload"]["step"] for e in events(storage, "checkpoint_committed")]
+    assert committed == [3, 6, 9, 10]
+    # keep_last=2: only the two newest committed checkpoints remain.
+    remaining = {k.split("/")[1] for k in storage.list("checkpoints/") if k != layout.LATEST}
+    assert remaining == {"00000009", "00000010"}
+
+
+def test_restarting_a_finished_job_only_reports_it(lora_runs: Scenario) -> None:
+    storage = job_storage(lora_runs.reference)
+    before = {k: storage.stat(k) for k in storage.list()}
+    proc = run_trainer(lora_runs.reference)
+    assert proc.returncode == 0
+    assert "already finished" in proc.stdout
+    assert {k: storage.stat(k) for k in storage.list()} == before
+
+
+@pytest.fixture(scope="module")
+def upload_killed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, prepared_dataset: Path, lora_runs: Scenario
+) -> str:
+    """A plain LoRA job SIGKILLed in the middle of uploading checkpoint 9 (LATEST = 6)."""
+    root = tmp_path_factory.mktemp("upload-killed")
+    uri = create_job(
+        root,
+        prepared_dataset,
+        small_spec("killed-in-upload", tiny_model, quantization={"load_in_4bit": False}),
+    )
+    proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "kill_in_upload:9"})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    storage = job_storage(uri)
+    assert storage.get_bytes(layout.LATEST).decode().strip() == "6"
+    partial = storage.list(layout.checkpoint_dir(9) + "/")
+    assert partial and layout.checkpoint_manifest(9) not in partial
+    return uri
+
+
+@pytest.mark.parametrize("damage", ["none", "flip_bytes", "delete_file", "truncate_manifest"])
+def test_damaged_or_half_written_checkpoints_are_never_loaded(
+    damage: str, upload_killed: str, lora_runs: Scenario, tmp_path: Path
+) -> None:
+    uri = copy_job(upload_killed, tmp_path)
+    storage = job_storage(uri)
+    six = storage.root / layout.checkpoint_dir(6)
+    if damage == "flip_bytes":
+        path = six / "adapter_model.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0xFF
+        path.write_bytes(bytes(data))  # same size, one byte differs: only the sha256 can tell
+    elif damage == "delete_file":
+        (six / "rng.pt").unlink()
+    elif damage == "truncate_manifest":
+        manifest = six / layout.MANIFEST
+        manifest.write_bytes(manifest.read_bytes()[:40])
+
+    proc = run_trainer(uri)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    expected_from = 6 if damage == "none" else 3
+    assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [expected_from]
+    rejected = [e["payload"]["step"] for e in events(storage, "checkpoint_rejected")]
+    assert rejected == ([] if damage == "none" else [6])
+    diff = max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), adapter_tensors(storage))
+    assert diff <= EXACT
+
+
+def test_resume_against_s3_storage(
+    seaweed,
+    tiny_model: Path,
+    prepared_dataset: Path,
+    lora_runs: Scenario,  # type: ignore[no-untyped-def]
+) -> None:
+    """The same kill-and-resume through SeaweedFS: the trainer's only channel is S3."""
+    client = seaweed.client()
+    storage = S3Storage(seaweed.bucket, "trainer-s3/jobs/s3job", client=client)
+    storage.put_dir("data", prepared_dataset)
+    storage.put_json("spec.json", small_spec("s3job", tiny_model, quantization={"load_in_4bit": False}))
+    uri = storage.uri("spec.json")
+    env = seaweed.env()
+    killed = run_trainer(uri, env={**env, "BRIGHTRUN_TRAINER_FAULT": "kill_after_step:7"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert storage.get_bytes(layout.LATEST).decode().strip() == "6"
+    proc = run_trainer(uri, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    from safetensors.torch import load
+
+    resumed = load(storage.get_bytes(f"{layout.ADAPTER_DIR}/adapter_model.safetensors"))
+    assert max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), resumed) <= EXACT
+    assert [e for e in storage.list("events/") if e.startswith("events/002-")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -25,8 +26,9 @@ sys.path.insert(0, str(REPO))
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY_S = 86_400
-WORDS = tuple(
-    "price trend listing shop mug candle print sticker holiday gift demand seasonal niche".split(" ")
+WORDS = (
+    *("price", "trend", "listing", "shop", "mug", "candle", "print"),
+    *("sticker", "holiday", "gift", "demand", "seasonal", "niche"),
 )
 
 
@@ -89,7 +91,8 @@ def load(url: str, n_requests: int, rated: float, seed: int = 7) -> int:
                 success = "f" if i % 53 == 0 else "t"
                 buf.append(
                     f"{_uuid(2, i)}\t{_uuid(1, i)}\t{_escape(output)}\tlexybrain\tv{1 + i % 3}\t"
-                    f"{100 + i % 900}\t{success}\t{200 + i % 50}\t{150 + i % 40}\t{_ts(i * DAY_S / n_requests + 1)}\n"
+                    f"{100 + i % 900}\t{success}\t{200 + i % 50}\t{150 + i % 40}\t"
+                    f"{_ts(i * DAY_S / n_requests + 1)}\n"
                 )
                 if len(buf) >= chunk:
                     copy.write("".join(buf))
@@ -124,17 +127,20 @@ def export_child(url: str, storage_dir: str) -> None:
     from tasks.feedback import export_window
 
     engine = open_registry_url(url)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = export_window(
         engine, LocalStorage(storage_dir), since=T0, until=T0 + timedelta(days=2), progress_every=10**9
     )
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
             {
                 "status": result.status,
                 "seconds": round(elapsed, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_average_1m": round(os.getloadavg()[0], 2),
                 "rows_read": result.stats.rows_read,
                 "selected": result.stats.selected,
                 "skipped": dict(result.stats.skipped),
@@ -184,7 +190,8 @@ def main() -> None:
         print(json.dumps(figures, indent=2))
         print(
             f"export: {figures['rows_read']:,} rated rows in {figures['seconds']:.1f}s = {rate:,.0f} rows/s; "
-            f"{figures['selected']:,} examples; peak RSS {figures['peak_rss_mb']:.0f} MB "
+            f"{figures['selected']:,} examples; exporter CPU {figures['cpu_seconds']:.1f}s; "
+            f"peak RSS {figures['peak_rss_mb']:.0f} MB; load average {figures['load_average_1m']} "
             f"(targets: < 30 s, < 500 MB)"
         )
 

@@ -612,10 +612,15 @@ def _publish(
     if written.preferences_file is not None:
         keys["preferences"] = f"{prefix}/{written.preferences_file.name}"
         storage.put_file(keys["preferences"], written.preferences_file)
-    result.report = render_report(result)
     keys["report"] = f"{prefix}/report.md"
-    storage.put_bytes(keys["report"], result.report.encode())
     result.files = {k: storage.uri(v) for k, v in keys.items()}
+    # The stored report describes the file (the same for a rerun, like the file itself);
+    # the run's own report, with the registration outcome, is rendered at the end.
+    result.status, result.message = (
+        "exported",
+        f"{written.examples} example(s) in {result.files['training_file']}",
+    )
+    storage.put_bytes(keys["report"], render_report(result).encode())
     refs = _conversation_refs(refs)
     stats = result.stats
     with engine.begin() as conn:
@@ -760,7 +765,6 @@ def render_report(result: ExportResult) -> str:
 
 
 def _finish(result: ExportResult) -> ExportResult:
-    if not result.report:
-        result.report = render_report(result)
+    result.report = render_report(result)
     log.info(result.message)
     return result

@@ -92,3 +92,14 @@ def test_summary_markdown_has_what_a_user_asks_after() -> None:
         "**Adapter:** hey",
     ):
         assert expected in text
+
+
+def test_trainer_phases_walk_the_job_lifecycle_in_order() -> None:
+    from tasks.job import statuses_for_phase
+
+    assert statuses_for_phase("loading_model", "preprocessing") == []
+    assert statuses_for_phase("training", "preprocessing") == ["model_loaded", "training"]
+    assert statuses_for_phase("checkpointing", "model_loaded") == ["training"]
+    assert statuses_for_phase("training", "training") == []
+    assert statuses_for_phase("completed", "training") == []  # terminal: the flow records it
+    assert statuses_for_phase("training", "cancelled") == []

@@ -58,16 +58,19 @@ def load(url: str, n_requests: int, rated: float, seed: int = 7) -> int:
         ) as copy:
             buf: list[str] = []
             for i in range(n_requests):
+                # Every 100th question is asked again 10 requests later (both are rated): answers
+                # to compare as preference pairs, and now and then the very same answer (a dup).
+                base = i - 10 if i % 100 == 10 else i
                 words = " ".join(rng.choice(WORDS) for _ in range(24))
-                prompt = f"Request {i}: what should shop {i % 5000} stock next month? {words}"
+                prompt = f"Request {base}: what should shop {base % 5000} stock next month?"
+                if base % 100 != 0:
+                    prompt += f" {words}"
                 if i % 97 == 0:
                     prompt += f" Reach me at owner{i}@shop.example or +1 415 555 {i % 10000:04d}."
-                context = json.dumps(
-                    {"shop": f"shop-{i % 5000}", "listings": [i % 13, i % 17], "region": "US"}
-                )
+                context = json.dumps({"shop": f"shop-{base % 5000}", "listings": [base % 13], "region": "US"})
                 buf.append(
                     f"{_uuid(1, i)}\t{_uuid(9, i % 20000)}\t{_escape(prompt)}\t{_escape(context)}\t"
-                    f"{('trend', 'pricing', 'keywords')[i % 3]}\t{_ts(i * DAY_S / n_requests)}\n"
+                    f"{('trend', 'pricing', 'keywords')[base % 3]}\t{_ts(i * DAY_S / n_requests)}\n"
                 )
                 if len(buf) >= chunk:
                     copy.write("".join(buf))
@@ -79,8 +82,11 @@ def load(url: str, n_requests: int, rated: float, seed: int = 7) -> int:
         ) as copy:
             buf = []
             for i in range(n_requests):
+                same = i % 1000 in (0, 10)  # the repeated question gets the same answer
                 output = json.dumps(
-                    {
+                    {"summary": f"Stock mugs for shop {(i - i % 1000) % 5000}"}
+                    if same
+                    else {
                         "summary": f"Stock {rng.choice(WORDS)} items for shop {i % 5000}",
                         "items": [
                             {"name": rng.choice(WORDS), "score": round(rng.random(), 3)} for _ in range(4)
@@ -134,6 +140,12 @@ def export_child(url: str, storage_dir: str) -> None:
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The next export dedups against this file: first scan (then cached by sha256).
+    from tasks.feedback import scan_file_keys
+
+    scan_started = time.perf_counter()
+    keys = scan_file_keys(Path(result.training_file_uri or ""))
+    scan_s = time.perf_counter() - scan_started
     print(
         json.dumps(
             {
@@ -149,6 +161,8 @@ def export_child(url: str, storage_dir: str) -> None:
                 "preference_pairs": result.stats.preference_pairs,
                 "file_mb": round(Path(result.training_file_uri or "").stat().st_size / 2**20, 1),
                 "peak_rss_mb": round(peak_kb / 1024, 1),
+                "next_export_scan_s": round(scan_s, 2),
+                "scanned_pairs": sum(len(p) for _, p in keys),
             }
         )
     )

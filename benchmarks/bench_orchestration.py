@@ -72,6 +72,7 @@ def main() -> None:
     def poll_bench() -> list[float]:
         from brightrun.compute.local import LocalCompute
         from brightrun.layout import JobLayout
+        from brightrun.protocol import TrainerPhase
         from brightrun.registry import open_registry
         from brightrun.settings import load_settings
         from brightrun.storage import open_storage
@@ -94,9 +95,10 @@ def main() -> None:
             compute.get(pod_id)
             status = _read_status(storage, job)
             if status is not None:
-                status = status.model_copy(update={"step": i % status.total_steps, "phase": "training"})
+                status = status.model_copy(
+                    update={"step": i % status.total_steps, "phase": TrainerPhase.training}
+                )
                 recorder.status(status)
-            _Ingest(storage, job, recorder).seen  # noqa: B018 (fresh ingest state each poll below)
             ingest = _Ingest(storage, job, recorder)
             ingest.seen.update(storage.list(job.key("events") + "/"))
             ingest.seen.update(storage.list(job.key("metrics") + "/"))
@@ -117,13 +119,13 @@ def main() -> None:
     print(f"flow wall time            {wall:7.2f} s")
     print(f"trainer process lifetime  {trainer:7.2f} s")
     print(f"orchestration overhead    {overhead:7.2f} s   (target <= 15 s)")
-    print(
-        f"one poll (median of {len(polls)})  {per_poll * 1000:7.2f} ms  (p90 {sorted(polls)[int(len(polls) * 0.9)] * 1000:.2f} ms)"
-    )
+    p90 = sorted(polls)[int(len(polls) * 0.9)]
+    print(f"one poll (median of {len(polls)})  {per_poll * 1000:7.2f} ms  (p90 {p90 * 1000:.2f} ms)")
     print(
         f"one-hour training: poll cost {local_hour:6.1f} s at 1 s interval (local) = "
         f"{100 * (local_hour + overhead) / HOUR:.2f}% incl. fixed overhead; "
-        f"{runpod_hour:5.1f} s at 10 s (RunPod) = {100 * (runpod_hour + overhead) / HOUR:.2f}%   (target <= 2%)"
+        f"{runpod_hour:5.1f} s at 10 s (RunPod) = {100 * (runpod_hour + overhead) / HOUR:.2f}%"
+        "   (target <= 2%)"
     )
     print("note: polling runs while the trainer runs (it sleeps between polls), so poll cost is CPU")
     print("      the orchestrator spends, not time added to the job; the fixed overhead is added time.")

@@ -62,6 +62,11 @@ class TrainingSettings(_Model):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together so padding stays small"
     )
+    packing: bool = Field(
+        True,
+        description="Pack each micro-batch into one row with per-example positions: no padding, no "
+        "cross-example attention",
+    )
 
 
 class CheckpointSettings(_Model):

@@ -13,14 +13,13 @@ import contextlib
 from datetime import datetime
 from typing import Annotated, Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 from pydantic import Field
 
 from brightrun.errors import InputError
-from brightrun.settings import load_settings
-from tasks.feedback import ExportBusy, ExportResult
+from tasks.feedback import export_feedback_window, start_training
 from tasks.feedback_select import SelectionOptions
 from tasks.feedback_write import FileOptions
 
@@ -43,68 +42,6 @@ def _ensure_concurrency_limit() -> None:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=CONCURRENCY_LIMIT, limit=1)
                 )
-
-
-@task(name="export-feedback-window", retries=1, retry_delay_seconds=30)
-def export_feedback_window(
-    since: datetime | None,
-    until: datetime | None,
-    settle_delay_s: float,
-    selection: SelectionOptions,
-    file_options: FileOptions,
-    dry_run: bool,
-    lock_wait_s: float,
-) -> ExportResult | None:
-    """Export one window; a lost database connection is retried inside (from the window
-    start), and the task retry covers anything else transient. Either way nothing is
-    registered until the whole file is uploaded."""
-    from brightrun.registry import open_registry
-    from brightrun.storage import open_storage
-    from tasks.feedback import export_window
-
-    settings = load_settings()
-    engine = open_registry(settings)
-    try:
-        storage = open_storage(settings.resolved_storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
-        return export_window(
-            engine,
-            storage,
-            since=since,
-            until=until,
-            settle_delay_s=settle_delay_s,
-            options=selection,
-            file_options=file_options,
-            dry_run=dry_run,
-            lock_wait_s=lock_wait_s,
-        )
-    except ExportBusy as busy:
-        get_run_logger().warning("%s", busy)
-        return None
-    finally:
-        engine.dispose()
-
-
-@task(name="start-training")
-def start_training(
-    deployment: str, training_file_uri: str, base_model: str, preset: str | None, job_name: str
-) -> dict[str, Any]:
-    """Start `train_adapter` on the new file without waiting for it (timeout=0); the
-    subflow link makes the training run appear under this export run in the UI."""
-    from prefect.deployments import run_deployment
-
-    run = run_deployment(
-        name=deployment,
-        parameters={
-            "dataset": training_file_uri,
-            "base_model": base_model,
-            "preset": preset,
-            "job_name": job_name,
-        },
-        timeout=0,
-        as_subflow=True,
-        tags=["brightrun", "feedback-export"],
-    )
-    return {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment}
 
 
 @flow(name="export_feedback", log_prints=True, retries=0)

@@ -30,6 +30,7 @@ from tasks.job import (
     JobRecorder,
     create_job_record,
     current_flow_run_id,
+    finish_cancel,
     new_job_id,
     rename_current_flow_run,
 )
@@ -273,6 +274,27 @@ def _register_adapter(recorder: JobRecorder, request: JobRequest, storage: Any, 
 # ---------------------------------------------------------------- the flow
 
 
+def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """A worker or `serve` killed this run's process on a cancel from the UI: finish the job here.
+
+    (A run called in-process is not killed: its monitor sees the cancel request and the
+    flow records `cancelled` itself.)
+    """
+    from brightrun.registry import open_registry
+    from brightrun.registry import repository as repo
+
+    settings = load_settings()
+    engine = open_registry(settings)
+    try:
+        live = repo.list_jobs(
+            engine, status=["queued", "preprocessing", "model_loaded", "training"], limit=None
+        )
+        for job in (j for j in live if j.flow_run_id == str(flow_run.id)):
+            finish_cancel(settings, engine, job)
+    finally:
+        engine.dispose()
+
+
 def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -291,6 +313,7 @@ def _flow_run_name() -> str:
     validate_parameters=False,  # validated below, every problem at once, as one InputError
     log_prints=True,
     retries=0,  # a retried training would double-spend; interruptions are resumed inside
+    on_cancellation=[_on_cancellation],
 )
 def train_adapter(
     dataset: str,

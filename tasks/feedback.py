@@ -14,8 +14,8 @@
    preference pairs and report, then register the `training_files` row and advance the
    watermark in one transaction.
 
-The Prefect tasks at the bottom wrap this for the flow; everything above them is plain
-code that tests call directly.
+The Prefect tasks at the bottom wrap this for the `export_feedback` flow; everything
+above them is plain code that tests call directly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import pickle
 import tempfile
 import time
 import uuid
@@ -34,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger, task
 from sqlalchemy import Engine, Text, cast, exc, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 
@@ -52,6 +54,7 @@ from brightrun.storage import Storage, open_storage, split_uri
 from tasks.feedback_select import (
     Deduper,
     LogRow,
+    PairKeys,
     PreferencePairs,
     Rating,
     SelectionOptions,
@@ -59,6 +62,7 @@ from tasks.feedback_select import (
     build_example,
     decide,
     group_by_response,
+    pair_keys,
     wanted,
 )
 from tasks.feedback_write import ExportWriter, FileOptions, WrittenFiles, file_name
@@ -279,6 +283,57 @@ def open_file_storage(storage_path: str, default: Storage) -> tuple[Storage, str
     return default, storage_path
 
 
+FileKeys = list[tuple[str, list[PairKeys]]]
+
+
+def scan_file_keys(path: Path) -> FileKeys:
+    """Dedup keys of every pair of a training file, by conversation (streamed: a large
+    earlier file never sits in memory, only 3 digests per pair)."""
+    from tasks.dataset_schema import DatasetScanner
+
+    return [
+        (
+            conv.conversation_metadata.conversation_id,
+            [pair_keys(p.current_user_input, p.target_response) for p in conv.training_pairs],
+        )
+        for conv in DatasetScanner(path).conversations()
+    ]
+
+
+def _file_keys(
+    tf: repo.TrainingFileView, storage: Storage, workdir: Path, cache_dir: Path | None
+) -> FileKeys:
+    """A training file's keys, from the local cache when this machine has scanned it
+    before (files are immutable: the cache is keyed by the registered sha256)."""
+    cached = cache_dir / f"{tf.sha256}.pickle" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            with open(cached, "rb") as f:
+                return pickle.load(f)  # our own cache under BRIGHTRUN_HOME
+        except (OSError, pickle.PickleError, EOFError, ValueError):
+            cached.unlink(missing_ok=True)
+    src, key = open_file_storage(tf.storage_path, storage)
+    local = workdir / f"earlier-{tf.id}.json"
+    try:
+        src.get_file(key, local, expected_sha256=tf.sha256)
+    except Exception as error:
+        raise ExportError(
+            f"cannot read earlier training file {tf.name} ({tf.storage_path}) to dedup against it: "
+            f"{error}; restore the object or remove its training_files row"
+        ) from error
+    try:
+        keys = scan_file_keys(local)
+    finally:
+        local.unlink(missing_ok=True)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{uuid.uuid4().hex}.partial")
+        with open(tmp, "wb") as f:
+            pickle.dump(keys, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(cached)
+    return keys
+
+
 def load_earlier(
     engine: Engine,
     storage: Storage,
@@ -286,13 +341,12 @@ def load_earlier(
     *,
     exclude_window: tuple[datetime, datetime] | None = None,
     created_before: datetime | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[Deduper, dict[str, int]]:
     """Dedup keys of every earlier training file (and which of its pairs are validation).
 
     A rerun of a window excludes its own earlier output and anything registered after it,
     so it sees exactly what the first run saw and writes the same bytes."""
-    from tasks.dataset_schema import DatasetScanner
-
     deduper = Deduper()
     known = repo.exported_conversations(engine)
     files = repo.list_training_files(engine, limit=None)
@@ -308,26 +362,14 @@ def load_earlier(
             and (_utc(tf.window_start), _utc(tf.window_end)) == exclude_window
         ):
             continue
-        src, key = open_file_storage(tf.storage_path, storage)
-        local = workdir / f"earlier-{tf.id}.json"
-        try:
-            src.get_file(key, local)
-        except Exception as error:
-            raise ExportError(
-                f"cannot read earlier training file {tf.name} ({tf.storage_path}) to dedup against it: "
-                f"{error}; restore the object or remove its training_files row"
-            ) from error
-        scanner = DatasetScanner(local)
-        conversations = list(scanner.conversations())
-        ids = [c.conversation_metadata.conversation_id for c in conversations]
-        validation = _validation_ids(ids, known)
-        for conv in conversations:
-            is_val = conv.conversation_metadata.conversation_id in validation
-            for pair in conv.training_pairs:
-                deduper.add_earlier(pair.current_user_input, pair.target_response, validation=is_val)
-                loaded["pairs"] += 1
-                loaded["validation_pairs"] += int(is_val)
-        local.unlink(missing_ok=True)
+        conversations = _file_keys(tf, storage, workdir, cache_dir)
+        validation = _validation_ids([cid for cid, _ in conversations], known)
+        for cid, pairs in conversations:
+            is_val = cid in validation
+            for keys in pairs:
+                deduper.add_keys(keys, validation=is_val)
+            loaded["pairs"] += len(pairs)
+            loaded["validation_pairs"] += len(pairs) if is_val else 0
         loaded["files"] += 1
     return deduper, loaded
 
@@ -488,7 +530,15 @@ def export_window(
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
     batch_size: int = 2000,
+    cache_dir: Path | None = None,
 ) -> ExportResult:
+    """Export the ratings of `[since, until)` (defaults: the watermark, now minus the settle
+    delay) as a new training file; see the module docstring for the steps.
+
+    Returns what happened (`status`: exported, already_exported, empty, no_examples or
+    dry_run) with the counts and the markdown report. Raises ExportBusy when another export
+    holds the lock after `lock_wait_s`, ExportError when the window cannot be exported
+    (nothing registered, watermark unchanged)."""
     options = options or SelectionOptions()
     file_options = file_options or FileOptions()
     now = _utc(now or datetime.now(UTC))
@@ -516,6 +566,7 @@ def export_window(
             workdir,
             exclude_window=(since_, until_),
             created_before=existing.created_at if existing is not None else None,
+            cache_dir=cache_dir,
         )
         out_dir = workdir / "out"
         stats, writer, preferences = _read_with_retries(
@@ -564,7 +615,7 @@ def export_window(
                 "nothing uploaded or registered"
             )
             return _finish(result)
-        _publish(engine, storage, result, written, writer.refs, existing is not None)
+        _publish(engine, storage, result, written, writer.refs, existing)
         return _finish(result)
 
 
@@ -598,9 +649,18 @@ def _publish(
     result: ExportResult,
     written: WrittenFiles,
     refs: list[tuple[str, str]],
-    rerun: bool,
+    existing: repo.TrainingFileView | None,
 ) -> None:
     """Upload, then register and advance the watermark in one transaction."""
+    if existing is not None and existing.sha256 != written.sha256:
+        # Registering it would train twice on everything the first file already holds.
+        raise ExportError(
+            f"the window [{result.since.isoformat()}, {result.until.isoformat()}) was already exported as "
+            f"training file {existing.id} ({existing.examples} examples, sha256 {existing.sha256[:12]}), "
+            f"but its logs have changed since (now {written.examples} examples, sha256 "
+            f"{written.sha256[:12]}); nothing was registered. Export the new ratings with a later window, "
+            "or delete that training file's row to replace it"
+        )
     name = file_name(result.since, result.until)
     prefix = f"{STORAGE_PREFIX}/{name}"
     keys = {
@@ -659,8 +719,6 @@ def _publish(
         result.message = (
             f"this window was already exported as training file {tf.id} (same sha256); nothing new registered"
         )
-    if rerun and created:
-        log.warning("window re-exported with a different result (the logs changed since the first export)")
 
 
 def _insert_refs(conn: Connection, file_id: str, refs: list[repo.ConversationRef]) -> None:
@@ -768,3 +826,69 @@ def _finish(result: ExportResult) -> ExportResult:
     result.report = render_report(result)
     log.info(result.message)
     return result
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+
+@task(name="export-feedback-window", retries=1, retry_delay_seconds=30)
+def export_feedback_window(
+    since: datetime | None,
+    until: datetime | None,
+    settle_delay_s: float,
+    selection: SelectionOptions,
+    file_options: FileOptions,
+    dry_run: bool,
+    lock_wait_s: float,
+) -> ExportResult | None:
+    """Export one window; a lost database connection is retried inside (from the window
+    start), and the task retry covers anything else transient. Either way nothing is
+    registered until the whole file is uploaded."""
+    from brightrun.registry import open_registry
+    from brightrun.settings import load_settings
+    from brightrun.storage import open_storage
+
+    settings = load_settings()
+    engine = open_registry(settings)
+    try:
+        storage = open_storage(settings.resolved_storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
+        return export_window(
+            engine,
+            storage,
+            since=since,
+            until=until,
+            settle_delay_s=settle_delay_s,
+            options=selection,
+            file_options=file_options,
+            dry_run=dry_run,
+            lock_wait_s=lock_wait_s,
+            cache_dir=settings.cache_dir / "feedback-dedup",
+        )
+    except ExportBusy as busy:
+        get_run_logger().warning("%s", busy)
+        return None
+    finally:
+        engine.dispose()
+
+
+@task(name="start-training")
+def start_training(
+    deployment: str, training_file_uri: str, base_model: str, preset: str | None, job_name: str
+) -> dict[str, Any]:
+    """Start `train_adapter` on the new file without waiting for it (timeout=0); the
+    subflow link makes the training run appear under this export run in the UI."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        name=deployment,
+        parameters={
+            "dataset": training_file_uri,
+            "base_model": base_model,
+            "preset": preset,
+            "job_name": job_name,
+        },
+        timeout=0,
+        as_subflow=True,
+        tags=["brightrun", "feedback-export"],
+    )
+    return {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment}

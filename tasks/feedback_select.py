@@ -251,6 +251,17 @@ def prompt_key(user: str) -> bytes:
     return _digest("prompt", normalize_text(user))
 
 
+# (exact, near, prompt) keys of one earlier training pair; exact/near are None for a
+# pair without a target (context only, never trained, but its prompt may be held out).
+PairKeys = tuple[bytes | None, bytes | None, bytes]
+
+
+def pair_keys(user: str, target: str | None) -> PairKeys:
+    if target is None:
+        return None, None, prompt_key(user)
+    return exact_key(user, target), near_key(user, target), prompt_key(user)
+
+
 @dataclass
 class Example:
     """One exported training example (already scrubbed)."""
@@ -387,14 +398,18 @@ class Deduper:
         return Deduper(self.seen, self.validation)
 
     def add_earlier(self, user: str, target: str | None, *, validation: bool) -> None:
-        if target is not None:
-            self.seen.add(exact_key(user, target))
-            self.seen.add(near_key(user, target))
+        self.add_keys(pair_keys(user, target), validation=validation)
+
+    def add_keys(self, keys: PairKeys, *, validation: bool) -> None:
+        exact, near, prompt = keys
+        if exact is not None and near is not None:
+            self.seen.add(exact)
+            self.seen.add(near)
+            if validation:
+                self.validation.add(exact)
+                self.validation.add(near)
         if validation:
-            if target is not None:
-                self.validation.add(exact_key(user, target))
-                self.validation.add(near_key(user, target))
-            self.validation.add(prompt_key(user))
+            self.validation.add(prompt)
 
     def check(self, example: Example) -> Dup | None:
         exact, near = example.exact, example.near
@@ -416,14 +431,29 @@ def preference_key(example: Example) -> bytes:
 
 
 class PreferencePairs:
-    """Negative-rated responses paired with a positive response to the same prompt."""
+    """Negative-rated responses paired with a positive response to the same prompt.
+
+    Every positive example is a candidate until the stream ends (ratings arrive ordered by
+    response, not by prompt), so candidates are kept packed: one short tuple of strings
+    each instead of an Example with its provenance dict (a 100k-rating window would hold
+    ~200 MB more otherwise)."""
 
     def __init__(self) -> None:
-        self._chosen: dict[bytes, Example] = {}
+        self._chosen: dict[bytes, tuple[str, str, str, str, float, tuple[tuple[str, Any], ...]]] = {}
         self._rejected: dict[bytes, list[Example]] = {}
 
     def chosen(self, example: Example) -> None:
-        self._chosen.setdefault(preference_key(example), example)
+        key = preference_key(example)
+        if key not in self._chosen:
+            self._chosen[key] = (
+                example.system_prompt,
+                example.user,
+                example.target,
+                example.insight_type,
+                example.quality_score,
+                # Not orjson.dumps: its bytes keep a 4 KB buffer each.
+                tuple(example.provenance.items()),
+            )
 
     def rejected(self, example: Example) -> None:
         self._rejected.setdefault(preference_key(example), []).append(example)
@@ -431,8 +461,18 @@ class PreferencePairs:
     def pairs(self) -> list[tuple[Example, Example]]:
         out = []
         for key, rejected in self._rejected.items():
-            chosen = self._chosen.get(key)
-            if chosen is None:
+            packed = self._chosen.get(key)
+            if packed is None:
                 continue
+            system, user, target, insight, quality, provenance = packed
+            chosen = Example(
+                system_prompt=system,
+                user=user,
+                target=target,
+                insight_type=insight,
+                rating=Rating.positive,
+                quality_score=quality,
+                provenance=dict(provenance),
+            )
             out.extend((chosen, r) for r in rejected if r.target != chosen.target)
         return sorted(out, key=lambda cr: str(cr[1].provenance["response_id"]))

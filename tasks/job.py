@@ -163,7 +163,7 @@ class JobRecorder:
         """The trainer's heartbeat: job status by phase, progress, the UI bar and the webhook."""
         from brightrun.registry import repository as repo
 
-        for target in statuses_for_phase(heartbeat.phase.value, self.status_value):
+        for target in statuses_for_phase(str(heartbeat.phase), self.status_value):
             self.transition(target)
         self.step = heartbeat.step
         self.total_steps = heartbeat.total_steps or self.total_steps
@@ -288,3 +288,33 @@ def request_cancel(engine: Engine, job_id: str) -> Any:
     if not job.is_terminal:
         job = repo.update_job(engine, job_id, metadata={**job.metadata, "cancel_requested": True})
     return job
+
+
+def finish_cancel(settings: Any, engine: Engine, job: Any) -> None:
+    """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
+    from brightrun.layout import JobLayout
+    from brightrun.registry import repository as repo
+    from brightrun.storage import open_storage
+
+    storage_url = job.metadata.get("storage_url")
+    if storage_url:
+        try:
+            storage = open_storage(storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
+            storage.put_bytes(JobLayout(job.id).cancel, b"cancelled\n")
+        except Exception as exc:
+            log.warning("job %s: could not write the cancel marker: %s", job.id, exc)
+    compute: Any
+    if job.compute_backend == "runpod":
+        from brightrun.compute.runpod import RunPodCompute
+
+        compute = RunPodCompute.from_env()
+    else:
+        from brightrun.compute.local import LocalCompute
+
+        compute = LocalCompute(settings.home)
+    pods = [p for p in compute.list_pods(job.id) if p.state.value != "terminated"]
+    for pod in pods:
+        compute.terminate(pod.pod_id)
+    if pods:
+        repo.add_event(engine, job.id, "pod_terminated", pods=[p.pod_id for p in pods], reason="cancelled")
+    repo.transition_job(engine, job.id, "cancelled", error_message="cancelled")

@@ -66,17 +66,24 @@ class CheckpointRejected(Exception):
     """A stored checkpoint failed verification; the reason names the file."""
 
 
-def fault(name: str, step: int) -> None:
-    """Test hook: `BRIGHTRUN_TRAINER_FAULT=kill_in_upload:6,kill_after_step:4,sigterm_at_step:3`
-    makes this process signal itself at that point (real signals, real mid-upload state)."""
+def fault_requested(name: str, step: int) -> bool:
+    """Test hook: `BRIGHTRUN_TRAINER_FAULT=kill_in_upload:6,kill_after_step:4,sigterm_at_step:3,
+    nan_loss_at_step:2` asks for that fault at that step (unset in production)."""
     spec = os.environ.get("BRIGHTRUN_TRAINER_FAULT", "")
     for item in filter(None, (part.strip() for part in spec.split(","))):
         kind, _, at = item.partition(":")
         if kind == name and at.isdigit() and int(at) == step:
             log.warning("fault injection: %s at step %d", name, step)
-            os.kill(os.getpid(), signal.SIGTERM if name == "sigterm_at_step" else signal.SIGKILL)
-            if name != "sigterm_at_step":
-                time.sleep(60)  # SIGKILL is asynchronous on some systems; never go on
+            return True
+    return False
+
+
+def fault(name: str, step: int) -> None:
+    """Signal this process at a requested point: real signals, real mid-upload state."""
+    if fault_requested(name, step):
+        os.kill(os.getpid(), signal.SIGTERM if name == "sigterm_at_step" else signal.SIGKILL)
+        if name != "sigterm_at_step":
+            time.sleep(60)  # SIGKILL is asynchronous on some systems; never go on
 
 
 # local files ------------------------------------------------------------------

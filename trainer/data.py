@@ -136,10 +136,11 @@ def plan_steps(
 class Batch:
     input_ids: list[list[int]]
     labels: list[list[int]]
-    attention_mask: list[list[int]]
+    attention_mask: list[list[int]] | None  # None when packed: position_ids mark the sequences
     tokens: int  # real tokens (no padding)
     trained_tokens: int  # tokens whose next-token prediction is trained
     padding_tokens: int
+    position_ids: list[list[int]] | None = None
 
 
 def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
@@ -158,11 +159,37 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
     return Batch(input_ids, labels, mask, tokens, trained, width * len(examples) - tokens)
 
 
-def padding_share(stream: BatchStream, micro_batches: int) -> float:
+def pack(examples: Sequence[Example]) -> Batch:
+    """All examples of a micro-batch in one row, no padding at all.
+
+    Position ids restart at 0 for each example; with no attention mask, transformers reads
+    the restarts as packed sequences and builds a block-diagonal causal mask (any attention
+    implementation; flash-attention uses varlen kernels), so no example attends to another.
+    The first label of each example is masked: it would be predicted from the previous one.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    trained = 0
+    for e in examples:
+        input_ids.extend(e.input_ids)
+        first, rest = IGNORE_INDEX, e.labels[1:]
+        labels.append(first)
+        labels.extend(rest)
+        positions.extend(range(len(e.input_ids)))
+        trained += sum(1 for label in rest if label != IGNORE_INDEX)
+    return Batch([input_ids], [labels], None, len(input_ids), trained, 0, [positions])
+
+
+def make_batch(examples: Sequence[Example], pad_token_id: int, *, packing: bool) -> Batch:
+    return pack(examples) if packing else collate(examples, pad_token_id)
+
+
+def padding_share(stream: BatchStream, micro_batches: int, *, packing: bool = False) -> float:
     """Share of padding among all positions of the first `micro_batches` micro-batches."""
     padding = total = 0
     for m in range(micro_batches):
-        batch = collate(stream.micro_batch(m), 0)
+        batch = make_batch(stream.micro_batch(m), 0, packing=packing)
         padding += batch.padding_tokens
         total += batch.tokens + batch.padding_tokens
     return padding / total if total else 0.0

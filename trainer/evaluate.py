@@ -15,16 +15,25 @@ from trainer.data import Batch, Example, collate
 
 
 def to_tensors(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {
+    tensors = {
         "input_ids": torch.tensor(batch.input_ids, dtype=torch.long, device=device),
         "labels": torch.tensor(batch.labels, dtype=torch.long, device=device),
-        "attention_mask": torch.tensor(batch.attention_mask, dtype=torch.long, device=device),
     }
+    if batch.attention_mask is not None:
+        tensors["attention_mask"] = torch.tensor(batch.attention_mask, dtype=torch.long, device=device)
+    if batch.position_ids is not None:
+        tensors["position_ids"] = torch.tensor(batch.position_ids, dtype=torch.long, device=device)
+    return tensors
 
 
 def summed_loss(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over trained positions (labels != -100), in fp32."""
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+    logits = model(
+        input_ids=tensors["input_ids"],
+        attention_mask=tensors.get("attention_mask"),
+        position_ids=tensors.get("position_ids"),
+        use_cache=False,  # a KV cache would turn off packed-sequence masking
+    ).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = tensors["labels"][:, 1:]
     return F.cross_entropy(

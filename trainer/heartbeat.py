@@ -42,6 +42,21 @@ def previous_attempts(storage: Storage) -> int:
     return highest
 
 
+def last_reported_step(storage: Storage) -> int:
+    """The highest step any earlier attempt reported (status.json or its newest metric chunk).
+    Both lag the real position by up to one heartbeat, so lost steps are a lower bound."""
+    status = read_previous_status(storage)
+    step = status.step if status else 0
+    chunks = storage.list(layout.METRICS_DIR + "/")
+    if chunks:
+        try:
+            lines = storage.get_bytes(chunks[-1]).decode().splitlines()
+            step = max([step, *(MetricRecord.model_validate_json(line).step for line in lines if line)])
+        except Exception as exc:  # a report, not a reason to fail
+            log.warning("cannot read %s: %s", chunks[-1], exc)
+    return step
+
+
 def read_previous_status(storage: Storage) -> TrainerStatus | None:
     try:
         return TrainerStatus.model_validate(storage.get_json(layout.STATUS))

@@ -13,6 +13,7 @@ Local scratch space: `BRIGHTRUN_WORK_DIR` (on RunPod, the network volume) else a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -31,7 +33,7 @@ from brightrun.errors import BrightrunError
 from brightrun.protocol import MetricRecord, TrainerPhase, TrainerResult
 from brightrun.spec import JobSpec, parse_spec
 from brightrun.storage import Storage, open_storage, split_uri
-from trainer.heartbeat import Reporter, previous_attempts, read_previous_status
+from trainer.heartbeat import Reporter, last_reported_step, previous_attempts
 
 log = logging.getLogger("trainer")
 
@@ -95,6 +97,14 @@ def _setup_logging() -> None:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.captureWarnings(True)
+    # Known, harmless noise from the libraries on every run (deprecation notices we cannot act on).
+    for pattern in (
+        r".*gradient_checkpointing.* is deprecated",
+        r".*is_gradient_checkpointing.* is deprecated",
+        r".*an autograd kernel was not registered.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
     try:
         import transformers
 
@@ -365,6 +375,8 @@ class Run:
         self.peak_flops = _peak_flops()
         self.model.train()
         while state.step < self.total_steps:
+            if self.signals.term_at is not None:
+                return self._interrupted(state)
             if self._cancelled():
                 self.reporter.event("cancelled", step=state.step)
                 self.reporter.flush_metrics()
@@ -373,17 +385,15 @@ class Run:
             self._train_step(state)
             checkpoints.fault("kill_after_step", state.step)
             checkpoints.fault("sigterm_at_step", state.step)
-            if self.signals.term_at is not None:
-                return self._interrupted(state)
-            if self._checkpoint_due(state):
+            if self.signals.term_at is None and self._checkpoint_due(state):
                 self._checkpoint(state)
             every = spec.evaluation.every_steps
             if every and state.step % every == 0 and state.step < self.total_steps:
                 self._evaluate_loss(state)
-        if self.last_checkpoint_step != state.step:
-            self._checkpoint(state)  # a crash in evaluation or upload then costs no training
         if self.signals.term_at is not None:
             return self._interrupted(state)
+        if self.last_checkpoint_step != state.step:
+            self._checkpoint(state)  # a crash in evaluation or upload then costs no training
         self._finish(state)
         return True
 
@@ -434,20 +444,25 @@ class Run:
     def _train_step(self, state: Any) -> None:
         import torch
 
-        from trainer.data import collate
+        from trainer import checkpoints
+        from trainer.data import make_batch
         from trainer.evaluate import summed_loss, to_tensors
 
         t = self.spec.training
         started = time.perf_counter()
         first = state.micro_batches_done
         last = min(first + t.gradient_accumulation_steps, self.total_micro)
-        batches = [collate(self.stream.micro_batch(m), self.pad_id) for m in range(first, last)]
+        batches = [
+            make_batch(self.stream.micro_batch(m), self.pad_id, packing=t.packing) for m in range(first, last)
+        ]
         trained = sum(b.trained_tokens for b in batches)
         step_loss = 0.0
         for batch in batches:
             # Normalised by the whole step's trained tokens: every token weighs the same,
             # whatever micro-batch it falls in.
             loss = summed_loss(self.model, to_tensors(batch, self.device)) / max(trained, 1)
+            if checkpoints.fault_requested("nan_loss_at_step", state.step + 1):
+                loss = loss * float("nan")
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -685,11 +700,32 @@ def model_card(spec: JobSpec, meta: prepared.PreparedMeta, report: Any, state: A
     return "\n".join(lines)
 
 
+def _spec_failure(storage: Storage, exc: Exception) -> int:
+    """The spec itself is unreadable: still leave failure.json where the orchestrator looks."""
+    from brightrun.protocol import TrainerFailure
+
+    log.error("cannot read the job spec: %s", exc)
+    failure = TrainerFailure(
+        job_id=storage.url.rstrip("/").rsplit("/", 1)[-1],
+        phase=TrainerPhase.starting,
+        error=str(exc),
+        error_type=type(exc).__name__,
+    )
+    with contextlib.suppress(Exception):
+        storage.put_bytes(layout.FAILURE, failure.model_dump_json(indent=2).encode())
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    signals = Signals()
+    signals.install()  # first: a SIGTERM during start-up is honoured too
     _setup_logging()
     storage, spec_name = _setup_storage(args.spec)
-    spec = parse_spec(storage.get_bytes(spec_name))
+    try:
+        spec = parse_spec(storage.get_bytes(spec_name))
+    except Exception as exc:
+        return _spec_failure(storage, exc)
     if storage.exists(layout.RESULT):
         result = TrainerResult.model_validate_json(storage.get_bytes(layout.RESULT))
         message = (
@@ -699,10 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message)
         return 0
     attempt = _setup_attempt(storage)
-    previous = read_previous_status(storage)
+    previous_step = last_reported_step(storage)
     reporter = Reporter(storage, spec.job_id, attempt, spec.heartbeat_seconds)
-    signals = Signals()
-    signals.install()
     if storage.exists(layout.FAILURE):
         log.warning("a failure marker of an earlier attempt exists; this attempt replaces it")
         storage.delete(layout.FAILURE)
@@ -711,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     run: Run | None = None
     try:
         run = Run(spec, storage, reporter, signals)
-        run.execute(previous.step if previous else None)
+        run.execute(previous_step)
     except Exception as exc:
         log.exception("job %s failed", spec.job_id)
         reporter.stop()

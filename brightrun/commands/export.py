@@ -65,6 +65,7 @@ def export_feedback_command(
             options=SelectionOptions(include_neutral_with_notes=include_neutral_with_notes),
             dry_run=dry_run,
             lock_wait_s=wait,
+            cache_dir=settings.cache_dir / "feedback-dedup",
         )
     finally:
         engine.dispose()

@@ -183,7 +183,7 @@ def cancel_job(
     from brightrun.registry import open_registry
     from brightrun.registry import repository as repo
     from brightrun.settings import load_settings
-    from tasks.job import request_cancel
+    from tasks.job import finish_cancel, request_cancel
 
     settings = load_settings()
     engine = open_registry(settings)
@@ -199,7 +199,7 @@ def cancel_job(
             if job.is_terminal:
                 return job.status
             time.sleep(poll_s)
-        _cancel_here(settings, engine, job)
+        finish_cancel(settings, engine, job)
         return repo.get_job(engine, job_id).status
     finally:
         engine.dispose()
@@ -214,36 +214,6 @@ def _cancel_flow_run(flow_run_id: str) -> None:
             client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelling(message="brightrun jobs cancel"))
     except Exception as exc:  # the registry flag alone still stops a live flow
         logging.getLogger("brightrun.job").warning("could not cancel flow run %s: %s", flow_run_id, exc)
-
-
-def _cancel_here(settings: Any, engine: Any, job: Any) -> None:
-    """The flow did not answer: terminate the job's pods ourselves and record `cancelled`."""
-    from brightrun.layout import JobLayout
-    from brightrun.registry import repository as repo
-    from brightrun.storage import open_storage
-
-    storage_url = job.metadata.get("storage_url")
-    if storage_url:
-        try:
-            storage = open_storage(storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
-            storage.put_bytes(JobLayout(job.id).cancel, b"cancelled\n")
-        except Exception as exc:
-            typer.echo(f"warning: could not write the cancel marker: {exc}", err=True)
-    compute: Any
-    if job.compute_backend == "runpod":
-        from brightrun.compute.runpod import RunPodCompute
-
-        compute = RunPodCompute.from_env()
-    else:
-        from brightrun.compute.local import LocalCompute
-
-        compute = LocalCompute(settings.home)
-    pods = [p for p in compute.list_pods(job.id) if p.state.value != "terminated"]
-    for pod in pods:
-        compute.terminate(pod.pod_id)
-    if pods:
-        repo.add_event(engine, job.id, "pod_terminated", pods=[p.pod_id for p in pods], reason="cancelled")
-    repo.transition_job(engine, job.id, "cancelled", error_message="cancelled by brightrun jobs cancel")
 
 
 def cancel(job_id: str = typer.Argument(..., help="The job to cancel")) -> None:

@@ -96,7 +96,8 @@ class LocalCompute(Compute):
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         pod_id = f"local-{request.job_id}-{request.attempt}-{uuid.uuid4().hex[:8]}"
         rc_file = self.pods_dir / f"{pod_id}.rc"
-        env = {**os.environ, **request.env}
+        # The trainer numbers its metric chunks and events by attempt; the orchestrator's count wins.
+        env = {**os.environ, "BRIGHTRUN_ATTEMPT": str(request.attempt), **request.env}
         command = [
             self.python,
             "-m",

@@ -221,6 +221,13 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     assert again.status == "already_exported" and again.sha256 == first.sha256
     assert len(_files(engine)) == 1
 
+    # A rating arriving late inside the exported window changes its content: refused, not
+    # registered as a second file that would repeat every example of the first.
+    logs.add(W1[0] + timedelta(hours=5), prompt="Late rating")
+    with pytest.raises(ExportError, match="already exported"):
+        export_window(engine, storage, since=W1[0], until=W1[1])
+    assert len(_files(engine)) == 1
+
     # The next window re-rates an already exported log: deduped against the earlier file.
     dup_at = W2[0] + timedelta(hours=2)
     logs.add(dup_at, prompt="Best seller for shop 1?", output={"top": ["item-1"]})
@@ -229,7 +236,7 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     assert second.since == W1[1]
     # Earlier training data or, if the dataset stage holds that conversation out, validation data.
     assert second.stats.deduped[Dup.earlier_training] + second.stats.deduped[Dup.validation_split] == 1
-    assert second.stats.selected == 2  # "next window" and "Fresh question"
+    assert second.stats.selected == 2  # "next window" and "Fresh question" (not the late one)
     assert len(_files(engine)) == 2
 
 
@@ -407,3 +414,22 @@ def test_selection_options_reach_the_export(engine: Engine, storage: Storage) ->
     assert result.examples == 1
     data = json.loads(Path(result.training_file_uri or "").read_text())
     assert data["conversations"][0]["training_pairs"][0]["system_prompt"] == "Market analyst."
+
+
+def test_earlier_files_are_scanned_once_per_machine(tmp_path: Path, storage: Storage) -> None:
+    engine = open_registry_url(f"sqlite:///{tmp_path / 'r.db'}", auto_upgrade=True)
+    logs = Logs(engine)
+    cache = tmp_path / "cache"
+    logs.add(W1[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
+    first = export_window(engine, storage, since=W1[0], until=W1[1], cache_dir=cache)
+    logs.add(W2[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
+    logs.add(W2[0] + timedelta(hours=2), prompt="New question", output={"a": 2})
+    export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True, cache_dir=cache)
+    assert (cache / f"{first.sha256}.pickle").is_file()
+    Path(first.training_file_uri or "").unlink()  # the object is gone; the keys are cached
+    cached = export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True, cache_dir=cache)
+    assert cached.stats.deduped[Dup.earlier_training] + cached.stats.deduped[Dup.validation_split] == 1
+    assert cached.examples == 1
+    with pytest.raises(ExportError, match="cannot read earlier training file"):
+        export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True)
+    engine.dispose()

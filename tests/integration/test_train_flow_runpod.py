@@ -32,13 +32,16 @@ def _interrupt_twice(fake: Any, storage: Any, errors: list[BaseException]) -> th
         except Exception:
             return None
         # This pod's own progress: past the step the previous pod was stopped at, with a commit.
-        fresh = status.get("phase") == "training" and int(status.get("step") or 0) > seen_step[0]
+        fresh = (
+            status.get("phase") in ("training", "checkpointing")
+            and int(status.get("step") or 0) > seen_step[0]
+        )
         return (pods[0], int(status["step"])) if fresh and storage.exists(job.latest) else None
 
     def run() -> None:
         try:
             for n, mode in ((1, "kill"), (2, "term")):
-                pod, step = wait_for(lambda n=n: training_pod(n), timeout=150, interval=0.2)
+                pod, step = wait_for(lambda n=n: training_pod(n), timeout=150, interval=0.05)
                 seen_step[0] = step
                 fake.interrupt(pod.id, mode=mode, grace_seconds=5.0)
         except BaseException as exc:
@@ -67,7 +70,7 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
     engine = make_engine(postgres_url)
     upgrade(engine)  # production: `brightrun db upgrade` before the first flow
 
-    params = demo_params(tiny_model, max_steps=12)
+    params = demo_params(tiny_model, max_steps=20)
     params["compute"] = "runpod"
     params["hyperparameters"]["checkpoint_steps"] = 2
     params["provisioning"] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from brightrun import layout
-from brightrun.protocol import EvalReport, Manifest, TrainerResult, TrainerStatus
+from brightrun.protocol import EvalReport, Manifest, TrainerFailure, TrainerResult, TrainerStatus
 from brightrun.storage import S3Storage, sha256_file
 from tests.fixtures.training import (
     adapter_tensors,
@@ -206,3 +206,19 @@ def test_resume_against_s3_storage(
     resumed = load(storage.get_bytes(f"{layout.ADAPTER_DIR}/adapter_model.safetensors"))
     assert max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), resumed) <= EXACT
     assert [e for e in storage.list("events/") if e.startswith("events/002-")]
+
+
+def test_nan_loss_stops_the_run_as_a_failure(
+    tmp_path: Path, tiny_model: Path, prepared_dataset: Path
+) -> None:
+    uri = create_job(
+        tmp_path, prepared_dataset, small_spec("nan", tiny_model, quantization={"load_in_4bit": False})
+    )
+    proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "nan_loss_at_step:2"})
+    assert proc.returncode == 1
+    storage = job_storage(uri)
+    failure = TrainerFailure.model_validate(storage.get_json(layout.FAILURE))
+    assert (failure.phase, failure.error_type, failure.step) == ("training", "TrainingDiverged", 1)
+    assert "nan" in failure.error and "learning_rate" in failure.error and failure.traceback
+    assert TrainerStatus.model_validate(storage.get_json(layout.STATUS)).phase == "failed"
+    assert not storage.exists(layout.RESULT)

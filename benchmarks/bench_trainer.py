@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,11 +86,17 @@ def main() -> int:
     parser.add_argument("--no-quantize", action="store_true")
     parser.add_argument("--base-model", help="a model path or hub id (default: the tiny model)")
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    try:
+        return _bench(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def _bench(args: argparse.Namespace, work: Path) -> int:
     from brightrun.tiny_model import ensure_tiny_model
     from tasks.dataset import PrepareOptions, prepare_dataset
 
-    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     model = args.base_model or str(ensure_tiny_model(work / "tiny-llama", SAMPLE))
     prepared = work / "prepared"
     report = prepare_dataset(SAMPLE, model, prepared, PrepareOptions(skip_overlong_targets=True))

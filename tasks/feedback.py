@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from brightrun.errors import BrightrunError
 from brightrun.registry import repository as repo
-from brightrun.registry.db import is_disconnect, is_sqlite
+from brightrun.registry.db import DatabaseUnavailable, is_disconnect, is_sqlite
 from brightrun.registry.models import (
     LexybrainFeedback,
     LexybrainRequest,
@@ -50,7 +50,7 @@ from brightrun.registry.models import (
     TrainingFileConversation,
     TrainingFileSource,
 )
-from brightrun.storage import Storage, open_storage, split_uri
+from brightrun.storage import Storage, StorageError, open_storage, split_uri
 from tasks.feedback_select import (
     Deduper,
     LogRow,
@@ -80,6 +80,10 @@ ADVISORY_LOCK_KEY = int.from_bytes(
 
 class ExportError(BrightrunError):
     """The export could not complete; nothing was registered and the watermark did not move."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # worth another try later (a lost database, not bad data)
 
 
 class ExportBusy(BrightrunError):
@@ -499,7 +503,8 @@ def _read_with_retries(
                 raise ExportError(
                     f"reading the inference logs for [{since.isoformat()}, {until.isoformat()}) failed "
                     f"after {attempt} attempt(s): {str(error.orig or error).splitlines()[0]}; nothing was "
-                    "registered and the watermark did not move, so the next run retries this window"
+                    "registered and the watermark did not move, so the next run retries this window",
+                    transient=is_disconnect(error),
                 ) from error
             log.warning(
                 "connection lost after %d rows (attempt %d); re-reading the window", stats.rows_read, attempt
@@ -831,7 +836,24 @@ def _finish(result: ExportResult) -> ExportResult:
 # ---------------------------------------------------------------- Prefect tasks
 
 
-@task(name="export-feedback-window", retries=1, retry_delay_seconds=30)
+def _transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the export task only for what a later try can cure (a lost database or
+    object store), never for bad data, a busy lock or a changed window."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            state.result()
+        except BaseException as raised:
+            error = raised
+    return isinstance(error, DatabaseUnavailable | StorageError) or getattr(error, "transient", False)
+
+
+@task(
+    name="export-feedback-window",
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=_transient_failure,
+)
 def export_feedback_window(
     since: datetime | None,
     until: datetime | None,

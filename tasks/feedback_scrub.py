@@ -2,7 +2,7 @@
 
 Every text that leaves the database for a training file goes through `Scrubber`:
 e-mail addresses, phone numbers, card-like numbers (13-19 digits passing the Luhn
-check) and the requesting user's id are replaced by placeholders, and every
+check), IPv4 addresses and the requesting user's id are replaced by placeholders, and every
 replacement is counted by kind so the export report can say what was removed.
 
 JSON values are scrubbed value by value (never as rendered text), so a scrubbed
@@ -20,12 +20,16 @@ from typing import Any
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
 CARD = "[CARD]"
+IP = "[IP]"
 USER_ID = "[USER_ID]"
 
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 # Digit runs with the separators people type inside card and phone numbers; validated below.
-_NUMBERISH_RE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-]{7,}\d(?![\w])")
-_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{4}$")
+_NUMBERISH_RE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-]{7,}\d(?![\w:])")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4_RE = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
+# A date (or a date and an hour, as in "2024-05-17 12:30") is not a phone number.
+_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}\b|^\d{1,2}[-./]\d{1,2}[-./]\d{4}$")
 # A decimal amount or a thousands-grouped number ("1,250,000.00", "3.14159265") is not a phone.
 _AMOUNT_RE = re.compile(r"^\d+\.\d+$")
 # User ids shorter than this are too likely to occur by chance ("7") to replace safely.
@@ -107,6 +111,9 @@ class Scrubber:
         value, n = _EMAIL_RE.subn(EMAIL, value)
         if n:
             self.counts[EMAIL] += n
+        value, n = _IPV4_RE.subn(IP, value)
+        if n:
+            self.counts[IP] += n
         value = _NUMBERISH_RE.sub(self._number, value)
         return value
 

@@ -112,3 +112,16 @@ def test_flow_exports_reports_and_starts_training(prefect_api: None, brightrun_h
         until=T0 + timedelta(days=2), min_examples=2, auto_train=True, train_deployment=deployment
     )
     assert again["status"] == "empty" and again["training_run"] is None
+
+
+def test_flow_exits_cleanly_while_another_export_runs(prefect_api: None, brightrun_home: Path) -> None:
+    from flows.export_feedback import export_feedback
+    from tasks.feedback import export_lock
+
+    _seed(brightrun_home / "registry.db", 1)
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
+    with export_lock(engine):
+        summary = export_feedback(since=T0, until=T0 + timedelta(days=1))
+    assert summary["status"] == "busy" and summary["training_run"] is None
+    assert repo.list_training_files(engine) == [] and repo.get_watermark(engine) is None
+    engine.dispose()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tasks.feedback_scrub import CARD, EMAIL, PHONE, USER_ID, Scrubber, luhn_valid
+from tasks.feedback_scrub import CARD, EMAIL, IP, PHONE, USER_ID, Scrubber, luhn_valid
 
 
 def test_luhn() -> None:
@@ -24,6 +24,7 @@ def test_luhn() -> None:
         ("ring 020 7946 0958 today", "ring [PHONE] today", PHONE),
         ("or 415.555.0100", "or [PHONE]", PHONE),
         ("+44 7911 123456", "[PHONE]", PHONE),
+        ("from 192.168.100.200, ok", "from [IP], ok", IP),
     ],
 )
 def test_replaces_personal_data(text: str, expected: str, kind: str) -> None:
@@ -40,6 +41,8 @@ def test_replaces_personal_data(text: str, expected: str, kind: str) -> None:
         "pi is 3.14159265358979",
         "sku 12345678",
         "ids 123456789012",  # a bare run of 12 digits: not written like a phone
+        "at 2024-05-17 12:30 and 2024-05-17T12:30:00Z",
+        "version v1.2.3.4 and 10.5.1",
     ],
 )
 def test_leaves_ordinary_numbers(text: str) -> None:

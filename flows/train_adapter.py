@@ -32,6 +32,7 @@ from tasks.job import (
     current_flow_run_id,
     finish_cancel,
     new_job_id,
+    register_job_training_file,
     rename_current_flow_run,
 )
 from tasks.notify import WebhookNotifier
@@ -479,6 +480,16 @@ def _prepare_stage(
             "validation_examples": report.validation.examples,
             "trained_tokens": report.trained_tokens,
         },
+    )
+    register_job_training_file(
+        recorder.engine,
+        layout.job_id,
+        name=report.source_name,
+        storage_path=request.params.dataset,
+        source_sha256=report.source_sha256,
+        pairs=report.pairs,
+        examples=report.sequences,
+        prepared_dir=out_dir,
     )
     upload_prepared_task(storage.url, settings.resolved_s3_endpoint_url, out_dir, layout)
     spec = spec.model_copy(update={"dataset_sha256": report.source_sha256})

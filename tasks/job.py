@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -318,3 +319,51 @@ def finish_cancel(settings: Any, engine: Engine, job: Any) -> None:
     if pods:
         repo.add_event(engine, job.id, "pod_terminated", pods=[p.pod_id for p in pods], reason="cancelled")
     repo.transition_job(engine, job.id, "cancelled", error_message="cancelled")
+
+
+def prepared_conversation_splits(prepared_dir: Path) -> dict[str, str]:
+    """conversation_id -> "train" | "validation", as the dataset stage actually split them."""
+    import json
+
+    from brightrun import prepared
+
+    splits: dict[str, str] = {}
+    for split, name in (("train", prepared.TRAIN), ("validation", prepared.VALIDATION)):
+        with open(prepared_dir / name, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    splits[json.loads(line)["conversation_id"]] = split
+    return splits
+
+
+def register_job_training_file(
+    engine: Engine,
+    job_id: str,
+    *,
+    name: str,
+    storage_path: str,
+    source_sha256: str,
+    pairs: int,
+    examples: int,
+    prepared_dir: Path,
+) -> str:
+    """Record the job's dataset as a `training_files` row with its real train/validation split,
+    so a later feedback export never puts this job's evaluation data into training."""
+    from brightrun.registry import repository as repo
+
+    splits = prepared_conversation_splits(prepared_dir)
+    training_file, _ = repo.register_training_file(
+        engine,
+        name=name,
+        storage_path=storage_path,
+        sha256=source_sha256,
+        source="upload",
+        conversations=len(splits),
+        training_pairs=pairs,
+        examples=examples,
+        conversation_refs=[
+            repo.ConversationRef(conversation_id=cid, split=split) for cid, split in sorted(splits.items())
+        ],
+    )
+    repo.update_job(engine, job_id, training_file_id=training_file.id)
+    return str(training_file.id)

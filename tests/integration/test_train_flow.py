@@ -65,8 +65,14 @@ def test_demo_flow_completes_with_artifacts_and_signed_webhooks(
     artifacts = repo.list_artifacts(engine, job_id=job_id)
     events = {e.type for e in repo.list_events(engine, job_id)}
     metrics = repo.list_metrics(engine, job_id)
+    recorded = repo.exported_conversations(engine)
     engine.dispose()
     assert job.status == "completed" and job.progress_percent == 100.0
+    # The dataset is registered with the split it was trained on, so a later feedback export
+    # never turns this job's validation conversations into training data.
+    assert job.training_file_id is not None
+    assert {ref.split for ref in recorded.values()} == {"train", "validation"}
+    assert len(recorded) == 12
     assert job.current_step == 6
     assert len(artifacts) == 1 and artifacts[0].artifact_type == "lora_adapter"
     assert job.lora_artifact_path == artifacts[0].storage_path

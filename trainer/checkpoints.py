@@ -78,6 +78,15 @@ def fault_requested(name: str, step: int) -> bool:
     return False
 
 
+def test_pacing(name: str) -> None:
+    """Test hook: `BRIGHTRUN_TRAINER_STEP_DELAY` / `BRIGHTRUN_TRAINER_UPLOAD_DELAY` (seconds) slow a
+    tiny-model run to a GPU-like pace so an external interruption (the fake RunPod's) can land
+    at a chosen moment. Sleeping changes no number the run computes. Unset in production."""
+    delay = os.environ.get(f"BRIGHTRUN_TRAINER_{name.upper()}_DELAY")
+    if delay:
+        time.sleep(float(delay))
+
+
 def fault(name: str, step: int) -> None:
     """Signal this process at a requested point: real signals, real mid-upload state."""
     if fault_requested(name, step):
@@ -271,7 +280,7 @@ def commit(storage: Storage, directory: Path, step: int, keep_last: int) -> Mani
         layout.checkpoint_dir(step),
         directory,
         step,
-        before_manifest=lambda: fault("kill_in_upload", step),
+        before_manifest=lambda: (test_pacing("upload"), fault("kill_in_upload", step)),
     )
     storage.put_bytes(layout.LATEST, f"{step}\n".encode())
     prune(storage, keep_last, step)

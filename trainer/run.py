@@ -383,6 +383,7 @@ class Run:
                 self.reporter.phase(TrainerPhase.interrupted)
                 return False
             self._train_step(state)
+            checkpoints.test_pacing("step")
             checkpoints.fault("kill_after_step", state.step)
             checkpoints.fault("sigterm_at_step", state.step)
             if self.signals.term_at is None and self._checkpoint_due(state):

@@ -91,7 +91,12 @@ def test_job_interrupted_three_times_matches_an_uninterrupted_run(
         job_id=job_id,
         spec_uri=uri,
         policy=policy,
-        env={"OMP_NUM_THREADS": "1"},
+        # GPU-like pace, so each interruption lands where the chaos thread aims whatever the load.
+        env={
+            "OMP_NUM_THREADS": "1",
+            "BRIGHTRUN_TRAINER_STEP_DELAY": "0.3",
+            "BRIGHTRUN_TRAINER_UPLOAD_DELAY": "0.5",
+        },
         recorder=recorder,
     )
     chaos.join(timeout=5)

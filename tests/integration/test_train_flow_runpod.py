@@ -81,6 +81,9 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
         "capacity_backoff_seconds": 0.0,
         "max_restarts": 4,
     }
+    # The pods' "image" runs the tiny model at a GPU-like pace, so the interruptions land
+    # mid-training whatever the machine's load.
+    fake_runpod.fake.pod_env["BRIGHTRUN_TRAINER_STEP_DELAY"] = "0.2"
     errors: list[BaseException] = []
     chaos = _interrupt_twice(fake_runpod.fake, s3_storage, errors)
     state = train_adapter(**params, job_id=JOB_ID, return_state=True)
@@ -91,12 +94,19 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
 
     try:
         job = repo.get_job(engine, JOB_ID)
-        events = [e.type for e in repo.list_events(engine, JOB_ID)]
+        all_events = repo.list_events(engine, JOB_ID)
+        # One `resumed` per replacement pod from the monitor; the trainer's own `resumed`
+        # (from step, lost steps) is ingested beside it with source=trainer.
+        events = [e.type for e in all_events if e.payload.get("source") != "trainer"]
+        trainer_resumes = [
+            e for e in all_events if e.type == "resumed" and e.payload.get("source") == "trainer"
+        ]
         artifacts = repo.list_artifacts(engine, job_id=JOB_ID)
     finally:
         engine.dispose()
     assert job.status == "completed" and job.retry_count == 2
     assert events.count("interrupted") == 2 and events.count("resumed") == 2
+    assert len(trainer_resumes) == 2 and all(e.payload["from_step"] > 0 for e in trainer_resumes)
     assert job.actual_cost_usd is not None and job.actual_cost_usd > 0
     assert len(artifacts) == 1 and artifacts[0].storage_path.startswith("s3://")
     assert job.lora_artifact_path == artifacts[0].storage_path

@@ -169,6 +169,8 @@ def _train(
     from tasks.monitor import run_job
 
     compute = _make_compute(settings, request, spec)
+    if request.compute is ComputeBackend.runpod:
+        _estimate_cost(compute, spec, layout, storage, recorder)
     return run_job(
         compute=compute,
         storage=storage,
@@ -179,6 +181,36 @@ def _train(
         recorder=recorder,
         cancel=recorder.cancel_requested,
     )
+
+
+def _estimate_cost(
+    compute: Any, spec: JobSpec, layout: JobLayout, storage: Any, recorder: JobRecorder
+) -> None:
+    """Price the job before renting anything; refuse it when the estimate already breaks the cap."""
+    from brightrun import prepared
+    from brightrun.registry import repository as repo
+    from tasks.provision import check_estimate, estimate_cost, estimated_total_steps, runpod_prices
+
+    meta = prepared.PreparedMeta.model_validate_json(
+        storage.get_bytes(layout.key(f"{spec.dataset_prefix}/{prepared.META}"))
+    )
+    steps = estimated_total_steps(spec, meta.train_examples)
+    policy = spec.provisioning
+    estimate = estimate_cost(policy, steps, runpod_prices(compute, policy.gpu_count))
+    recorder.event(
+        "cost_estimated",
+        0,
+        {
+            "steps": steps,
+            "usd": estimate.usd,
+            "gpu_type": estimate.gpu_type,
+            "spot": estimate.spot,
+            "hours": estimate.hours,
+        },
+    )
+    repo.set_job_cost(recorder.engine, spec.job_id, estimated_cost_usd=estimate.usd)
+    get_run_logger().info("job %s: estimated cost %s for %d steps", spec.job_id, estimate.describe(), steps)
+    check_estimate(estimate, policy)
 
 
 def monitor_policy(compute: ComputeBackend, policy: ProvisioningPolicy, params: Any) -> ProvisioningPolicy:

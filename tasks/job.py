@@ -156,7 +156,9 @@ class JobRecorder:
     def event(self, type: str, attempt: int = 0, payload: Mapping[str, Any] | None = None) -> None:
         from brightrun.registry import repository as repo
 
-        if type == "interrupted":
+        # The monitor counts pod interruptions; a trainer's own `interrupted` (it honoured the
+        # SIGTERM of the same interruption) is detail, not a second one.
+        if type == "interrupted" and (payload or {}).get("source") != "trainer":
             self.interruptions += 1
         repo.add_event(self.engine, self.job_id, type, attempt=attempt, **dict(payload or {}))
 

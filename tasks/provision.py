@@ -8,6 +8,7 @@ backoff; anything else (auth, validation) propagates at once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 
 from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest
 from brightrun.errors import BrightrunError, InputError
-from brightrun.spec import CapacityType, ProvisioningPolicy
+from brightrun.spec import CapacityType, JobSpec, ProvisioningPolicy
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,17 @@ def estimate_cost(
         hourly = per_gpu * policy.gpu_count
         return CostEstimate(offer.gpu_type, offer.spot, hourly, hours, round(hours * hourly, 4))
     raise BrightrunError(f"no price known for any of {policy.gpu_types}; check the GPU type names")
+
+
+def estimated_total_steps(spec: JobSpec, train_examples: int) -> int:
+    """Optimizer steps the trainer will run: `max_steps`, else epochs over the training
+    examples at batch size x gradient accumulation (a packed micro-batch holds `batch_size`
+    examples, as the trainer packs them)."""
+    training = spec.training
+    if training.max_steps is not None:
+        return training.max_steps
+    per_step = training.batch_size * training.gradient_accumulation_steps
+    return max(1, math.ceil(math.ceil(train_examples / per_step) * training.epochs))
 
 
 def check_estimate(estimate: CostEstimate, policy: ProvisioningPolicy) -> None:

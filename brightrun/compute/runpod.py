@@ -41,7 +41,16 @@ def start_command(trainer: str, spec_uri: str, max_seconds: int) -> str:
     run = f"timeout --signal=TERM --kill-after=30 {max_seconds} {trainer} --spec {shlex.quote(spec_uri)}"
     # RUNPOD_POD_ID and a pod-scoped key are set by RunPod inside every pod.
     remove = 'command -v runpodctl >/dev/null && runpodctl remove pod "$RUNPOD_POD_ID"'
-    return f"bash -c {shlex.quote(f'{run}; code=$?; {remove}; exit $code')}"
+    script = (
+        f"{run} & child=$!; "
+        # A stopped container gets SIGTERM on PID 1 (this shell) alone: pass the spot warning on
+        # to `timeout`, which hands it to the trainer so it can commit a checkpoint.
+        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT; "
+        'wait "$child"; code=$?; '
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done; '
+        f"{remove}; exit $code"
+    )
+    return f"bash -c {shlex.quote(script)}"
 
 
 def pod_state(pod: RemotePod | None) -> PodState:

@@ -530,6 +530,22 @@ def _operation_of(query: str) -> str:
     return "unknown"
 
 
+def _container_pids(proc: subprocess.Popen[bytes]) -> list[int]:
+    """Every process of the pod's "container": its session (started with start_new_session). A
+    session, not a process group: `timeout` in the start command moves into a group of its own."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                if os.getsid(int(entry)) == proc.pid:
+                    pids.append(int(entry))
+    return pids
+
+
 def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+    """As a container runtime does: `docker stop`'s SIGTERM goes to PID 1 alone (the start
+    command must pass it on); SIGKILL ends every process in the container."""
+    targets = [proc.pid] if sig == signal.SIGTERM else [proc.pid, *_container_pids(proc)]
+    for pid in dict.fromkeys(targets):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)

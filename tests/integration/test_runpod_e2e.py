@@ -112,3 +112,7 @@ def test_job_interrupted_three_times_matches_an_uninterrupted_run(
     types = recorder.types()
     for expected in ("pod_requested", "pod_running", "interrupted", "resumed", "pod_terminated"):
         assert expected in types
+    # The trainer's own account of each resume (from step, lost steps) reaches the recorder too.
+    trainer_resumes = [p for p in recorder.of("resumed") if p.get("source") == "trainer"]
+    keys = sorted(k for k in LocalStorage(root / "jobs" / job_id).list("events/"))
+    assert len(trainer_resumes) >= 2, f"{trainer_resumes}\n{keys}\n{recorder.events}"

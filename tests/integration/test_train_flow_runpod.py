@@ -106,8 +106,11 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
         engine.dispose()
     assert job.status == "completed" and job.retry_count == 2
     assert events.count("interrupted") == 2 and events.count("resumed") == 2
-    assert len(trainer_resumes) == 2 and all(e.payload["from_step"] > 0 for e in trainer_resumes)
+    assert len(trainer_resumes) == 2, logs[-3000:]
+    assert all(e.payload["from_step"] > 0 for e in trainer_resumes)
     assert job.actual_cost_usd is not None and job.actual_cost_usd > 0
+    assert job.estimated_cost_usd is not None and job.estimated_cost_usd > 0
+    assert "cost_estimated" in events
     assert len(artifacts) == 1 and artifacts[0].storage_path.startswith("s3://")
     assert job.lora_artifact_path == artifacts[0].storage_path
     assert s3_storage.exists(f"jobs/{JOB_ID}/adapter/adapter_model.safetensors")

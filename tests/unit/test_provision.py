@@ -130,3 +130,18 @@ def test_policy_lives_in_the_job_spec_and_validates() -> None:
         ProvisioningPolicy(gpu_types=[])
     with pytest.raises(ValueError):
         ProvisioningPolicy(capacity="cheapest")
+
+
+def test_estimated_total_steps_follows_max_steps_or_epochs_over_batches() -> None:
+    from brightrun.spec import JobSpec
+    from tasks.provision import estimated_total_steps
+
+    spec = JobSpec(
+        job_id="j",
+        base_model="m",
+        training={"batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 2.0},
+    )
+    assert estimated_total_steps(spec, 100) == 26  # ceil(100 / 8) = 13 steps per epoch, 2 epochs
+    assert estimated_total_steps(spec, 1) == 2
+    capped = spec.model_copy(update={"training": spec.training.model_copy(update={"max_steps": 7})})
+    assert estimated_total_steps(capped, 100) == 7

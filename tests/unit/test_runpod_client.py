@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,10 +136,39 @@ def test_start_command_runs_the_trainer_under_a_deadline_then_removes_the_pod() 
     argv = shlex.split(start_command("python -m trainer", uri, 3600))
     assert argv[:2] == ["bash", "-c"]
     script = argv[2]
-    inner = shlex.split(script.split(";")[0])
+    inner = shlex.split(script.split(" & ")[0])
     assert inner[:6] == ["timeout", "--signal=TERM", "--kill-after=30", "3600", "python", "-m"]
     assert inner[-2:] == ["--spec", uri]
     assert "runpodctl remove pod" in script
+
+
+def test_start_command_passes_the_spot_warning_to_the_trainer(tmp_path: Path) -> None:
+    """RunPod's stop signal reaches PID 1 (the shell) alone; the trainer must still get it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "got-sigterm"
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    argv = shlex.split(start_command(f"{sys.executable} {trainer}", "s3://b/spec.json", 60))
+    pod = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        assert pod.stdout is not None and pod.stdout.readline().strip() == "ready"
+        os.kill(pod.pid, signal.SIGTERM)  # to the shell only, as `docker stop` does
+        assert pod.wait(timeout=10) == 0
+        time.sleep(0.1)
+    finally:
+        if pod.poll() is None:
+            os.killpg(pod.pid, signal.SIGKILL)
+    assert marker.exists()
 
 
 def _remote(status: str, uptime: float | None) -> RemotePod:

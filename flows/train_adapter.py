@@ -34,6 +34,7 @@ from tasks.job import (
     new_job_id,
     register_job_training_file,
     rename_current_flow_run,
+    statuses_for_phase,
 )
 from tasks.notify import WebhookNotifier
 from tasks.reporting import RunReporter, attach_library_loggers, loss_curve_svg, run_name, summary_markdown
@@ -285,6 +286,7 @@ def _finish_report(
         adapter_uri=job.lora_artifact_path,
         loss_curve_uri=loss_curve_uri,
         error_message=error_message,
+        train_seconds=_read_train_seconds(storage, layout),
     )
     recorder.reporter.summary(markdown)
     try:
@@ -292,6 +294,16 @@ def _finish_report(
     except Exception as exc:
         log.warning("job %s: summary not stored (%s)", recorder.job_id, exc)
     return markdown
+
+
+def _read_train_seconds(storage: Any, layout: JobLayout) -> float | None:
+    """Training time from the trainer's result.json (absent when the job did not finish)."""
+    from brightrun.protocol import TrainerResult
+
+    try:
+        return TrainerResult.model_validate_json(storage.get_bytes(layout.result)).train_seconds
+    except Exception:
+        return None
 
 
 def _register_adapter(recorder: JobRecorder, request: JobRequest, storage: Any, layout: JobLayout) -> str:
@@ -551,6 +563,11 @@ def _end(
         if left:
             recorder.event("pod_terminated", 0, {"pods": left, "reason": status})
     try:
+        if status == "completed":
+            # A trainer faster than one poll was never seen loading or training; it did both
+            # (result.json says so), so the job passes through those statuses in order.
+            for passed in statuses_for_phase("training", recorder.status_value):
+                recorder.transition(passed)
         recorder.transition(status, error_message=error_message)
     except Exception as exc:
         logger.error("job %s: could not record status %s: %s", recorder.job_id, status, exc)

@@ -106,6 +106,18 @@ def _chromium(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> st
     return out.stdout
 
 
+def _dom_showing(url: str, tmp_path: Path, *needles: str, tries: int = 4) -> str:
+    """The page's DOM once it shows every needle. The SPA fetches from the API in real time
+    while Chromium's budget is virtual time: on a loaded machine a first render can be early."""
+    dom = ""
+    for _ in range(tries):
+        dom = _chromium(url, tmp_path)
+        if all(n in dom for n in needles):
+            break
+        time.sleep(2)
+    return dom
+
+
 def test_served_deployment_run_shows_its_artifacts_in_the_ui(
     prefect_server: tuple[str, dict[str, str]], brightrun_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -162,14 +174,26 @@ def test_served_deployment_run_shows_its_artifacts_in_the_ui(
     assert shot.is_file() and shot.stat().st_size > 10_000
     shutil.copy(shot, tmp_path / shot.name)
 
-    dom = _chromium(f"{base}/artifacts/key/{summary_key}", tmp_path)
+    dom = _dom_showing(
+        f"{base}/artifacts/key/{summary_key}",
+        tmp_path,
+        f"Result of training job {run_job_id}",
+        flow_run["name"],
+    )
     (ARTIFACTS_DIR / "prefect-ui-summary.html").write_text(dom)
     assert summary_key in dom
     assert "Can't connect" not in dom
     # The artifact page names the artifact, its description and the run it came from.
     assert f"Result of training job {run_job_id}" in dom and flow_run["name"] in dom
-    dom = _chromium(f"{base}/artifacts/key/{report_key}", tmp_path)
+    # The artifact's own page renders the markdown body a user reads.
+    summary_id = next(a["id"] for a in artifacts if a["key"] == summary_key)
+    dom = _dom_showing(f"{base}/artifacts/artifact/{summary_id}", tmp_path, "Perplexity", "Sample replies")
+    (ARTIFACTS_DIR / "prefect-ui-summary-body.html").write_text(dom)
+    assert "Perplexity" in dom and "Sample replies" in dom
+    dom = _dom_showing(f"{base}/artifacts/key/{report_key}", tmp_path, f"Dataset report of job {run_job_id}")
     assert report_key in dom and f"Dataset report of job {run_job_id}" in dom
     _chromium(
-        f"{base}/artifacts/key/{summary_key}", tmp_path, screenshot=ARTIFACTS_DIR / "prefect-ui-summary.png"
+        f"{base}/artifacts/artifact/{summary_id}",
+        tmp_path,
+        screenshot=ARTIFACTS_DIR / "prefect-ui-summary.png",
     )

@@ -93,6 +93,7 @@ def test_demo_flow_completes_with_artifacts_and_signed_webhooks(
     assert float(progress["data"]) == 100.0
     summary = next(a for k, a in published.items() if k.endswith("-summary"))
     assert "Perplexity" in summary["data"] and job.lora_artifact_path in summary["data"]
+    assert "| Training time | n/a |" not in summary["data"]
     table = next(a for k, a in published.items() if k.endswith("-metrics"))
     assert '"step": 6' in str(table["data"]) or "'step': 6" in str(table["data"])
 

@@ -49,12 +49,35 @@ def open_registry_url(url: str, *, auto_upgrade: bool | None = None) -> Engine:
         auto_upgrade = is_sqlite(engine)
     try:
         if auto_upgrade:
-            upgrade(engine)
+            _auto_upgrade(engine)
         ensure_schema_current(engine)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+def _auto_upgrade(engine: Engine) -> None:
+    """Bring an embedded SQLite registry to the latest schema, once: two processes opening a
+    fresh file at the same moment (the flow and its trainer's reaper, two CLI calls) take a
+    file lock so the second finds the schema made instead of racing to create it."""
+    import fcntl
+    from pathlib import Path
+
+    from brightrun.registry.migrations import current_revision, head_revision
+
+    if current_revision(engine) == head_revision():
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        upgrade(engine)
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current_revision(engine) != head_revision():
+            upgrade(engine)
 
 
 def open_registry(settings: Settings, *, auto_upgrade: bool | None = None) -> Engine:

@@ -319,3 +319,23 @@ def test_cli_lists_and_shows_jobs(brightrun_home: Path) -> None:
     assert table.exit_code == 0 and "lora_adapter" in table.stdout
     current = runner.invoke(app, ["db", "current", "--json"])
     assert json.loads(current.stdout)["up_to_date"] is True
+
+
+def test_two_processes_opening_a_fresh_sqlite_registry_at_once_both_succeed(tmp_path: Path) -> None:
+    """The embedded default migrates itself; a second process must not race the first."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    code = (
+        "import sys; from brightrun.registry import open_registry_url; "
+        "open_registry_url(sys.argv[1]).dispose(); print('ok')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in results]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+from brightrun import layout
+
+if TYPE_CHECKING:
+    from brightrun.storage import Storage
+
+_ATTEMPT_IN_NAME = re.compile(r"^(\d+)-\d+\.jsonl?$")
 
 
 def utcnow() -> datetime:
@@ -124,3 +132,23 @@ class TrainerFailure(BaseModel):
     step: int | None = None
     attempt: int = 1
     failed_at: datetime = Field(default_factory=utcnow)
+
+
+def previous_attempts(storage: Storage, job_prefix: str = "") -> int:
+    """The highest attempt number any trainer process of a job left in storage (0 if none).
+
+    `job_prefix` is "" for the trainer's storage (rooted at its job) and `jobs/<id>/` for the
+    orchestrator's. Every attempt writes `status.json` at start, so one that died at once
+    still counts; events and metric chunk names carry the attempt too.
+    """
+    highest = 0
+    try:
+        highest = TrainerStatus.model_validate(storage.get_json(job_prefix + layout.STATUS)).attempt
+    except Exception:  # missing or unreadable: look at the chunk names only
+        highest = 0
+    for directory in (layout.EVENTS_DIR, layout.METRICS_DIR):
+        for key in storage.list(f"{job_prefix}{directory}/"):
+            match = _ATTEMPT_IN_NAME.match(key.rsplit("/", 1)[-1])
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest

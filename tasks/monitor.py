@@ -33,7 +33,14 @@ from typing import Any, Protocol
 from brightrun import layout
 from brightrun.compute import Compute, PodInfo, PodState
 from brightrun.errors import BrightrunError
-from brightrun.protocol import MetricRecord, TrainerEvent, TrainerFailure, TrainerResult, TrainerStatus
+from brightrun.protocol import (
+    MetricRecord,
+    TrainerEvent,
+    TrainerFailure,
+    TrainerResult,
+    TrainerStatus,
+    previous_attempts,
+)
 from brightrun.spec import ProvisioningPolicy
 from brightrun.storage import Storage
 from tasks.provision import provision
@@ -202,6 +209,16 @@ def run_job(
         recorder.event("pod_terminated", attempt, {"pod_id": pod_id, "reason": reason})
 
     try:
+        # A job picked up again (`brightrun resume`, a retried flow) continues its attempt
+        # numbers, so no trainer overwrites an earlier attempt's events or metric chunks; a pod
+        # a dead orchestrator left running is stopped first (SIGTERM: it commits a checkpoint).
+        attempt = previous_attempts(storage, job.prefix + "/")
+        for leftover in compute.list_pods(job_id):
+            if leftover.state != PodState.terminated:
+                compute.terminate(leftover.pod_id)
+                recorder.event(
+                    "pod_terminated", attempt, {"pod_id": leftover.pod_id, "reason": "left by an earlier run"}
+                )
         while True:
             # ---- a new attempt ------------------------------------------------------------------
             if _cancelled(cancel):

@@ -9,37 +9,24 @@ the heartbeat thread from overwriting a later status with an older snapshot.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import traceback
 from typing import Any
 
 from brightrun import layout
-from brightrun.protocol import MetricRecord, TrainerEvent, TrainerFailure, TrainerPhase, TrainerStatus, utcnow
+from brightrun.protocol import (  # noqa: F401  (previous_attempts is re-exported for the trainer)
+    MetricRecord,
+    TrainerEvent,
+    TrainerFailure,
+    TrainerPhase,
+    TrainerStatus,
+    previous_attempts,
+    utcnow,
+)
 from brightrun.storage import Storage
 
 log = logging.getLogger(__name__)
-
-_ATTEMPT_IN_NAME = re.compile(r"^(\d+)-\d+\.jsonl?$")
-
-
-def previous_attempts(storage: Storage) -> int:
-    """The highest attempt number any earlier trainer process left in storage (0 if none).
-
-    Every attempt writes `status.json` at start, so a process that died at once still counts.
-    """
-    highest = 0
-    try:
-        highest = TrainerStatus.model_validate(storage.get_json(layout.STATUS)).attempt
-    except Exception:  # missing or unreadable: look at the chunk names only
-        highest = 0
-    for prefix in (layout.EVENTS_DIR + "/", layout.METRICS_DIR + "/"):
-        for key in storage.list(prefix):
-            match = _ATTEMPT_IN_NAME.match(key.rsplit("/", 1)[-1])
-            if match:
-                highest = max(highest, int(match.group(1)))
-    return highest
 
 
 def last_reported_step(storage: Storage) -> int:

@@ -1,0 +1,118 @@
+"""`brightrun resume`: the flow process dies mid-training, its local trainer keeps running;
+resuming stops that orphan (it commits a checkpoint on SIGTERM) and finishes the job with
+a new attempt that overwrites nothing of the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brightrun.compute import PodState
+from brightrun.compute.local import LocalCompute
+from brightrun.registry import open_registry_url
+from brightrun.registry import repository as repo
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = {
+    "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+    "training": {
+        "max_seq_length": 512,
+        "batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 0.005,
+        "gradient_checkpointing": False,
+    },
+    "evaluation": {"max_new_tokens": 8, "sample_generations": 1},
+}
+
+
+def _cli(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "brightrun.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_resume_after_the_flow_process_died(
+    prefect_harness: str, brightrun_home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    env = {
+        **os.environ,
+        "BRIGHTRUN_HOME": str(brightrun_home),
+        "PREFECT_API_URL": prefect_harness,
+        # A GPU-like pace, so the flow can be killed mid-training whatever the machine's load.
+        "BRIGHTRUN_TRAINER_STEP_DELAY": "0.3",
+    }
+    first = _cli(
+        [
+            "train",
+            str(REPO / "examples" / "brightrun-sample.json"),
+            "--base-model",
+            str(tiny_model),
+            "--max-steps",
+            "24",
+            "--checkpoint-steps",
+            "2",
+            "--config",
+            str(config),
+        ],
+        env,
+    )
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
+    try:
+        deadline = time.monotonic() + 120
+        job = None
+        while time.monotonic() < deadline:
+            jobs = repo.list_jobs(engine)
+            if jobs and jobs[0].status == "training" and jobs[0].current_step >= 4:
+                job = jobs[0]
+                break
+            assert first.poll() is None, first.communicate()[0][-3000:]
+            time.sleep(0.2)
+        assert job is not None, "the job never reached step 4"
+        first.send_signal(signal.SIGKILL)  # the flow process dies; its trainer lives on
+        first.communicate(timeout=30)
+        compute = LocalCompute(brightrun_home)
+        orphans = [p for p in compute.list_pods(job.id) if p.state == PodState.running]
+        assert len(orphans) == 1
+
+        resumed = _cli(["resume", job.id], {**env, "BRIGHTRUN_TRAINER_STEP_DELAY": "0"})
+        output, _ = resumed.communicate(timeout=240)
+        assert resumed.returncode == 0, output[-3000:]
+
+        final = repo.get_job(engine, job.id)
+        events = repo.list_events(engine, job.id)
+        artifacts = repo.list_artifacts(engine, job_id=job.id)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        engine.dispose()
+
+    assert final.status == "completed" and final.current_step == 24
+    assert len(artifacts) == 1 and final.lora_artifact_path == artifacts[0].storage_path
+    assert any(
+        e.type == "pod_terminated" and e.payload.get("reason") == "left by an earlier run" for e in events
+    )
+    assert compute.get(orphans[0].pod_id).state != PodState.running
+    job_dir = brightrun_home / "storage" / "jobs" / job.id
+    # Attempt 2 started where attempt 1 committed, and wrote its own chunks beside attempt 1's.
+    trainer_resumes = [json.loads(p.read_text()) for p in sorted((job_dir / "events").glob("002-*.json"))]
+    assert any(e["type"] == "resumed" and e["payload"]["from_step"] >= 4 for e in trainer_resumes)
+    assert list((job_dir / "metrics").glob("001-*.jsonl")) and list((job_dir / "metrics").glob("002-*.jsonl"))

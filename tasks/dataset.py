@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 from brightrun import prepared
@@ -180,14 +181,14 @@ class _Writer:
         tokens = trained = 0
         out = self.files[split]
         for ids, labels, pair_ids in examples:
-            n_trained = sum(1 for x in labels if x != prepared.IGNORE_INDEX)
+            n_trained = len(labels) - labels.count(prepared.IGNORE_INDEX)
             record = {
                 "input_ids": ids,
                 "labels": labels,
                 "conversation_id": conversation_id,
                 "pair_ids": pair_ids,
             }
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            out.write(orjson.dumps(record).decode() + "\n")
             tokens += len(ids)
             trained += n_trained
             self.longest = max(self.longest, len(ids))
@@ -213,7 +214,7 @@ class _Writer:
         self.close()
         train_path = self.directory / prepared.TRAIN
         kept_path = self.directory / (prepared.TRAIN + ".tmp")
-        marker = json.dumps(cid)
+        marker = orjson.dumps(cid).decode()  # as the records were written
         with (
             open(train_path, encoding="utf-8") as src,
             open(kept_path, "w", encoding="utf-8") as keep,

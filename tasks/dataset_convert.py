@@ -194,6 +194,9 @@ class ChatEncoder:
             )
         self.tokenizer = tokenizer
         self._fast_render = self._compile_fast_render()
+        self._base: str | None = None
+        self._generation_header = ""
+        self._pieces: dict[tuple[str, str], str] = {}
 
     def _compile_fast_render(self) -> Any:
         """The compiled Jinja template called directly, when it renders exactly as apply_chat_template.
@@ -259,7 +262,62 @@ class ChatEncoder:
     def texts_and_spans(
         self, runs: Sequence[tuple[str, Sequence[Msg]]]
     ) -> list[tuple[str, list[tuple[int, int]]]]:
-        """Rendered text of each run and the character spans of its trained replies."""
+        """Rendered text of each run and the character spans of its trained replies.
+
+        Each run is rendered one message at a time when the template is additive for it (the
+        whole conversation renders as the concatenation of its messages, checked against one
+        full render per run); otherwise every prefix is rendered, which costs quadratically
+        in the conversation's length but makes no assumption about the template.
+        """
+        results: list[tuple[str, list[tuple[int, int]]] | None] = [
+            self._incremental(system, msgs) if self._fast_render is not None else None
+            for system, msgs in runs
+        ]
+        slow = [i for i, r in enumerate(results) if r is None]
+        if slow:
+            for i, r in zip(slow, self._prefix_texts_and_spans([runs[i] for i in slow]), strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    def _incremental(self, system: str, msgs: Sequence[Msg]) -> tuple[str, list[tuple[int, int]]] | None:
+        render = self._fast_render
+        if self._base is None:
+            self._base = render([], False)
+            with_prompt = render([], True)
+            if not with_prompt.startswith(self._base):
+                return None
+            self._generation_header = with_prompt[len(self._base) :]
+        base, header = self._base, self._generation_header
+        chat = self._messages(system, msgs)
+        pieces = []
+        for message in chat:
+            key = (message["role"], message["content"])
+            piece = self._pieces.get(key) if message["role"] == "system" else None
+            if piece is None:
+                text = render([message], False)
+                if not text.startswith(base):
+                    return None
+                piece = text[len(base) :]
+                if message["role"] == "system":
+                    self._pieces[key] = piece
+            pieces.append(piece)
+        full = base + "".join(pieces)
+        if render(chat, False) != full:
+            return None
+        head = len(chat) - len(msgs)
+        pos = len(base) + sum(len(p) for p in pieces[:head])
+        spans = []
+        for msg, piece in zip(msgs, pieces[head:], strict=True):
+            if msg.trained:
+                if not piece.startswith(header):
+                    return None
+                spans.append((pos + len(header), pos + len(piece)))
+            pos += len(piece)
+        return full, spans
+
+    def _prefix_texts_and_spans(
+        self, runs: Sequence[tuple[str, Sequence[Msg]]]
+    ) -> list[tuple[str, list[tuple[int, int]]]]:
         fulls, prompts, uptos = [], [], []
         for system, msgs in runs:
             chat = self._messages(system, msgs)
@@ -323,20 +381,36 @@ class ChatEncoder:
         if not runs:
             return []
         rendered = self.texts_and_spans(runs)
-        ids_list, offsets_list = self.tokenize([text for text, _ in rendered])
+        texts = [text for text, _ in rendered]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        encodings = backend.encode_batch(texts, add_special_tokens=False) if backend is not None else None
         out = []
-        for (system, msgs), (_, spans), ids, offsets in zip(
-            runs, rendered, ids_list, offsets_list, strict=True
-        ):
-            _ = system
-            out.append(
-                Encoded(
-                    list(ids),
-                    self.labels(ids, offsets, spans),
-                    [m.pair_id for m in msgs if m.trained and m.pair_id is not None],
-                )
-            )
+        for i, ((_, msgs), (_, spans)) in enumerate(zip(runs, rendered, strict=True)):
+            labels = None
+            if encodings is not None:
+                ids = encodings[i].ids
+                labels = self._labels_by_char(encodings[i], ids, spans)
+            if labels is None:  # no Rust encoding, or a span edge on a character no token covers
+                ids_list, offsets_list = self.tokenize([texts[i]])
+                ids = list(ids_list[0])
+                labels = self.labels(ids, offsets_list[0], spans)
+            trained_pairs = [m.pair_id for m in msgs if m.trained and m.pair_id is not None]
+            out.append(Encoded(ids, labels, trained_pairs))
         return out
+
+    @staticmethod
+    def _labels_by_char(encoding: Any, ids: list[int], spans: list[tuple[int, int]]) -> list[int] | None:
+        """`labels` without materializing every token's offsets (which costs more than the
+        tokenization): ask the encoding for the tokens at each span's first and last character."""
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, end in spans:
+            if end <= start:
+                continue
+            first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+            if first is None or last is None:
+                return None
+            labels[first : last + 1] = ids[first : last + 1]
+        return labels
 
     def length(self, system: str, msgs: Sequence[Msg]) -> int:
         return self.count([self.render(system, msgs)])[0]

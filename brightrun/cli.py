@@ -6,6 +6,7 @@ so the command modules stay small and import heavy dependencies lazily.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -26,6 +27,9 @@ for module in (dataset, training, registry, runpod, export):
 
 
 def main() -> None:
+    # The embedded Prefect API is a throwaway SQLite server with no network to report to; its
+    # analytics heartbeat only logs 'database is locked' there.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         app()
     except BrightrunError as exc:

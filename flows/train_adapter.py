@@ -471,6 +471,10 @@ def _run(settings: Settings, request: JobRequest, resume_job_id: str | None) -> 
             raise JobCancelled(f"job {job_id} was cancelled ({outcome.reason})")
         if kind != "completed":
             raise BrightrunError(outcome.reason or f"job {job_id}: {kind}")
+        # A trainer faster than one poll was never seen loading or training; it did both
+        # (result.json says so), so the job passes through those statuses in order.
+        for passed in statuses_for_phase("training", recorder.status_value):
+            recorder.transition(passed)
         _register_adapter(recorder, request, storage, layout)
         final_status = "completed"
     except JobCancelled as exc:
@@ -504,7 +508,7 @@ def _prepare_stage(
     layout: JobLayout,
     recorder: JobRecorder,
 ) -> JobSpec:
-    from tasks.dataset import fetch_dataset_task, prepare_dataset_task, render_report_markdown
+    from tasks.dataset import fetch_dataset_task, prepare_dataset_cached, render_report_markdown
 
     recorder.transition("preprocessing")
     source = fetch_dataset_task(
@@ -512,7 +516,7 @@ def _prepare_stage(
     )
     options = _prepare_options(request)
     out_dir = _prepared_dir(settings, Path(source), spec.base_model, options)
-    report = prepare_dataset_task(Path(source), spec.base_model, out_dir, options)
+    report = prepare_dataset_cached(Path(source), spec.base_model, out_dir, options)
     recorder.reporter.dataset_report(render_report_markdown(report))
     recorder.event(
         "dataset_validated",
@@ -563,11 +567,6 @@ def _end(
         if left:
             recorder.event("pod_terminated", 0, {"pods": left, "reason": status})
     try:
-        if status == "completed":
-            # A trainer faster than one poll was never seen loading or training; it did both
-            # (result.json says so), so the job passes through those statuses in order.
-            for passed in statuses_for_phase("training", recorder.status_value):
-                recorder.transition(passed)
         recorder.transition(status, error_message=error_message)
     except Exception as exc:
         logger.error("job %s: could not record status %s: %s", recorder.job_id, status, exc)

@@ -600,8 +600,8 @@ def prepare_cache_key(
 ) -> str:
     """Same file bytes + tokenizer + options + output dir -> same key.
 
-    A cache hit returns the stored report without touching `out_dir`: a caller that deleted
-    the output runs the task with `refresh_cache=True` (flows prepare into a per-job dir).
+    A cache hit returns the stored report without touching `out_dir`: `prepare_dataset_cached`
+    refreshes the cache entry when the output is gone (a cleaned cache, a new machine).
     """
     parts = [
         sha256_file(Path(source)),
@@ -610,6 +610,16 @@ def prepare_cache_key(
         str(Path(out_dir).resolve()),
     ]
     return "prepare-dataset-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def prepare_dataset_cached(
+    source: Path, tokenizer: str | Path | Any, out_dir: Path, options: PrepareOptions
+) -> DatasetReport:
+    """`prepare_dataset_task`, cached by input hash, re-run when its output is no longer on disk."""
+    prepare_task = __getattr__("prepare_dataset_task")  # built on first use (see below)
+    missing = not (Path(out_dir) / prepared.META).is_file()
+    task = prepare_task.with_options(refresh_cache=True) if missing else prepare_task
+    return task(source, tokenizer, out_dir, options)
 
 
 def _prepare_key_fn(context: Any, parameters: dict[str, Any]) -> str:

@@ -53,3 +53,26 @@ def test_flow_prepares_caches_and_publishes_report(
     artifacts = response.json()
     assert artifacts and artifacts[0]["type"] == "markdown"
     assert f"| kept targets | {report.kept_targets} |" in artifacts[0]["data"]
+
+
+def test_a_cached_preparation_whose_output_was_deleted_runs_again(
+    prefect_harness: None, tiny_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    """A cleaned cache or a new machine: the cache entry must not hand back a report of files
+    that are no longer there."""
+    import shutil
+
+    from prefect import flow
+
+    from tasks.dataset import PrepareOptions, prepare_dataset_cached
+
+    out = tmp_path / "data"
+
+    @flow
+    def prepare_twice() -> None:
+        prepare_dataset_cached(sample_dataset, str(tiny_model), out, PrepareOptions())
+        shutil.rmtree(out)
+        prepare_dataset_cached(sample_dataset, str(tiny_model), out, PrepareOptions())
+
+    prepare_twice()
+    assert (out / prepared.META).is_file() and (out / prepared.TRAIN).is_file()

@@ -453,6 +453,7 @@ def _run(settings: Settings, request: JobRequest, resume_job_id: str | None) -> 
     if status == "queued":
         recorder.notifier.status_changed(recorder._payload("queued"))
     final_status, error_message = "failed", None
+    bad_input = False
     try:
         if repo.get_job(engine, job_id).is_terminal:
             job = repo.get_job(engine, job_id)
@@ -481,6 +482,7 @@ def _run(settings: Settings, request: JobRequest, resume_job_id: str | None) -> 
         final_status, error_message = "cancelled", str(exc)
     except InputError as exc:
         final_status, error_message = "failed", str(exc)
+        bad_input = True
     except BaseException as exc:  # noqa: BLE001  (record it, then let Prefect see it)
         final_status, error_message = "failed", f"{type(exc).__name__}: {exc}"
         _end(settings, request, spec, recorder, storage, layout, final_status, error_message)
@@ -496,7 +498,8 @@ def _run(settings: Settings, request: JobRequest, resume_job_id: str | None) -> 
     if final_status == "cancelled":
         return Cancelled(message=error_message, data=result)
     if final_status == "failed":
-        raise BrightrunError(error_message or f"job {job_id} failed")
+        # Bad input keeps its type, so `brightrun train` exits 2 as for any other bad input.
+        raise (InputError if bad_input else BrightrunError)(error_message or f"job {job_id} failed")
     return result
 
 

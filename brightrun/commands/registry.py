@@ -110,25 +110,38 @@ def jobs_list(
     if as_json:
         _print_json([dataclasses.asdict(j) for j in jobs])
         return
-    from rich.console import Console
     from rich.table import Table
 
+    # The id stays whole (it is what `jobs show` and `jobs cancel` take); the rest may fold.
     table = Table(title=f"{len(jobs)} job(s)")
-    for col in ("id", "name", "status", "base model", "step", "progress", "loss", "cost $", "created"):
+    table.add_column("id", no_wrap=True)
+    for col in ("status", "base model", "step", "loss", "cost $", "created"):
         table.add_column(col, overflow="fold")
     for j in jobs:
         table.add_row(
             j.id,
-            j.job_name,
             j.status,
-            j.base_model,
+            _short_model(j.base_model),
             f"{j.current_step}/{j.total_steps or '?'}",
-            f"{j.progress_percent:.0f}%",
             _fmt(j.current_loss),
             _fmt(j.actual_cost_usd, 3),
-            _fmt(j.created_at),
+            j.created_at.strftime("%Y-%m-%d %H:%M") if j.created_at else "-",
         )
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Any:
+    """A terminal's own width; piped output (a log, `less`) gets room for a whole row."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _short_model(base_model: str) -> str:
+    """A hub id as it is (org/name); a local model directory by its last component."""
+    return base_model.rstrip("/").rsplit("/", 1)[-1] if base_model.startswith(("/", ".")) else base_model
 
 
 @jobs_app.command("show")
@@ -156,10 +169,9 @@ def jobs_show(
             }
         )
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     fields = Table(title=f"job {job.id}", show_header=False)
     fields.add_column("field", style="bold")
     fields.add_column("value", overflow="fold")
@@ -221,6 +233,5 @@ def artifacts_list(
     if as_json:
         _print_json([dataclasses.asdict(a) for a in artifacts])
         return
-    from rich.console import Console
 
-    _artifacts_table(Console(), artifacts)
+    _artifacts_table(_console(), artifacts)

@@ -17,7 +17,7 @@ def reap_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the pods that would be terminated"),
     stale_after: float = typer.Option(900.0, help="Seconds of heartbeat silence before a pod is reaped"),
 ) -> None:
-    """Terminate RunPod pods whose job is terminal in the registry or whose heartbeat is stale."""
+    """Terminate pods (local trainers, and RunPod when a key is set) whose job is terminal or silent."""
     from flows.reap_pods import reap_with_settings
 
     reaped = reap_with_settings(dry_run=dry_run, stale_after_seconds=stale_after)

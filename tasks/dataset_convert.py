@@ -197,6 +197,7 @@ class ChatEncoder:
         self._base: str | None = None
         self._generation_header = ""
         self._pieces: dict[tuple[str, str], str] = {}
+        self._frames: dict[str, tuple[str, str, Any] | None] = {}
 
     def _compile_fast_render(self) -> Any:
         """The compiled Jinja template called directly, when it renders exactly as apply_chat_template.
@@ -270,7 +271,9 @@ class ChatEncoder:
         in the conversation's length but makes no assumption about the template.
         """
         results: list[tuple[str, list[tuple[int, int]]] | None] = [
-            self._incremental(system, msgs) if self._fast_render is not None else None
+            (self._structural(system, msgs) or self._incremental(system, msgs))
+            if self._fast_render is not None
+            else None
             for system, msgs in runs
         ]
         slow = [i for i, r in enumerate(results) if r is None]
@@ -279,15 +282,79 @@ class ChatEncoder:
                 results[i] = r
         return [r for r in results if r is not None]
 
+    _MARK = "\ue000brightrun-probe\ue001"
+
+    def _role_frame(self, role: str) -> tuple[str, str, Any] | None:
+        """(text before, text after, content transform) of one `role` message, when the template
+        renders a lone message as frame + transformed content + frame; None when it does not."""
+        if role in self._frames:
+            return self._frames[role]
+        frame = None
+        render = self._fast_render
+        base = render([], False)
+        text = render([{"role": role, "content": self._MARK}], False)
+        rest = text[len(base) :] if text.startswith(base) else ""
+        if rest.count(self._MARK) == 1:
+            before, after = rest.split(self._MARK)
+            probe = " \n Probe, with spaces. \n"
+            rendered = render([{"role": role, "content": probe}], False)
+            for transform in (str.strip, str):
+                if rendered == base + before + transform(probe) + after:
+                    frame = (before, after, transform)
+                    break
+        self._frames[role] = frame
+        return frame
+
+    def _structural(self, system: str, msgs: Sequence[Msg]) -> tuple[str, list[tuple[int, int]]] | None:
+        """One template render per conversation: the text is assembled from each role's frame
+        (found once) and must equal the template's own render of the whole conversation."""
+        if self._base is None and self._incremental_setup() is None:
+            return None
+        chat = self._messages(system, msgs)
+        pieces = []
+        for message in chat:
+            frame = self._role_frame(message["role"])
+            if frame is None:
+                return None
+            before, after, transform = frame
+            pieces.append(before + transform(message["content"]) + after)
+        full = self._base + "".join(pieces)
+        if self._fast_render(chat, False) != full:
+            return None
+        spans = self._spans(chat, msgs, pieces)
+        return None if spans is None else (full, spans)
+
+    def _spans(
+        self, chat: list[dict[str, str]], msgs: Sequence[Msg], pieces: list[str]
+    ) -> list[tuple[int, int]] | None:
+        """Trained spans of an additive render: from after the generation header to the end of
+        the reply's piece (its end-of-turn included); None if a reply does not open with the
+        header the generation prompt adds."""
+        head = len(chat) - len(msgs)
+        pos = len(self._base or "") + sum(len(p) for p in pieces[:head])
+        spans = []
+        for msg, piece in zip(msgs, pieces[head:], strict=True):
+            if msg.trained:
+                if not piece.startswith(self._generation_header):
+                    return None
+                spans.append((pos + len(self._generation_header), pos + len(piece)))
+            pos += len(piece)
+        return spans
+
+    def _incremental_setup(self) -> str | None:
+        render = self._fast_render
+        base = render([], False)
+        with_prompt = render([], True)
+        if not with_prompt.startswith(base):
+            return None
+        self._base, self._generation_header = base, with_prompt[len(base) :]
+        return base
+
     def _incremental(self, system: str, msgs: Sequence[Msg]) -> tuple[str, list[tuple[int, int]]] | None:
         render = self._fast_render
-        if self._base is None:
-            self._base = render([], False)
-            with_prompt = render([], True)
-            if not with_prompt.startswith(self._base):
-                return None
-            self._generation_header = with_prompt[len(self._base) :]
-        base, header = self._base, self._generation_header
+        if self._base is None and self._incremental_setup() is None:
+            return None
+        base = self._base
         chat = self._messages(system, msgs)
         pieces = []
         for message in chat:
@@ -304,16 +371,8 @@ class ChatEncoder:
         full = base + "".join(pieces)
         if render(chat, False) != full:
             return None
-        head = len(chat) - len(msgs)
-        pos = len(base) + sum(len(p) for p in pieces[:head])
-        spans = []
-        for msg, piece in zip(msgs, pieces[head:], strict=True):
-            if msg.trained:
-                if not piece.startswith(header):
-                    return None
-                spans.append((pos + len(header), pos + len(piece)))
-            pos += len(piece)
-        return full, spans
+        spans = self._spans(chat, msgs, pieces)
+        return None if spans is None else (full, spans)
 
     def _prefix_texts_and_spans(
         self, runs: Sequence[tuple[str, Sequence[Msg]]]

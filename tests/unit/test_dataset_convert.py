@@ -233,3 +233,34 @@ def test_fast_render_matches_apply_chat_template(tokenizer: Any, sample_dataset:
     assert [(e.input_ids, e.labels) for e in fast.encode_many(runs)] == [
         (e.input_ids, e.labels) for e in slow.encode_many(runs)
     ]
+
+
+NUMBERED = (
+    "{{ bos_token }}{% for message in messages %}{{ loop.index }}|{{ message['role'] }}: "
+    "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}{{ (messages | length) + 1 }}|assistant: {% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["llama3", "chatml", "numbered"])
+def test_every_render_path_gives_the_same_mask(tokenizer: Any, sample_dataset: Path, template: str) -> None:
+    """One render per conversation (role frames), one per message, or one per prefix: the
+    cheaper paths are taken only where they reproduce the template, and then agree exactly.
+    A template whose text depends on the turn's position (numbered) falls back."""
+    import json
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = {"llama3": tok.chat_template, "chatml": CHATML, "numbered": NUMBERED}[template]
+    runs = []
+    for raw in json.loads(sample_dataset.read_text())["conversations"][:3]:
+        runs += [(r.system, r.messages) for r in build_runs(conv(raw), 3, ConversionStats())]
+    fast = ChatEncoder(tok)
+    per_message = ChatEncoder(tok)
+    per_message._structural = lambda *a: None  # type: ignore[method-assign]
+    prefixes = ChatEncoder(tok)
+    prefixes._fast_render = None
+    expected = [(e.input_ids, e.labels) for e in prefixes.encode_many(runs)]
+    assert [(e.input_ids, e.labels) for e in fast.encode_many(runs)] == expected
+    assert [(e.input_ids, e.labels) for e in per_message.encode_many(runs)] == expected
+    structural = [fast._structural(system, msgs) for system, msgs in runs]
+    assert all(r is None for r in structural) if template == "numbered" else all(structural)

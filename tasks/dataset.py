@@ -595,6 +595,17 @@ def _tokenizer_fingerprint(tokenizer: str | Path | Any) -> str:
     return tokenizer_name(tokenizer)
 
 
+def validation_conversation_ids(conversation_ids: Sequence[str], options: PrepareOptions) -> set[str]:
+    """The conversations `prepare_dataset` puts in the validation split (its rule, for callers
+    that only know a file's conversation ids): hash below `val_fraction`, and with a non-zero
+    fraction at least one held out once there are two or more conversations."""
+    hashes = {cid: split_hash(cid, options.seed) for cid in conversation_ids}
+    validation = {cid for cid, h in hashes.items() if h < options.val_fraction}
+    if not validation and options.val_fraction > 0 and len(hashes) >= 2:
+        validation = {min(hashes, key=lambda c: hashes[c])}
+    return validation
+
+
 def prepare_cache_key(
     source: Path, tokenizer: str | Path | Any, out_dir: Path, options: PrepareOptions
 ) -> str:

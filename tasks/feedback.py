@@ -268,15 +268,9 @@ def _validation_ids(conversation_ids: list[str], known: dict[str, repo.Conversat
     recorded = {cid for cid in conversation_ids if cid in known and known[cid].split == Split.validation}
     if recorded or any(cid in known for cid in conversation_ids):
         return recorded
-    from tasks.dataset import PrepareOptions
-    from tasks.dataset_convert import split_hash
+    from tasks.dataset import PrepareOptions, validation_conversation_ids
 
-    defaults = PrepareOptions()
-    hashes = {cid: split_hash(cid, defaults.seed) for cid in conversation_ids}
-    validation = {cid for cid, h in hashes.items() if h < defaults.val_fraction}
-    if not validation and defaults.val_fraction > 0 and len(hashes) >= 2:
-        validation = {min(hashes, key=lambda c: hashes[c])}
-    return validation
+    return validation_conversation_ids(conversation_ids, PrepareOptions())
 
 
 def open_file_storage(storage_path: str, default: Storage) -> tuple[Storage, str]:

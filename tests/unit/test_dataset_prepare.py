@@ -137,3 +137,17 @@ def test_load_and_validate_raises_with_every_problem(tmp_path: Path) -> None:
         load_and_validate(write(tmp_path, data))
     assert len(info.value.problems) == 2
     assert "conversation c2, pair c2-p2 (#1) turn 2, field training_metadata.quality_score" in str(info.value)
+
+
+def test_validation_rule_for_known_ids_matches_what_prepare_did(
+    sample_prepared: tuple[Path, DatasetReport],
+) -> None:
+    """The export dedups against earlier files by this rule; it must be prepare's own split."""
+    from tasks.dataset import PrepareOptions, validation_conversation_ids
+    from tasks.job import prepared_conversation_splits
+
+    out, report = sample_prepared
+    splits = prepared_conversation_splits(out)
+    expected = {cid for cid, split in splits.items() if split == "validation"}
+    assert expected and validation_conversation_ids(sorted(splits), report.options) == expected
+    assert report.options == PrepareOptions()

@@ -85,6 +85,23 @@ class EvaluationSettings(_Model):
     batch_size: int | None = Field(None, ge=1, description="Validation batch size (default: training's)")
 
 
+class DatasetSettings(_Model):
+    """How the dataset stage filters and splits. The split is by conversation, decided once by
+    the dataset stage (with `training.seed`) and recorded; nothing re-derives it."""
+
+    # The scale runs 1-5 and the sample files rate most targets 3, with 2 marking replies the
+    # authors considered weak: those stay in the sequence as context but are never trained.
+    min_quality: float = Field(
+        3.0, ge=0, le=10, description="Targets whose quality_score is below this are context only"
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of conversations held out for validation"
+    )
+    skip_overlong_targets: bool = Field(
+        False, description="Skip (and report) targets longer than max_seq_length instead of failing"
+    )
+
+
 class PresetName(StrEnum):
     conservative = "conservative"
     balanced = "balanced"
@@ -156,6 +173,7 @@ class JobSpec(_Model):
     base_model_revision: str | None = None
     dataset_prefix: str = "data"
     dataset_sha256: str | None = None
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

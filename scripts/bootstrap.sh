@@ -12,7 +12,7 @@ fi
 .venv/bin/pip install -q "torch==2.13.0"
 extras="train"
 if [ "${1:-}" = "--dev" ]; then
-  extras="train,dev"
+  extras="train,docker,dev"
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "warning: could not install chromium; the Prefect UI browser test will be skipped" >&2

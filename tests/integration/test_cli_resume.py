@@ -38,7 +38,7 @@ CONFIG = {
 
 def _cli(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "brightrun.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

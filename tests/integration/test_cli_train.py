@@ -20,7 +20,7 @@ def test_train_on_a_bad_file_exits_2_naming_every_problem(
     bad = tmp_path / "bad.json"
     bad.write_text('{"training_file_metadata": {"format_spec": "brightrun-lora-v3"}, "conversations": []}')
     done = subprocess.run(
-        [sys.executable, "-m", "brightrun.cli", "train", str(bad), "--base-model", str(tiny_model)],
+        [sys.executable, "-m", "cli", "train", str(bad), "--base-model", str(tiny_model)],
         cwd=REPO,
         env={**os.environ, "BRIGHTRUN_HOME": str(brightrun_home), "PREFECT_API_URL": prefect_harness},
         capture_output=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from brightrun.commands.training import demo_params
+from cli.training import demo_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from brightrun.cli import app
+from cli.main import app
 from brightrun.compute import PodRequest
 from tasks.reaper import reap
 from tests.fake_runpod.helpers import fast_policy, runpod_compute

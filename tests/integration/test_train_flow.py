@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from brightrun.commands.training import demo_params
+from cli.training import demo_params
 from brightrun.settings import load_settings
 from tests.webhook_server import webhook_receiver
 
@@ -137,7 +137,7 @@ def test_invalid_parameters_are_rejected_before_anything_starts(
 def test_cancel_mid_training_terminates_the_trainer_and_marks_cancelled(
     prefect_harness: str, brightrun_home: Path, demo_model: Path
 ) -> None:
-    from brightrun.commands.training import cancel_job
+    from cli.training import cancel_job
     from brightrun.compute import PodState
     from brightrun.compute.local import LocalCompute
     from brightrun.registry import repository as repo

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from brightrun import layout
-from brightrun.commands.training import demo_params
+from cli.training import demo_params
 from tests.fake_runpod.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

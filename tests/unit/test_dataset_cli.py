@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from brightrun import prepared
-from brightrun.cli import app
+from cli.main import app
 from tests.unit.test_dataset_schema import make_conversation, make_file
 
 runner = CliRunner()

@@ -300,7 +300,7 @@ def test_cli_lists_and_shows_jobs(brightrun_home: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from brightrun.cli import app
+    from cli.main import app
     from brightrun.settings import load_settings
 
     engine = open_registry(load_settings())

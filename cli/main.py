@@ -1,6 +1,6 @@
 """`brightrun`: one CLI for the whole product.
 
-Each area registers its commands from its own module under `brightrun.commands`,
+Each area registers its commands from its own module in this package,
 so the command modules stay small and import heavy dependencies lazily.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from brightrun.commands import dataset, export, registry, runpod, training
+from cli import dataset, export, registry, runpod, training
 from brightrun.errors import BrightrunError
 
 app = typer.Typer(

@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
     app.command("resume")(resume)
     app.command("demo")(demo)
     try:
-        from brightrun.commands.registry import jobs_app
+        from cli.registry import jobs_app
     except ImportError:  # the registry's `jobs` group is not in this build
         jobs_app = None
     if jobs_app is not None:

@@ -51,8 +51,8 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="bench-orch-"))
     os.environ["BRIGHTRUN_HOME"] = str(home)
-    from cli.training import SAMPLE_DATASET, demo_params
     from brightrun.tiny_model import ensure_tiny_model
+    from cli.training import SAMPLE_DATASET, demo_params
 
     model = ensure_tiny_model(home / "models" / "tiny-llama", SAMPLE_DATASET)
 

@@ -11,8 +11,8 @@ import sys
 
 import typer
 
-from cli import dataset, export, registry, runpod, training
 from brightrun.errors import BrightrunError
+from cli import dataset, export, registry, runpod, training
 
 app = typer.Typer(
     name="brightrun",

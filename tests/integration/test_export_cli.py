@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from cli.main import app
 from brightrun.registry import open_registry_url
 from brightrun.registry import repository as repo
 from brightrun.registry.models import LexybrainFeedback, LexybrainRequest, LexybrainResponse
+from cli.main import app
 
 pytestmark = pytest.mark.integration
 

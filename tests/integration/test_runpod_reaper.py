@@ -7,8 +7,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
 from brightrun.compute import PodRequest
+from cli.main import app
 from tasks.reaper import reap
 from tests.fake_runpod.helpers import fast_policy, runpod_compute
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cli.training import demo_params
 from brightrun.settings import load_settings
+from cli.training import demo_params
 from tests.webhook_server import webhook_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,10 +137,10 @@ def test_invalid_parameters_are_rejected_before_anything_starts(
 def test_cancel_mid_training_terminates_the_trainer_and_marks_cancelled(
     prefect_harness: str, brightrun_home: Path, demo_model: Path
 ) -> None:
-    from cli.training import cancel_job
     from brightrun.compute import PodState
     from brightrun.compute.local import LocalCompute
     from brightrun.registry import repository as repo
+    from cli.training import cancel_job
     from flows.train_adapter import train_adapter
 
     params = demo_params(demo_model, max_steps=400)

@@ -300,8 +300,8 @@ def test_cli_lists_and_shows_jobs(brightrun_home: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from cli.main import app
     from brightrun.settings import load_settings
+    from cli.main import app
 
     engine = open_registry(load_settings())
     job = repo.create_job(engine, job_name="cli-job", base_model="tiny")

@@ -85,9 +85,10 @@ class EvaluationSettings(_Model):
     batch_size: int | None = Field(None, ge=1, description="Validation batch size (default: training's)")
 
 
-class DatasetSettings(_Model):
-    """How the dataset stage filters and splits. The split is by conversation, decided once by
-    the dataset stage (with `training.seed`) and recorded; nothing re-derives it."""
+class PreprocessingSettings(_Model):
+    """How the dataset stage filters and splits (`JobSpec.preprocessing`). The split is by
+    conversation, decided once by the dataset stage (with `training.seed`) and recorded;
+    nothing re-derives it."""
 
     # The scale runs 1-5 and the sample files rate most targets 3, with 2 marking replies the
     # authors considered weak: those stay in the sequence as context but are never trained.
@@ -100,6 +101,11 @@ class DatasetSettings(_Model):
     skip_overlong_targets: bool = Field(
         False, description="Skip (and report) targets longer than max_seq_length instead of failing"
     )
+
+
+# The section was first called `dataset`; `dataset` is the training file everywhere else
+# (flow parameter, CLI argument), so the section is `preprocessing`, like the job status.
+DatasetSettings = PreprocessingSettings
 
 
 class PresetName(StrEnum):
@@ -151,6 +157,12 @@ class ProvisioningPolicy(_Model):
     image: str = "ghcr.io/brightrun/trainer:latest"
     poll_interval_seconds: float = Field(10.0, gt=0)
     heartbeat_timeout_seconds: float = Field(20.0, gt=0)
+    api_outage_patience_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="How long the monitor waits out an unreachable RunPod API (watching storage) "
+        "before it fails the job as resumable",
+    )
     startup_timeout_seconds: float = Field(
         1800.0, gt=0, description="Longest wait for a new pod's first heartbeat (image pull, model download)"
     )
@@ -173,7 +185,7 @@ class JobSpec(_Model):
     base_model_revision: str | None = None
     dataset_prefix: str = "data"
     dataset_sha256: str | None = None
-    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    preprocessing: PreprocessingSettings = Field(default_factory=PreprocessingSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

@@ -8,7 +8,7 @@ import typer
 
 from brightrun.errors import BrightrunError
 
-REPO_SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "brightrun-sample.json"
+REPO_SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "brightrun-sample.json"
 
 
 def _fail(exc: BrightrunError) -> typer.Exit:
@@ -26,37 +26,47 @@ def prepare(
     min_quality: float = typer.Option(
         3.0, "--min-quality", help="Targets scored below this are context only"
     ),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of conversations held out"),
+    validation_fraction: float = typer.Option(
+        0.1, "--validation-fraction", help="Share of conversations held out for validation"
+    ),
     seed: int = typer.Option(42, "--seed", help="Seed of the train/validation split"),
-    skip_overlong: bool = typer.Option(
-        False, "--skip-overlong", help="Skip (and report) targets that cannot fit instead of failing"
+    skip_overlong_targets: bool = typer.Option(
+        False, "--skip-overlong-targets", help="Skip (and report) targets that cannot fit instead of failing"
     ),
 ) -> None:
     """Validate, convert and tokenize a brightrun-lora-v4 file; write DIR and DIR/report.json."""
     from pydantic import ValidationError
 
     from brightrun.errors import InputError
-    from brightrun.settings import load_settings
-    from tasks.dataset import PrepareOptions, fetch_dataset, prepare_dataset, render_summary
+    from brightrun.resources import Resources
+    from tasks.dataset.fetch import fetch_source
+    from tasks.dataset.prepare import PrepareOptions, prepare_dataset
+    from tasks.dataset.report import render_summary
 
     try:
         try:
             options = PrepareOptions(
                 max_seq_length=max_seq_length,
                 min_quality=min_quality,
-                val_fraction=val_fraction,
+                validation_fraction=validation_fraction,
                 seed=seed,
-                skip_overlong_targets=skip_overlong,
+                skip_overlong_targets=skip_overlong_targets,
             )
         except ValidationError as exc:
             raise InputError(
-                "invalid options", [f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+                "invalid options",
+                [f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()],
             ) from exc
-        settings = load_settings()
-        source = fetch_dataset(
-            dataset, settings.cache_dir / "datasets", endpoint_url=settings.resolved_s3_endpoint_url
+        resources = Resources.from_settings()
+        source = fetch_source(dataset, resources.settings.cache_dir / "datasets", resources.open_storage)
+        report = prepare_dataset(
+            source.path,
+            tokenizer,
+            out,
+            options,
+            source_sha256=source.sha256,
+            source_name=source.display_name,
         )
-        report = prepare_dataset(source, tokenizer, out, options)
     except BrightrunError as exc:
         raise _fail(exc) from exc
     typer.echo(render_summary(report, out))

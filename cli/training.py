@@ -2,12 +2,14 @@
 
 Every command here runs the `train_adapter` Prefect flow, so a CLI run is a Prefect run
 too: with `PREFECT_API_URL` set it shows up on that server; without it Prefect uses its
-ephemeral local API.
+ephemeral local API. Parameters are checked before Prefect starts, so a typo costs
+a second, not a server start-up.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -18,105 +20,245 @@ import typer
 from brightrun.errors import BrightrunError, InputError
 
 DEMO_MAX_STEPS = 12
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATASET = REPO / "examples" / "brightrun-sample.json"
 CANCEL_WAIT_S = 30.0
+CONFIG_SECTIONS = (
+    "lora",
+    "quantization",
+    "training",
+    "checkpoint",
+    "evaluation",
+    "preprocessing",
+    "provisioning",
+)
+
+PRESETS_HELP = (
+    "conservative (LoRA r 8, lr 1e-4, 1 epoch) | balanced (r 16, lr 2e-4, 2 epochs) | "
+    "aggressive (r 32, lr 3e-4, 3 epochs) | none. Options you set override the preset."
+)
 
 
-def _load_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
+def _yaml_loader() -> Any:
+    """PyYAML's SafeLoader, reading `1e-4` as a number (YAML 1.1 reads it as a string)."""
     import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$"),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A YAML/JSON file of job-spec sections, each checked strictly (`max_steps: "10"` is an
+    error naming the file and the field, not a surprise later)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from flows.params import TrainRequest
 
     if not path.is_file():
         raise InputError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        data = yaml.load(path.read_text(), Loader=_yaml_loader())  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         raise InputError(f"--config {path}: not valid YAML/JSON ({exc})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise InputError(f"--config {path}: must be a mapping of job spec sections (lora, training, ...)")
+        raise InputError(
+            f"--config {path}: must be a mapping of job spec sections ({', '.join(CONFIG_SECTIONS)})"
+        )
+    problems = [
+        f"{key}: not a job spec section (expected one of {', '.join(CONFIG_SECTIONS)})"
+        for key in data
+        if key not in CONFIG_SECTIONS
+    ]
+    for key in CONFIG_SECTIONS:
+        if key not in data:
+            continue
+        model = TrainRequest.model_fields[key].annotation.__args__[0]  # type: ignore[union-attr]
+        try:
+            model.model_validate(data[key], strict=True)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in (key, *error["loc"]))
+                problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+    if problems:
+        raise InputError(f"--config {path}: {len(problems)} problem(s)", problems)
     return data
 
 
+def build_request(
+    *,
+    dataset: str | None,
+    base_model: str,
+    preset: str,
+    config: Path | None,
+    sections: dict[str, dict[str, Any]],
+    **fields: Any,
+) -> dict[str, Any]:
+    """The flow's parameters: the config file's sections, the flags over them."""
+    params: dict[str, Any] = {"dataset": dataset, "base_model": base_model}
+    params["preset"] = None if preset.lower() == "none" else preset
+    merged = load_config_file(config) if config is not None else {}
+    for section, values in sections.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            merged[section] = {**(merged.get(section) or {}), **given}
+    params.update(merged)
+    params.update({k: v for k, v in fields.items() if v is not None})
+    return {k: v for k, v in params.items() if v is not None or k == "preset"}
+
+
 def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """Run the flow in this process and return its result (raises on failure)."""
+    """Check the parameters, then run the flow in this process; its result (raises on failure)."""
+    from brightrun.settings import load_settings
+    from flows.params import resolve_train_request
+
+    resolve_train_request(params, load_settings())  # every problem at once, before Prefect starts
+    from cli.progress import terminal_progress
     from flows.train_adapter import train_adapter
 
-    typer.secho(f"job {job_id}", bold=True)
-    state = train_adapter(**params, job_id=job_id, return_state=True)
+    # The job id is printed by the flow once its row exists (a run that dies before it would
+    # otherwise leave a printed id that does not exist).
+    # One live progress display on a terminal (plain lines per step elsewhere), then the summary.
+    with terminal_progress() as progress, prefect_startup_errors():
+        state = train_adapter(**params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_cancelled():
         typer.secho(f"job {job_id} cancelled", fg="yellow")
         raise typer.Exit(130)
     if isinstance(result, BaseException):
         raise result
-    return dict(result)
+    return {**dict(result), "summary_printed": progress.finished is not None}
+
+
+# Prefect's embedded server gets 20 s to start by default; a loaded machine needs more.
+PREFECT_STARTUP_TIMEOUT_S = "120"
+
+
+@contextlib.contextmanager
+def prefect_startup_errors() -> Iterator[None]:
+    """A Prefect API that does not come up is a clean error with a hint, not a traceback."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFECT_STARTUP_TIMEOUT_S)
+    try:
+        yield
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        raise BrightrunError(
+            "Prefect's embedded API server did not start in time (the machine may be busy); no job "
+            "was created. Run the command again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+            "(now {}), or start a server (`prefect server start`) and set PREFECT_API_URL.".format(
+                os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
+            )
+        ) from None
 
 
 def _print_result(result: dict[str, Any]) -> None:
+    if result.get("summary_printed"):
+        return  # the progress display ended with the run's summary
     typer.secho(f"job {result['job_id']}: {result['status']}", fg="green", bold=True)
     if result.get("lora_artifact_path"):
         typer.echo(f"adapter: {result['lora_artifact_path']}")
 
 
 def train(
-    dataset: str = typer.Argument(..., help="Training file: path, s3:// URI or https URL"),
-    base_model: str = typer.Option(..., "--base-model", help="HF hub id or local model directory"),
-    preset: str = typer.Option("balanced", help="conservative | balanced | aggressive | none"),
-    config: Path | None = typer.Option(None, "--config", help="YAML/JSON file of job spec sections"),
-    max_steps: int | None = typer.Option(None, "--max-steps"),
-    epochs: float | None = typer.Option(None, "--epochs"),
-    seed: int | None = typer.Option(None, "--seed"),
-    checkpoint_steps: int | None = typer.Option(None, "--checkpoint-steps"),
-    learning_rate: float | None = typer.Option(None, "--learning-rate"),
-    lora_r: int | None = typer.Option(None, "--lora-r"),
+    dataset: str | None = typer.Argument(
+        None, help="Training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL"
+    ),
+    base_model: str = typer.Option(..., "--base-model", help="HF hub id or a local model directory"),
+    training_file_id: str | None = typer.Option(
+        None, "--training-file-id", help="Instead of DATASET: a training_files row (the app's way)"
+    ),
+    preset: str = typer.Option("balanced", "--preset", help=PRESETS_HELP),
+    config: Path | None = typer.Option(
+        None, "--config", help=f"YAML/JSON file of job spec sections ({', '.join(CONFIG_SECTIONS)})"
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps"),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the training set"),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak learning rate"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per micro-batch"),
+    max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Longest sequence in tokens"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the data order and the split"),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank"),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha", help="LoRA alpha"),
     no_quantize: bool = typer.Option(False, "--no-quantize", help="Plain LoRA instead of 4-bit QLoRA"),
+    checkpoint_steps: int | None = typer.Option(None, "--checkpoint-steps", help="Checkpoint every N steps"),
+    min_quality: float | None = typer.Option(
+        None, "--min-quality", help="Targets scored below this are context only (default 3)"
+    ),
+    validation_fraction: float | None = typer.Option(
+        None, "--validation-fraction", help="Share of conversations held out (default 0.1)"
+    ),
     compute: str | None = typer.Option(None, "--compute", help="local | runpod (default BRIGHTRUN_COMPUTE)"),
+    storage_url: str | None = typer.Option(None, "--storage-url", help="Directory or s3://bucket/prefix"),
     webhook_url: str | None = typer.Option(
         None, "--webhook-url", help="Signed with BRIGHTRUN_WEBHOOK_SECRET"
     ),
-    storage_url: str | None = typer.Option(None, "--storage-url", help="Directory or s3://bucket/prefix"),
-    job_name: str | None = typer.Option(None, "--job-name"),
+    job_name: str | None = typer.Option(None, "--job-name", help="A label for the dashboard"),
+    created_by: str | None = typer.Option(
+        None, "--created-by", help="The user starting the job (auth.users id)"
+    ),
 ) -> None:
-    """Prepare DATASET and train a LoRA adapter on BASE_MODEL (a Prefect run of train_adapter)."""
-    hyper = {
-        "max_steps": max_steps,
-        "epochs": epochs,
-        "seed": seed,
-        "checkpoint_steps": checkpoint_steps,
-        "learning_rate": learning_rate,
-        "lora_r": lora_r,
-        "quantize": False if no_quantize else None,
-    }
-    params: dict[str, Any] = {
-        "dataset": dataset,
-        "base_model": base_model,
-        "preset": None if preset.lower() == "none" else preset,
-        "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
-        "config": _load_config(config),
-        "compute": compute,
-        "webhook_url": webhook_url,
-        "storage_url": storage_url,
-        "job_name": job_name,
-    }
-    _print_result(run_training({k: v for k, v in params.items() if v is not None}, str(uuid.uuid4())))
+    """Prepare DATASET and train a LoRA adapter on BASE_MODEL (a Prefect run of train_adapter).
+
+    Options override the preset; --config sets any job spec field (see brightrun/spec.py) and
+    the options override it.
+    """
+    params = build_request(
+        dataset=dataset,
+        base_model=base_model,
+        preset=preset,
+        config=config,
+        sections={
+            "training": {
+                "max_steps": max_steps,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "batch_size": batch_size,
+                "max_seq_length": max_seq_length,
+                "seed": seed,
+            },
+            "lora": {"r": lora_r, "alpha": lora_alpha},
+            "quantization": {"load_in_4bit": False if no_quantize else None},
+            "checkpoint": {"every_steps": checkpoint_steps},
+            "preprocessing": {"min_quality": min_quality, "validation_fraction": validation_fraction},
+        },
+        training_file_id=training_file_id,
+        compute=compute,
+        storage_url=storage_url,
+        webhook_url=webhook_url,
+        job_name=job_name,
+        created_by=created_by,
+    )
+    _print_result(run_training(params, str(uuid.uuid4())))
 
 
 def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> None:
     """Continue a job whose process died: same data, from its last committed checkpoint."""
-    from brightrun.registry import open_registry
     from brightrun.registry import repository as repo
-    from brightrun.settings import load_settings
+    from brightrun.resources import Resources
 
-    engine = open_registry(load_settings())
-    try:
-        job = repo.get_job(engine, job_id)
-    finally:
-        engine.dispose()
-    if job.is_terminal:
-        typer.echo(f"job {job_id} is already {job.status}; nothing to resume")
-        return
+    from brightrun.layout import JobLayout
+    from brightrun.storage import StorageError
+    from tasks.job import resume_refusal
+
+    with Resources.from_settings() as resources:
+        job = repo.get_job(resources.registry, job_id)
+        try:
+            trainer_failed = job.status == "failed" and resources.job_storage(job).exists(JobLayout(job.id).failure)
+        except StorageError:
+            trainer_failed = False  # the recorded failure kind decides
+    refusal = resume_refusal(job, trainer_failed=trainer_failed)
+    if refusal is not None:
+        raise InputError(refusal)  # exit 2: nothing here resume can fix
     params = dict(job.metadata.get("params") or {})
     if not params:
         raise InputError(f"job {job_id} was not started by train_adapter (no parameters recorded)")
@@ -129,24 +271,19 @@ def demo_params(model_dir: Path, max_steps: int = DEMO_MAX_STEPS) -> dict[str, A
         "dataset": str(SAMPLE_DATASET),
         "base_model": str(model_dir),
         "preset": "balanced",
-        "hyperparameters": {
+        "training": {
             "max_steps": max_steps,
             "batch_size": 2,
             "gradient_accumulation_steps": 1,
             "max_seq_length": 512,
             "learning_rate": 5e-3,
-            "lora_r": 8,
-            "lora_alpha": 16,
-            "checkpoint_steps": 4,
-            "sample_generations": 2,
+            "gradient_checkpointing": False,
         },
-        "config": {
-            "lora": {"target_modules": ["q_proj", "v_proj"]},
-            "evaluation": {"max_new_tokens": 16},
-            "training": {"gradient_checkpointing": False},
-        },
+        "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "checkpoint": {"every_steps": 4},
+        "evaluation": {"sample_generations": 2, "max_new_tokens": 16},
+        "preprocessing": {"skip_overlong_targets": True},
         "compute": "local",
-        "dataset_options": {"skip_overlong_targets": True},
         "job_name": "brightrun demo",
     }
 
@@ -180,14 +317,12 @@ def cancel_job(
     The running flow sees the request within a poll, terminates the pod and records
     `cancelled`. If it does not within `wait_s` (its process died), do it from here.
     """
-    from brightrun.registry import open_registry
     from brightrun.registry import repository as repo
-    from brightrun.settings import load_settings
+    from brightrun.resources import Resources
     from tasks.job import finish_cancel, request_cancel
 
-    settings = load_settings()
-    engine = open_registry(settings)
-    try:
+    with Resources.from_settings() as resources:
+        engine = resources.registry
         job = request_cancel(engine, job_id)
         if job.is_terminal:
             return job.status
@@ -199,20 +334,19 @@ def cancel_job(
             if job.is_terminal:
                 return job.status
             time.sleep(poll_s)
-        finish_cancel(settings, engine, job)
+        finish_cancel(resources, job)
         return repo.get_job(engine, job_id).status
-    finally:
-        engine.dispose()
 
 
 def _cancel_flow_run(flow_run_id: str) -> None:
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.states import Cancelling
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectException
+    from prefect.states import Cancelling
 
+    try:
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(uuid.UUID(flow_run_id), Cancelling(message="brightrun jobs cancel"))
-    except Exception as exc:  # the registry flag alone still stops a live flow
+    except (PrefectException, OSError) as exc:  # the registry flag alone still stops a live flow
         logging.getLogger("brightrun.job").warning("could not cancel flow run %s: %s", flow_run_id, exc)
 
 
@@ -228,13 +362,11 @@ def cancel(job_id: str = typer.Argument(..., help="The job to cancel")) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the `brightrun` app."""
+    """Add this area's commands to the `brightrun` app (`jobs cancel` joins the registry's
+    `jobs` group)."""
+    from cli.registry import jobs_app
+
     app.command("train")(train)
     app.command("resume")(resume)
     app.command("demo")(demo)
-    try:
-        from cli.registry import jobs_app
-    except ImportError:  # the registry's `jobs` group is not in this build
-        jobs_app = None
-    if jobs_app is not None:
-        jobs_app.command("cancel")(cancel)
+    jobs_app.command("cancel")(cancel)

@@ -10,23 +10,17 @@ GPU pool.
 
 from __future__ import annotations
 
-import importlib
-import logging
 from typing import Any
-
-log = logging.getLogger("deployments.serve")
 
 TRAIN_DEPLOYMENT = "serve"
 EXPORT_CRON = "0 3 * * *"
 REAP_INTERVAL_S = 300
-EXTRA_FLOWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("flows.export_feedback", "export_feedback", {"name": "daily", "cron": EXPORT_CRON}),
-    ("flows.reap_pods", "reap_pods", {"name": "every-5-minutes", "interval": REAP_INTERVAL_S}),
-)
 
 
 def build_deployments(include_scheduled: bool = True) -> list[Any]:
-    """RunnerDeployments for `serve` (the scheduled ones only when their flow module exists)."""
+    """RunnerDeployments for `serve`: training on demand, the export and the reaper on schedules."""
+    from flows.export_feedback import export_feedback
+    from flows.reap_pods import reap_pods
     from flows.train_adapter import train_adapter
 
     deployments = [
@@ -37,15 +31,11 @@ def build_deployments(include_scheduled: bool = True) -> list[Any]:
             concurrency_limit=1,
         )
     ]
-    if not include_scheduled:
-        return deployments
-    for module_name, attr, options in EXTRA_FLOWS:
-        try:
-            flow = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            log.warning("not serving %s: %s", attr, exc)
-            continue
-        deployments.append(flow.to_deployment(tags=["brightrun"], **options))
+    if include_scheduled:
+        deployments += [
+            export_feedback.to_deployment(name="daily", cron=EXPORT_CRON, tags=["brightrun"]),
+            reap_pods.to_deployment(name="every-5-minutes", interval=REAP_INTERVAL_S, tags=["brightrun"]),
+        ]
     return deployments
 
 

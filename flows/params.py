@@ -1,14 +1,21 @@
-"""The `train_adapter` parameters: one typed model, validated once, every error at once.
+"""What `train_adapter` accepts: one typed request, validated once, every error at once.
 
-The Prefect UI renders the flow's signature (these types) as a form; the CLI and Python
-callers pass the same fields. `resolve_job_request` turns the raw parameters into a
-validated `JobRequest` (the job spec minus its id, plus where things run) or raises one
-`InputError` listing every problem found, before a job row, a file or a pod exists.
+The request's sections are the job spec's own models (`lora`, `quantization`, `training`,
+`checkpoint`, `evaluation`, `preprocessing`, `provisioning`), so an option has one name
+everywhere: the CLI flag `--validation-fraction`, the flow parameter
+`preprocessing.validation_fraction`, the config file's `preprocessing: {validation_fraction}`
+and `spec.json` agree. Only the fields someone set count as explicit (pydantic's
+`model_fields_set`); the preset fills the rest.
+
+`resolve_train_request` turns the raw parameters into a `ResolvedRequest` (the job spec minus
+its id, plus where things run) or raises one `InputError` naming every problem, before a job
+row, a file or a pod exists.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,102 +24,99 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brightrun.errors import InputError
 from brightrun.settings import ComputeBackend, Settings
-from brightrun.spec import JobSpec, PresetName, ProvisioningPolicy, apply_preset
+from brightrun.spec import (
+    CheckpointSettings,
+    EvaluationSettings,
+    JobSpec,
+    LoraSettings,
+    PreprocessingSettings,
+    PresetName,
+    ProvisioningPolicy,
+    QuantizationSettings,
+    TrainingSettings,
+    apply_preset,
+)
 
 PLACEHOLDER_JOB_ID = "pending"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
-
-class Hyperparameters(BaseModel):
-    """The knobs people turn most. Unset fields keep the preset's (or the config file's) value."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float | None = Field(None, gt=0, le=1.0)
-    epochs: float | None = Field(None, gt=0, le=100)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps")
-    batch_size: int | None = Field(None, ge=1, le=1024)
-    gradient_accumulation_steps: int | None = Field(None, ge=1, le=1024)
-    max_seq_length: int | None = Field(None, ge=32, le=131072)
-    warmup_steps: int | None = Field(None, ge=0)
-    seed: int | None = None
-    lora_r: int | None = Field(None, ge=1, le=1024)
-    lora_alpha: int | None = Field(None, ge=1)
-    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    quantize: bool | None = Field(None, description="4-bit NF4 QLoRA (default) or plain LoRA")
-    checkpoint_steps: int | None = Field(None, ge=1)
-    checkpoint_seconds: float | None = Field(None, gt=0)
-    sample_generations: int | None = Field(None, ge=0, le=50)
-
-    def as_spec_overrides(self) -> dict[str, dict[str, Any]]:
-        """Nested job-spec sections holding only the fields set here."""
-        where = {
-            "learning_rate": ("training", "learning_rate"),
-            "epochs": ("training", "epochs"),
-            "max_steps": ("training", "max_steps"),
-            "batch_size": ("training", "batch_size"),
-            "gradient_accumulation_steps": ("training", "gradient_accumulation_steps"),
-            "max_seq_length": ("training", "max_seq_length"),
-            "warmup_steps": ("training", "warmup_steps"),
-            "seed": ("training", "seed"),
-            "lora_r": ("lora", "r"),
-            "lora_alpha": ("lora", "alpha"),
-            "lora_dropout": ("lora", "dropout"),
-            "quantize": ("quantization", "load_in_4bit"),
-            "checkpoint_steps": ("checkpoint", "every_steps"),
-            "checkpoint_seconds": ("checkpoint", "every_seconds"),
-            "sample_generations": ("evaluation", "sample_generations"),
-        }
-        out: dict[str, dict[str, Any]] = {}
-        for name, value in self.model_dump(exclude_none=True).items():
-            section, field = where[name]
-            out.setdefault(section, {})[field] = value
-        return out
+#: The request's job-spec sections, in spec order.
+SPEC_SECTIONS = ("lora", "quantization", "training", "checkpoint", "evaluation", "preprocessing")
 
 
-class DatasetOptions(BaseModel):
-    """How the dataset stage filters and splits (passed to the dataset stage's PrepareOptions)."""
+class TrainRequest(BaseModel):
+    """Everything `train_adapter` accepts (the CLI, Python callers and the UI form share it)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min_quality: float | None = Field(None, ge=0, le=10)
-    validation_fraction: float | None = Field(None, gt=0, lt=1)
-    skip_overlong_targets: bool | None = Field(
-        None, description="Skip (and report) targets longer than max_seq_length instead of failing"
+    dataset: str | None = Field(
+        None,
+        description="Training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL",
     )
-
-
-class TrainAdapterParams(BaseModel):
-    """Everything `train_adapter` accepts, as one model (CLI, Python and UI share it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = Field(min_length=1, description="A training file: local path, s3:// URI or https URL")
-    base_model: str = Field(min_length=1, description="HF hub id (meta-llama/Meta-Llama-3-8B) or local path")
-    preset: PresetName | None = Field(PresetName.balanced, description="conservative, balanced, aggressive")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    config: dict[str, Any] = Field(
-        default_factory=dict, description="Any job spec sections (lora, training, ...), under the flags"
+    training_file_id: uuid.UUID | None = Field(
+        None, description="Or: a training_files row (the app's way); its json_file_path is fetched"
+    )
+    base_model: str = Field(
+        min_length=1, description="HF hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory"
+    )
+    preset: PresetName | None = Field(
+        PresetName.balanced, description="conservative, balanced or aggressive; set fields override it"
+    )
+    lora: LoraSettings | None = Field(None, description="LoRA rank, alpha, dropout, target modules")
+    quantization: QuantizationSettings | None = Field(None, description="4-bit NF4 QLoRA or plain LoRA")
+    training: TrainingSettings | None = Field(
+        None, description="Learning rate, epochs or max_steps, batch size, sequence length, seed"
+    )
+    checkpoint: CheckpointSettings | None = Field(None, description="Checkpoint cadence and retention")
+    evaluation: EvaluationSettings | None = Field(None, description="Evaluation cadence, sample replies")
+    preprocessing: PreprocessingSettings | None = Field(
+        None, description="Quality threshold, validation fraction, over-long targets"
+    )
+    provisioning: ProvisioningPolicy | None = Field(
+        None, description="RunPod GPU types, spot/on-demand, bid, budget and duration caps"
     )
     compute: ComputeBackend | None = Field(None, description="local or runpod (default: BRIGHTRUN_COMPUTE)")
-    provisioning: ProvisioningPolicy | None = Field(None, description="GPU types, spot/on-demand, budget")
-    storage_url: str | None = Field(None, description="Directory or s3://bucket/prefix (default: settings)")
-    webhook_url: str | None = Field(None, description="POST job updates here (signed, DESIGN §7)")
-    job_name: str | None = None
-    dataset_options: DatasetOptions = Field(default_factory=DatasetOptions)
+    storage_url: str | None = Field(
+        None, description="A directory or s3://bucket/prefix (default: BRIGHTRUN_STORAGE_URL)"
+    )
+    webhook_url: str | None = Field(
+        None, description="Receives signed job updates (BRIGHTRUN_WEBHOOK_SECRET)"
+    )
+    job_name: str | None = Field(None, description="A label for the dashboard (default: the run name)")
+    created_by: uuid.UUID | None = Field(None, description="The user who started the job (auth.users id)")
+
+    def explicit_sections(self) -> dict[str, dict[str, Any]]:
+        """The spec sections as set by the caller: only the fields someone gave."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in SPEC_SECTIONS:
+            section = getattr(self, name)
+            if section is not None:
+                out[name] = section.model_dump(mode="json", include=section.model_fields_set)
+        return out
+
+    def recorded(self) -> dict[str, Any]:
+        """The request as given (unset fields left out): stored with the job, so a resume or a
+        rerun asks for exactly the same thing."""
+        data = self.model_dump(mode="json", exclude_none=True, exclude=set(SPEC_SECTIONS) | {"provisioning"})
+        data.update(self.explicit_sections())
+        if self.provisioning is not None:
+            data["provisioning"] = self.provisioning.model_dump(
+                mode="json", include=self.provisioning.model_fields_set
+            )
+        return data
 
 
-class JobRequest(BaseModel):
+class ResolvedRequest(BaseModel):
     """A validated request: the spec (with a placeholder job id) and where it runs."""
 
-    params: TrainAdapterParams
+    request: TrainRequest
     spec: JobSpec
     compute: ComputeBackend
     storage_url: str
     dataset_name: str
 
 
-def _loc(error: dict[str, Any]) -> str:
+def _loc(error: Any) -> str:
     return ".".join(str(part) for part in error["loc"]) or "parameters"
 
 
@@ -123,12 +127,14 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
         msg = error["msg"]
         if error["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
+        if error["type"] in ("int_parsing", "float_parsing", "bool_parsing", "int_type", "float_type"):
+            msg = f"{msg} (got {error.get('input')!r})"
         out.append(f"{prefix}{where}: {msg}" if where != "parameters" else f"{prefix}{msg}")
     return out
 
 
 def dataset_display_name(dataset: str) -> str:
-    """`s3://b/x/brightrun-sample.json` -> `brightrun-sample`."""
+    """`s3://b/x/brightrun-sample.json?X-Amz-Signature=…` -> `brightrun-sample`."""
     name = urlparse(dataset).path if "://" in dataset else dataset
     name = name.rstrip("/").rsplit("/", 1)[-1] or "dataset"
     for suffix in (".json", ".jsonl", ".gz"):
@@ -140,30 +146,42 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()
 
 
-def _check_sources(params: TrainAdapterParams) -> list[str]:
-    problems = []
-    dataset = params.dataset
+def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> list[str]:
+    if dataset is None and training_file_id is None:
+        return ["dataset: give a training file (path, s3:// URI or https URL) or a training_file_id"]
+    if dataset is not None and training_file_id is not None:
+        return ["dataset and training_file_id: give one of them, not both"]
+    if dataset is None:
+        return []
     if "://" in dataset:
         scheme = urlparse(dataset).scheme
         if scheme not in ("s3", "http", "https", "file"):
-            problems.append(
-                f"dataset: {dataset!r} has scheme {scheme!r}; use a path, s3://, https:// or file://"
-            )
-    else:
-        path = Path(dataset).expanduser()
-        if not path.is_file():
-            problems.append(f"dataset: {path} does not exist (give a training file path or an s3:// URI)")
-    model = params.base_model
+            return [f"dataset: {dataset!r} has scheme {scheme!r}; use a path, s3://, https:// or file://"]
+        return []
+    path = Path(dataset).expanduser()
+    if not path.is_file():
+        where = f"{path} (from {Path.cwd()})" if not path.is_absolute() else str(path)
+        return [f"dataset: {where} does not exist (give a training file path, s3:// URI or https URL)"]
+    if path.suffix.lower() == ".jsonl":
+        return [
+            f"dataset: {path} is JSON Lines; the training file must be one brightrun-lora-v4 JSON "
+            "document ({training_file_metadata, consultant_profile, conversations: [...]})"
+        ]
+    return []
+
+
+def check_base_model(model: str) -> list[str]:
     if _looks_local(model):
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
-            problems.append(
+            return [
                 f"base_model: {path} is not a model directory (no config.json); "
-                "give a local model directory or a hub id like meta-llama/Meta-Llama-3-8B"
-            )
-    elif not _HF_ID.match(model):
-        problems.append(f"base_model: {model!r} is neither a local directory nor a hub id (org/name)")
-    return problems
+                "give a local model directory or a hub id like meta-llama/Meta-Llama-3-8B-Instruct"
+            ]
+        return []
+    if not _HF_ID.match(model):
+        return [f"base_model: {model!r} is neither a local directory nor a hub id (org/name)"]
+    return []
 
 
 def _runpod_is_local() -> bool:
@@ -174,9 +192,9 @@ def _runpod_is_local() -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _check_environment(params: TrainAdapterParams, settings: Settings, compute: ComputeBackend) -> list[str]:
+def check_environment(request: TrainRequest, settings: Settings, compute: ComputeBackend) -> list[str]:
     problems = []
-    storage_url = params.storage_url or settings.resolved_storage_url
+    storage_url = request.storage_url or settings.resolved_storage_url
     if "://" in storage_url and not storage_url.startswith(("s3://", "file://")):
         problems.append(f"storage_url: {storage_url!r}: use a directory or s3://bucket/prefix")
     if compute is ComputeBackend.runpod:
@@ -188,86 +206,101 @@ def _check_environment(params: TrainAdapterParams, settings: Settings, compute: 
                 "set BRIGHTRUN_STORAGE_URL"
             )
         if (
-            _looks_local(params.base_model)
-            and not params.base_model.startswith("/workspace")
+            _looks_local(request.base_model)
+            and not request.base_model.startswith("/workspace")
             and not _runpod_is_local()
         ):
             problems.append(
-                f"base_model: {params.base_model!r} is a local path a RunPod pod cannot see; use a hub id"
+                f"base_model: {request.base_model!r} is a local path a RunPod pod cannot see; use a hub id"
             )
-    if params.webhook_url:
-        parsed = urlparse(params.webhook_url)
+    if request.webhook_url:
+        parsed = urlparse(request.webhook_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            problems.append(f"webhook_url: {params.webhook_url!r} is not an http(s) URL")
+            problems.append(f"webhook_url: {request.webhook_url!r} is not an http(s) URL")
         if settings.webhook_secret is None:
             problems.append("webhook_url is set but BRIGHTRUN_WEBHOOK_SECRET is not: webhooks are signed")
     return problems
 
 
-def build_spec_dict(params: TrainAdapterParams) -> dict[str, Any]:
-    """config file < preset < explicit flags, as nested job-spec sections."""
-    base: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in params.config.items()}
-    for section, values in params.hyperparameters.as_spec_overrides().items():
-        existing = base.get(section) or {}
-        base[section] = {**existing, **values} if isinstance(existing, dict) else values
-    if params.preset is not None:
-        base = apply_preset(base, params.preset)
+def build_job_spec(request: TrainRequest) -> JobSpec:
+    """What the caller set, with the preset under it (explicit values win), as a job spec."""
+    base: dict[str, Any] = dict(request.explicit_sections())
+    explicit_training = dict(base.get("training", {}))
+    if request.preset is not None:
+        base = apply_preset(base, request.preset)
     training = base.get("training")
-    if isinstance(training, dict) and training.get("max_steps") is not None:
-        # A short explicit run should not spend all its steps warming up.
-        preset_warmup = "warmup_steps" not in params.hyperparameters.model_dump(exclude_none=True)
-        if preset_warmup and training.get("warmup_steps", 0) > training["max_steps"]:
-            training["warmup_steps"] = max(0, training["max_steps"] // 10)
-    if params.provisioning is not None:
-        base["provisioning"] = params.provisioning.model_dump()
-    base["base_model"] = params.base_model
+    # A short explicit run should not spend all its steps warming up.
+    if (
+        isinstance(training, dict)
+        and training.get("max_steps") is not None
+        and "warmup_steps" not in explicit_training
+        and training.get("warmup_steps", 0) > training["max_steps"]
+    ):
+        training["warmup_steps"] = max(0, training["max_steps"] // 10)
+    if request.provisioning is not None:
+        base["provisioning"] = request.provisioning.model_dump(mode="json")
+    base["base_model"] = request.base_model
     base["job_id"] = PLACEHOLDER_JOB_ID
-    if params.job_name:
-        base["job_name"] = params.job_name
-    return base
+    if request.job_name:
+        base["job_name"] = request.job_name
+    return JobSpec.model_validate(base)
 
 
-def resolve_job_request(raw: dict[str, Any], settings: Settings) -> JobRequest:
+def _partial_request(raw: dict[str, Any], exc: ValidationError) -> TrainRequest | None:
+    """What did parse, so one attempt shows every problem (sources and environment too)."""
+    bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    good = {k: v for k, v in raw.items() if k not in bad and k in TrainRequest.model_fields}
+    good.setdefault("base_model", "-")
+    try:
+        return TrainRequest.model_validate(good)
+    except ValidationError:
+        return None
+
+
+def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings) -> ResolvedRequest:
     """Validate everything the flow was given; raise one InputError naming every problem."""
     problems: list[str] = []
-    try:
-        params = TrainAdapterParams.model_validate(raw)
-    except ValidationError as exc:
-        problems = _problems(exc)
-        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        # Check what did parse too, so one attempt shows every problem.
-        good = {k: v for k, v in raw.items() if k not in bad and k in TrainAdapterParams.model_fields}
+    if isinstance(raw, TrainRequest):
+        request = raw
+    else:
+        # None means "not given", except for the preset, where it means "no preset".
+        raw = {k: v for k, v in raw.items() if v is not None or k == "preset"}
         try:
-            partial = TrainAdapterParams.model_validate(
-                {"dataset": "-", "base_model": "-", **good, "hyperparameters": {}, "config": {}}
-            )
-        except ValidationError:
-            partial = None
-        if partial is not None:
-            compute = partial.compute or settings.compute
-            problems += [
-                p for p in _check_sources(partial) if not p.startswith(("dataset: -", "base_model: '-'"))
-            ]
-            problems += _check_environment(partial, settings, compute)
-        raise InputError("invalid train_adapter parameters (nothing was started)", problems) from None
+            request = TrainRequest.model_validate(raw)
+        except ValidationError as exc:
+            problems = _problems(exc)
+            partial = _partial_request(raw, exc)
+            if partial is not None:
+                compute = partial.compute or settings.compute
+                if "dataset" in raw or "training_file_id" in raw:
+                    problems += check_dataset(partial.dataset, partial.training_file_id)
+                if partial.base_model != "-":
+                    problems += check_base_model(partial.base_model)
+                problems += check_environment(partial, settings, compute)
+            raise InputError("invalid train_adapter parameters (nothing was started)", problems) from None
 
-    compute = params.compute or settings.compute
-    problems += _check_sources(params)
-    problems += _check_environment(params, settings, compute)
+    compute = request.compute or settings.compute
+    problems += check_dataset(request.dataset, request.training_file_id)
+    problems += check_base_model(request.base_model)
+    problems += check_environment(request, settings, compute)
     spec: JobSpec | None = None
     try:
-        spec_dict = build_spec_dict(params)
-        spec = JobSpec.model_validate(spec_dict)
+        spec = build_job_spec(request)
     except ValidationError as exc:
         problems += _problems(exc)
     except ValueError as exc:
-        problems.append(f"config: {exc}")
+        problems.append(f"parameters: {exc}")
     if problems or spec is None:
         raise InputError("invalid train_adapter parameters (nothing was started)", problems)
-    return JobRequest(
-        params=params,
+    name = (
+        dataset_display_name(request.dataset)
+        if request.dataset
+        else f"training-file-{str(request.training_file_id)[:8]}"
+    )
+    return ResolvedRequest(
+        request=request,
         spec=spec,
         compute=compute,
-        storage_url=params.storage_url or settings.resolved_storage_url,
-        dataset_name=dataset_display_name(params.dataset),
+        storage_url=request.storage_url or settings.resolved_storage_url,
+        dataset_name=name,
     )

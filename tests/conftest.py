@@ -19,4 +19,5 @@ pytest_plugins = [
     "tests.fixtures.fake_runpod",
     "tests.fixtures.prefect",
     "tests.fixtures.training",
+    "tests.fixtures.docker_api",
 ]

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 from brightrun import layout
 from brightrun.registry import open_registry_url
 from brightrun.registry import repository as repo
-from brightrun.storage import LocalStorage, ObjectInfo, Storage
-from tasks.artifacts import AdapterUploadError, publish_adapter, upload_adapter, verify_stored_adapter
+from brightrun.storage import LocalStorage, Storage
+from tasks.artifacts import AdapterUploadError, publish_adapter, verify_stored_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +38,16 @@ def adapter_dir(tmp_path: Path) -> Path:
     return d
 
 
-class FailingStorage(LocalStorage):
-    """Dies on the n-th object upload, as a dropped connection would."""
+def _trainer_upload(storage: Storage, job_id: str, adapter_dir: Path, *, manifest: bool = True) -> None:
+    """The adapter as the trainer uploads it: every file, then MANIFEST.json (the commit point)."""
+    from trainer.checkpoints import upload_with_manifest
 
-    def __init__(self, root: Path, fail_on: int) -> None:
-        super().__init__(root)
-        self.fail_on, self.puts = fail_on, 0
-
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        self.puts += 1
-        if self.puts == self.fail_on:
-            raise ConnectionResetError("connection reset by peer")
-        return super().put_file(key, path)
+    prefix = layout.JobLayout(job_id).adapter_dir
+    if manifest:
+        upload_with_manifest(storage, prefix, adapter_dir, before_manifest=lambda: None)
+        return
+    for path in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):  # died before the manifest
+        storage.put_file(f"{prefix}/{path.relative_to(adapter_dir).as_posix()}", path)
 
 
 def _job(engine: Engine) -> repo.Job:
@@ -62,26 +60,26 @@ def _job(engine: Engine) -> repo.Job:
 def _publish_twice_leaves_one_row(engine: Engine, storage: Storage, adapter_dir: Path) -> None:
     job = _job(engine)
     storage.put_json(layout.JobLayout(job.id).eval, {"eval_loss": 1.5, "perplexity": 4.48, "eval_tokens": 10})
-    first = publish_adapter.fn(engine, storage, job.id, adapter_dir)
+    _trainer_upload(storage, job.id, adapter_dir)
+    first = publish_adapter.fn(engine, storage, job.id)
     keys = storage.list(layout.JobLayout(job.id).adapter_dir + "/")
     manifest = storage.get_bytes(f"{layout.JobLayout(job.id).adapter_dir}/{layout.MANIFEST}")
-    second = publish_adapter.fn(engine, storage, job.id, adapter_dir)
+    second = publish_adapter.fn(engine, storage, job.id)
     assert second.id == first.id
     assert storage.list(layout.JobLayout(job.id).adapter_dir + "/") == keys
     assert storage.get_bytes(f"{layout.JobLayout(job.id).adapter_dir}/{layout.MANIFEST}") == manifest
     assert len(keys) == 5  # 4 files + MANIFEST.json
-    (artifact,) = repo.list_artifacts(engine, job_id=job.id)
+    (artifact,) = repo.list_artifacts(engine, training_job_id=job.id)
     assert artifact.artifact_type == "lora_adapter" and artifact.deployment_status == "stored"
-    assert (artifact.validation_loss, artifact.perplexity, artifact.base_model) == (1.5, 4.48, "tiny-llama")
+    assert (artifact.validation_loss, artifact.validation_perplexity) == (1.5, 4.48)
+    assert artifact.base_model == "tiny-llama"
     assert artifact.lora_config["r"] == 8
-    assert artifact.size_bytes == sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
+    assert artifact.file_size_bytes == sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
     assert (
         repo.get_job(engine, job.id).lora_artifact_path
         == artifact.storage_path
         == storage.uri(layout.JobLayout(job.id).adapter_dir)
     )
-    # The trainer-uploaded path (no local directory) verifies the same objects and keeps one row.
-    assert publish_adapter.fn(engine, storage, job.id).id == first.id
 
 
 def test_publish_twice_leaves_one_row_local(engine: Engine, adapter_dir: Path, tmp_path: Path) -> None:
@@ -92,27 +90,24 @@ def test_publish_twice_leaves_one_row_s3(engine: Engine, adapter_dir: Path, s3_s
     _publish_twice_leaves_one_row(engine, s3_storage, adapter_dir)
 
 
-@pytest.mark.parametrize("fail_on", [1, 3])
-def test_upload_dying_half_way_leaves_no_row_and_no_object(
-    engine: Engine, adapter_dir: Path, tmp_path: Path, fail_on: int
+def test_an_adapter_without_its_manifest_is_not_registered(
+    engine: Engine, adapter_dir: Path, tmp_path: Path
 ) -> None:
-    storage = FailingStorage(tmp_path / "store", fail_on=fail_on)
+    storage = LocalStorage(tmp_path / "store")
     job = _job(engine)
-    with pytest.raises(AdapterUploadError, match="connection reset"):
-        publish_adapter.fn(engine, storage, job.id, adapter_dir)
-    assert storage.puts == fail_on
-    assert storage.list(layout.JobLayout(job.id).adapter_dir) == []
-    assert repo.list_artifacts(engine, job_id=job.id) == []
+    _trainer_upload(storage, job.id, adapter_dir, manifest=False)  # the pod died mid-upload
+    with pytest.raises(AdapterUploadError, match="no MANIFEST.json"):
+        publish_adapter.fn(engine, storage, job.id)
+    assert repo.list_artifacts(engine, training_job_id=job.id) == []
     assert repo.get_job(engine, job.id).lora_artifact_path is None
-    # The retry (storage healthy again) completes.
-    storage.fail_on = 0
-    assert publish_adapter.fn(engine, storage, job.id, adapter_dir).job_id == job.id
+    _trainer_upload(storage, job.id, adapter_dir)  # the resumed trainer finished the upload
+    assert publish_adapter.fn(engine, storage, job.id).job_id == job.id
 
 
 def test_corrupt_stored_adapter_is_refused(engine: Engine, adapter_dir: Path, tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
     job = _job(engine)
-    upload_adapter(storage, job.id, adapter_dir)
+    _trainer_upload(storage, job.id, adapter_dir)
     key = f"{layout.JobLayout(job.id).adapter_dir}/README.md"
     storage.put_bytes(key, b"# tampered, same length\n"[: (adapter_dir / "README.md").stat().st_size])
     with pytest.raises(AdapterUploadError, match="README.md"):
@@ -120,4 +115,4 @@ def test_corrupt_stored_adapter_is_refused(engine: Engine, adapter_dir: Path, tm
     storage.delete(f"{layout.JobLayout(job.id).adapter_dir}/{layout.MANIFEST}")
     with pytest.raises(AdapterUploadError, match="no MANIFEST.json"):
         publish_adapter.fn(engine, storage, job.id)
-    assert repo.list_artifacts(engine, job_id=job.id) == []
+    assert repo.list_artifacts(engine, training_job_id=job.id) == []

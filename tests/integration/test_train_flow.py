@@ -62,7 +62,7 @@ def test_demo_flow_completes_with_artifacts_and_signed_webhooks(
 
     engine = _registry()
     job = repo.get_job(engine, job_id)
-    artifacts = repo.list_artifacts(engine, job_id=job_id)
+    artifacts = repo.list_artifacts(engine, training_job_id=job_id)
     events = {e.type for e in repo.list_events(engine, job_id)}
     metrics = repo.list_metrics(engine, job_id)
     recorded = repo.exported_conversations(engine)
@@ -116,7 +116,8 @@ def test_invalid_parameters_are_rejected_before_anything_starts(
     state = train_adapter(
         dataset=str(tmp_path / "nope.json"),
         base_model=str(tmp_path / "no-model"),
-        hyperparameters={"learning_rate": -1, "lora_r": 0},
+        training={"learning_rate": -1},
+        lora={"r": 0},
         compute="runpod",
         return_state=True,
     )
@@ -125,7 +126,8 @@ def test_invalid_parameters_are_rejected_before_anything_starts(
         state.result()
     problems = info.value.problems
     assert len(problems) >= 5  # every problem at once, not the first one only
-    assert any("hyperparameters.learning_rate" in p for p in problems)
+    assert any("training.learning_rate" in p for p in problems)
+    assert any("lora.r" in p for p in problems)
     engine = _registry()
     try:
         assert repo.list_jobs(engine) == []  # no row, no file, no pod

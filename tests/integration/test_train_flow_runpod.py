@@ -72,7 +72,7 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
 
     params = demo_params(tiny_model, max_steps=20)
     params["compute"] = "runpod"
-    params["hyperparameters"]["checkpoint_steps"] = 2
+    params["checkpoint"]["every_steps"] = 2
     params["provisioning"] = {
         "gpu_types": ["NVIDIA RTX A6000"],
         "poll_interval_seconds": 0.5,
@@ -101,7 +101,7 @@ def test_flow_on_postgres_seaweedfs_and_runpod_survives_two_interruptions(
         trainer_resumes = [
             e for e in all_events if e.type == "resumed" and e.payload.get("source") == "trainer"
         ]
-        artifacts = repo.list_artifacts(engine, job_id=JOB_ID)
+        artifacts = repo.list_artifacts(engine, training_job_id=JOB_ID)
     finally:
         engine.dispose()
     assert job.status == "completed" and job.retry_count == 2

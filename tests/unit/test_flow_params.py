@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
 from brightrun.errors import InputError
 from brightrun.settings import ComputeBackend, load_settings
-from flows.params import TrainAdapterParams, build_spec_dict, dataset_display_name, resolve_job_request
+from brightrun.spec import TrainingSettings
+from flows.params import TrainRequest, build_job_spec, dataset_display_name, resolve_train_request
 
 
 @pytest.fixture
@@ -19,38 +21,76 @@ def model_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_valid_request_applies_preset_then_flags(
+def test_set_fields_override_the_preset_and_the_preset_fills_the_rest(
     brightrun_home: Path, sample_dataset: Path, model_dir: Path
 ) -> None:
-    request = resolve_job_request(
+    resolved = resolve_train_request(
         {
             "dataset": str(sample_dataset),
             "base_model": str(model_dir),
             "preset": "aggressive",
-            "hyperparameters": {"learning_rate": 5e-5, "max_steps": 6, "quantize": False},
-            "config": {"lora": {"dropout": 0.2}, "training": {"batch_size": 2}},
+            "training": {"learning_rate": 5e-5, "max_steps": 6, "batch_size": 2},
+            "lora": {"dropout": 0.2},
+            "quantization": {"load_in_4bit": False},
+            "preprocessing": {"validation_fraction": 0.25},
         },
         load_settings(),
     )
-    spec = request.spec
-    assert spec.training.learning_rate == 5e-5  # the flag beats the preset
+    spec = resolved.spec
+    assert spec.training.learning_rate == 5e-5  # set beats the preset
     assert spec.lora.r == 32  # the preset fills what nobody set
-    assert spec.lora.dropout == 0.2  # the config file beats the preset
+    assert spec.lora.dropout == 0.2
     assert spec.training.batch_size == 2
     assert spec.quantization.load_in_4bit is False
+    assert spec.preprocessing.validation_fraction == 0.25
     assert spec.training.warmup_steps <= 6  # a short run does not spend itself warming up
-    assert request.compute is ComputeBackend.local
-    assert request.dataset_name == "brightrun-sample"
-    assert request.storage_url == str(brightrun_home / "storage")
+    assert resolved.compute is ComputeBackend.local
+    assert resolved.dataset_name == "brightrun-sample"
+    assert resolved.storage_url == str(brightrun_home / "storage")
+
+
+def test_a_section_given_as_a_model_counts_only_its_set_fields(
+    brightrun_home: Path, sample_dataset: Path, model_dir: Path
+) -> None:
+    resolved = resolve_train_request(
+        TrainRequest(
+            dataset=str(sample_dataset),
+            base_model=str(model_dir),
+            preset="conservative",
+            training=TrainingSettings(max_steps=30),
+        ),
+        load_settings(),
+    )
+    # TrainingSettings' own default learning rate (2e-4) must not beat the preset's 1e-4.
+    assert resolved.spec.training.learning_rate == 1e-4
+    assert resolved.spec.training.max_steps == 30
+
+
+def test_recorded_request_round_trips_to_the_same_spec(
+    brightrun_home: Path, sample_dataset: Path, model_dir: Path
+) -> None:
+    raw = {
+        "dataset": str(sample_dataset),
+        "base_model": str(model_dir),
+        "preset": "conservative",
+        "training": {"max_steps": 7},
+        "created_by": str(uuid.uuid4()),
+    }
+    first = resolve_train_request(raw, load_settings())
+    recorded = first.request.recorded()
+    assert recorded["training"] == {"max_steps": 7}  # no defaults frozen into the record
+    again = resolve_train_request(recorded, load_settings())
+    assert again.spec == first.spec
 
 
 def test_every_problem_is_reported_at_once(brightrun_home: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
-        resolve_job_request(
+        resolve_train_request(
             {
                 "dataset": str(tmp_path / "missing.json"),
                 "base_model": str(tmp_path / "no-model"),
-                "hyperparameters": {"lora_r": 64, "lora_alpha": 2, "max_steps": 5, "warmup_steps": 50},
+                "lora": {"r": 64, "alpha": 2},
+                "training": {"max_steps": 5, "warmup_steps": 50},
                 "compute": "runpod",
                 "webhook_url": "ftp://example",
             },
@@ -70,37 +110,78 @@ def test_every_problem_is_reported_at_once(brightrun_home: Path, tmp_path: Path)
 
 def test_type_errors_name_each_field(brightrun_home: Path, sample_dataset: Path) -> None:
     with pytest.raises(InputError) as info:
-        resolve_job_request(
+        resolve_train_request(
             {
                 "dataset": str(sample_dataset),
                 "base_model": "meta-llama/Meta-Llama-3-8B",
-                "hyperparameters": {"learning_rate": -1, "epochs": 0, "lora_rank": 8},
+                "training": {"learning_rate": -1, "epochs": 0},
+                "lora": {"rank": 8},
                 "preset": "reckless",
             },
             load_settings(),
         )
     problems = info.value.problems
-    assert any(p.startswith("hyperparameters.learning_rate") for p in problems)
-    assert any(p.startswith("hyperparameters.epochs") for p in problems)
-    assert any(p.startswith("hyperparameters.lora_rank") for p in problems)
+    assert any(p.startswith("training.learning_rate") for p in problems)
+    assert any(p.startswith("training.epochs") for p in problems)
+    assert any(p.startswith("lora.rank") for p in problems)
     assert any(p.startswith("preset") for p in problems)
     assert len(problems) == 4
 
 
+def test_a_relative_dataset_path_is_checked_from_the_working_directory(
+    brightrun_home: Path, sample_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(sample_dataset.parent)
+    ok = resolve_train_request(
+        {"dataset": sample_dataset.name, "base_model": "meta-llama/Meta-Llama-3-8B"}, load_settings()
+    )
+    assert ok.dataset_name == sample_dataset.stem
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as info:
+        resolve_train_request(
+            {"dataset": sample_dataset.name, "base_model": "meta-llama/Meta-Llama-3-8B"}, load_settings()
+        )
+    assert any(f"from {tmp_path}" in p for p in info.value.problems)
+
+
+def test_dataset_or_training_file_id_exactly_one(brightrun_home: Path, sample_dataset: Path) -> None:
+    with pytest.raises(InputError) as none:
+        resolve_train_request({"base_model": "org/m"}, load_settings())
+    assert any("training_file_id" in p for p in none.value.problems)
+    with pytest.raises(InputError) as both:
+        resolve_train_request(
+            {"base_model": "org/m", "dataset": str(sample_dataset), "training_file_id": str(uuid.uuid4())},
+            load_settings(),
+        )
+    assert any("not both" in p for p in both.value.problems)
+    by_id = resolve_train_request(
+        {"base_model": "org/m", "training_file_id": "0b9f9a8e-7a2c-4c8e-9a55-0d6f3b8e1a11"}, load_settings()
+    )
+    assert by_id.dataset_name == "training-file-0b9f9a8e"
+
+
+def test_a_json_lines_file_says_which_format_is_expected(brightrun_home: Path, tmp_path: Path) -> None:
+    lines = tmp_path / "data.jsonl"
+    lines.write_text('{"a": 1}\n')
+    with pytest.raises(InputError) as info:
+        resolve_train_request({"dataset": str(lines), "base_model": "org/m"}, load_settings())
+    assert any("JSON Lines" in p and "brightrun-lora-v4" in p for p in info.value.problems)
+
+
 def test_hub_id_accepted_without_a_local_directory(brightrun_home: Path, sample_dataset: Path) -> None:
-    request = resolve_job_request(
+    resolved = resolve_train_request(
         {"dataset": str(sample_dataset), "base_model": "meta-llama/Meta-Llama-3-8B", "preset": None},
         load_settings(),
     )
-    assert request.spec.base_model == "meta-llama/Meta-Llama-3-8B"
-    assert request.spec.preset is None
+    assert resolved.spec.base_model == "meta-llama/Meta-Llama-3-8B"
+    assert resolved.spec.preset is None
 
 
 def test_runpod_with_key_and_s3_storage_passes(
     brightrun_home: Path, sample_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RUNPOD_API_KEY", "rp-test")
-    request = resolve_job_request(
+    resolved = resolve_train_request(
         {
             "dataset": str(sample_dataset),
             "base_model": "meta-llama/Meta-Llama-3-8B",
@@ -110,15 +191,15 @@ def test_runpod_with_key_and_s3_storage_passes(
         },
         load_settings(),
     )
-    assert request.compute is ComputeBackend.runpod
-    assert request.spec.provisioning.max_cost_usd == 3
-    assert request.spec.provisioning.gpu_types == ["NVIDIA A40"]
+    assert resolved.compute is ComputeBackend.runpod
+    assert resolved.spec.provisioning.max_cost_usd == 3
+    assert resolved.spec.provisioning.gpu_types == ["NVIDIA A40"]
 
 
-def test_spec_dict_layers_and_names() -> None:
-    params = TrainAdapterParams(dataset="s3://b/x/feedback-2024.json", base_model="org/m", preset=None)
-    spec = build_spec_dict(params)
-    assert spec["base_model"] == "org/m"
-    assert "training" not in spec
+def test_spec_without_preset_has_only_defaults_and_names() -> None:
+    spec = build_job_spec(TrainRequest(dataset="s3://b/x/feedback-2024.json", base_model="org/m", preset=None))
+    assert spec.base_model == "org/m"
+    assert spec.training == TrainingSettings()
     assert dataset_display_name("s3://b/x/feedback-2024.json") == "feedback-2024"
+    assert dataset_display_name("https://h/x/data.json?X-Amz-Signature=abc") == "data"
     assert dataset_display_name("/data/sample.jsonl") == "sample"

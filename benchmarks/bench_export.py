@@ -128,20 +128,23 @@ def load(url: str, n_requests: int, rated: float, seed: int = 7) -> int:
 
 def export_child(url: str, storage_dir: str) -> None:
     """Runs in a fresh process so its peak RSS is the export's alone."""
-    from brightrun.registry import open_registry_url
-    from brightrun.storage import LocalStorage
-    from tasks.feedback import export_window
+    from brightrun.resources import Resources
+    from brightrun.settings import load_settings
+    from tasks.feedback import export_feedback_window
+    from tasks.feedback.dedup import scan_file_keys
 
-    engine = open_registry_url(url)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    result = export_window(
-        engine, LocalStorage(storage_dir), since=T0, until=T0 + timedelta(days=2), progress_every=10**9
+    settings = load_settings(
+        home=Path(storage_dir).parent / "home", database_url=url, storage_url=storage_dir
     )
-    elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
+    with Resources.from_settings(settings) as resources:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = export_feedback_window(
+            resources, since=T0, until=T0 + timedelta(days=2), progress_every=10**9
+        )
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # The next export dedups against this file: first scan (then cached by sha256).
-    from tasks.feedback import scan_file_keys
 
     scan_started = time.perf_counter()
     keys = scan_file_keys(Path(result.training_file_uri or ""))

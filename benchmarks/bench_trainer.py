@@ -1,6 +1,6 @@
 """Trainer benchmark: checkpoint cost, resume time, padding share and throughput.
 
-    .venv/bin/python benchmarks/bench_trainer.py [--steps 100] [--kill-at 60] [--no-quantize]
+    .venv/bin/python benchmarks/bench_trainer.py [--steps 100] [--kill-at 60] [--no-quantize] [--processes 2]
 
 Builds the tiny model, prepares the sample dataset with the real dataset stage, then runs
 the real entry point (`python -m trainer`) on a local storage with the job spec defaults
@@ -11,6 +11,10 @@ the real entry point (`python -m trainer`) on a local storage with the job spec 
 2. a run SIGKILLed at `--kill-at`, then restarted: seconds from the restart to its first
    trained step (target <= 30 s), and steps lost.
 
+`--processes N` runs both under torchrun with N data-parallel processes (gloo on the CPU,
+NCCL with one GPU each), as a pod with `provisioning.gpu_count` N does.
+
+The GPU figures (8B shapes, MFU, peak memory, 70B fit) come from benchmarks/gpu_check.py.
 Reading the same on a GPU: run this script on the GPU machine (the trainer picks CUDA,
 bf16 compute and paged AdamW 8-bit by itself) with `--base-model` pointing at a real
 model, or read any job's storage: `events/*checkpoint_committed*` carry `seconds` per
@@ -42,10 +46,16 @@ from brightrun.storage import LocalStorage  # noqa: E402
 SAMPLE = REPO / "examples" / "brightrun-sample.json"
 
 
+PROCESSES = 1
+
+
 def _trainer(spec_uri: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    launch = [sys.executable]
+    if PROCESSES > 1:  # what brightrun.compute.runpod starts on a pod with several GPUs
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={PROCESSES}"]
     return subprocess.run(
-        [sys.executable, "-m", "trainer", "--spec", spec_uri], env=full_env, capture_output=True, text=True
+        [*launch, "-m", "trainer", "--spec", spec_uri], env=full_env, capture_output=True, text=True
     )
 
 
@@ -85,7 +95,10 @@ def main() -> int:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--no-quantize", action="store_true")
     parser.add_argument("--base-model", help="a model path or hub id (default: the tiny model)")
+    parser.add_argument("--processes", type=int, default=1, help="data-parallel processes (torchrun)")
     args = parser.parse_args()
+    global PROCESSES
+    PROCESSES = args.processes
     work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     try:
         return _bench(args, work)
@@ -139,7 +152,10 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     first_step_at = datetime.fromisoformat(str(first["time"]).replace("Z", "+00:00")).timestamp()
     resumed = _events(killed, "resumed")[0]["payload"]
 
-    print(f"base model: {model}  ({'plain LoRA' if args.no_quantize else '4-bit NF4 QLoRA'}, CPU)")
+    print(
+        f"base model: {model}  ({'plain LoRA' if args.no_quantize else '4-bit NF4 QLoRA'}, CPU, "
+        f"{args.processes} process(es))"
+    )
     print(
         f"dataset: {report.train.examples} train / {report.validation.examples} validation sequences, "
         f"{args.steps} steps of {args.batch_size} x {args.grad_accum}"

@@ -7,6 +7,8 @@ A directory (locally, or `data/` under the job prefix in storage) holding:
     validation.jsonl   same, conversations disjoint from train
     prompts.jsonl      held-out prompts for sample generations: HeldOutPrompt
     report.json        the dataset report (counts, tokens, skipped by reason...)
+    splits.json        ConversationSplits: the split of every conversation, as the writer
+                       decided it (the one record of the split; the registry copies it)
 
 Labels are -100 everywhere but assistant target tokens and their end-of-turn
 token. The trainer loads these without tokenizing again.
@@ -18,7 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 FORMAT = "brightrun-prepared-v1"
 META = "meta.json"
@@ -26,6 +28,7 @@ TRAIN = "train.jsonl"
 VALIDATION = "validation.jsonl"
 PROMPTS = "prompts.jsonl"
 REPORT = "report.json"
+SPLITS = "splits.json"
 IGNORE_INDEX = -100
 
 
@@ -36,7 +39,8 @@ class PreparedMeta(BaseModel):
     source_sha256: str
     source_name: str
     min_quality: float
-    val_fraction: float
+    # Sets prepared before the option had one name everywhere say `val_fraction`.
+    validation_fraction: float = Field(validation_alias=AliasChoices("validation_fraction", "val_fraction"))
     seed: int
     train_examples: int
     validation_examples: int
@@ -57,6 +61,21 @@ class HeldOutPrompt(BaseModel):
     pair_id: str
     messages: list[dict[str, str]]
     reference: str
+
+
+class ConversationSplits(BaseModel):
+    """Which conversations the writer put in each split (sorted ids). Conversations with no
+    trainable target are listed too, in the split the rule gave them."""
+
+    train: list[str] = Field(default_factory=list)
+    validation: list[str] = Field(default_factory=list)
+
+    def by_conversation(self) -> dict[str, str]:
+        return {**dict.fromkeys(self.train, "train"), **dict.fromkeys(self.validation, "validation")}
+
+
+def read_splits(directory: Path) -> ConversationSplits:
+    return ConversationSplits.model_validate_json((directory / SPLITS).read_text())
 
 
 def read_meta(directory: Path) -> PreparedMeta:

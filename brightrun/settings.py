@@ -65,7 +65,17 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None, description="SQLAlchemy URL (default: sqlite:///$home/registry.db)"
     )
+    database_retry_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds a registry call keeps retrying, with backoff, while the database is unreachable",
+    )
     compute: ComputeBackend = ComputeBackend.local
+    training_files_url: str = Field(
+        default="s3://training-files",
+        description="Where the app keeps training files: a `training_files.json_file_path` is relative "
+        "to it (Supabase Storage's `training-files` bucket, on the configured S3 endpoint)",
+    )
     webhook_secret: SecretStr | None = None
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")

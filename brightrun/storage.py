@@ -236,8 +236,17 @@ class LocalStorage(Storage):
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+            path.unlink()
+        # Object stores have no directories: leave no empty one behind (pruned checkpoints).
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty, or already gone
+                break
+            parent = parent.parent
 
     def uri(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)

@@ -34,7 +34,7 @@ def export_feedback_command(
         str | None, typer.Option(help="Window end, exclusive, ISO 8601 (default: now minus the settle delay)")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Select and report, but upload and register nothing")
+        bool, typer.Option("--dry-run", help="Select and report; write nothing (no file, row or watermark)")
     ] = False,
     settle_minutes: Annotated[float, typer.Option(min=0, help="Settle delay for the default end")] = 15.0,
     include_neutral_with_notes: Annotated[
@@ -43,32 +43,19 @@ def export_feedback_command(
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a running export")] = 0.0,
 ) -> None:
     """Export feedback-rated inference logs into a brightrun-lora-v4 training file."""
-    from brightrun.registry import open_registry
-    from brightrun.settings import load_settings
-    from brightrun.storage import open_storage
-    from tasks.feedback import export_window
-    from tasks.feedback_select import SelectionOptions
+    from brightrun.resources import Resources
+    from tasks.feedback import ExportOptions, SelectionOptions, export_feedback_window
 
     start, end = _when(since, "--since"), _when(until, "--until")
     if start is not None and end is not None and end <= start:
         raise InputError(f"--until {until} must be after --since {since}")
-    settings = load_settings()
-    engine = open_registry(settings)
-    try:
-        storage = open_storage(settings.resolved_storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
-        result = export_window(
-            engine,
-            storage,
-            since=start,
-            until=end,
-            settle_delay_s=settle_minutes * 60,
-            options=SelectionOptions(include_neutral_with_notes=include_neutral_with_notes),
-            dry_run=dry_run,
-            lock_wait_s=wait,
-            cache_dir=settings.cache_dir / "feedback-dedup",
-        )
-    finally:
-        engine.dispose()
+    options = ExportOptions(
+        selection=SelectionOptions(include_neutral_with_notes=include_neutral_with_notes),
+        settle_delay_s=settle_minutes * 60,
+        lock_wait_s=wait,
+    )
+    with Resources.from_settings() as resources:
+        result = export_feedback_window(resources, since=start, until=end, options=options, dry_run=dry_run)
     typer.echo(result.report)
     typer.echo(result.message)
 

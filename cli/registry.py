@@ -32,11 +32,43 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, default=str, indent=2))
 
 
-def _engine() -> Any:
-    from brightrun.registry import open_registry
+# Someone waits at the terminal: these commands give up on an unreachable database after
+# this long, not after the pipeline's `database_retry_seconds` (minutes, for running jobs).
+CLI_RETRY_SECONDS = 10.0
+
+
+def _resources() -> Any:
+    from brightrun.resources import Resources
     from brightrun.settings import load_settings
 
-    return open_registry(load_settings())
+    settings = load_settings()
+    patience = min(settings.database_retry_seconds, CLI_RETRY_SECONDS)
+    return Resources.from_settings(settings.model_copy(update={"database_retry_seconds": patience}))
+
+
+def _no_registry_yet(resources: Any) -> bool:
+    """Read-only commands never create a registry (nor its lock file): say so instead."""
+    if resources.registry_exists():
+        return False
+    from brightrun.registry import mask_url
+
+    typer.echo(
+        f"no jobs yet: the registry {mask_url(resources.settings.resolved_database_url)} does not exist "
+        "(the first `brightrun train` or `brightrun db upgrade` creates it)",
+        err=True,
+    )
+    return True
+
+
+def _check_choices(values: list[str] | None, allowed: type[Any], option: str) -> None:
+    """An unknown --status/--type value: a usage error (exit 2) that lists the allowed values."""
+    names = [v.value for v in allowed]
+    unknown = [v for v in values or [] if v not in names]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(repr(v) for v in unknown)} unknown; allowed values are {', '.join(names)}",
+            param_hint=f"'{option}'",
+        )
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -58,29 +90,40 @@ def db_upgrade(
     as_json: JsonOption = False,
 ) -> None:
     """Apply the registry migrations (safe to run again; needed once per release on Postgres)."""
-    from brightrun.registry import mask_url, upgrade
+    from brightrun.registry import is_sqlite, mask_url, upgrade
     from brightrun.settings import load_settings
 
     url = load_settings().resolved_database_url
     before_after = upgrade(url, revision)
+    # The LexyBrain guide's view and function are Postgres objects (made where absent there).
+    note = (
+        "lexybrain_training_data and get_lexybrain_feedback_stats are Postgres objects: "
+        "not created on a SQLite registry"
+        if is_sqlite(url)
+        else None
+    )
     if as_json:
-        _print_json({"database": mask_url(url), "revision": before_after})
+        _print_json({"database": mask_url(url), "revision": before_after, "note": note})
     else:
         typer.echo(f"registry {mask_url(url)} is at revision {before_after}")
+        if note:
+            typer.echo(note)
 
 
 @db_app.command("current")
 def db_current(as_json: JsonOption = False) -> None:
     """Show the database's schema revision and the latest one this brightrun knows."""
     from brightrun.registry import current_revision, head_revision, make_engine, mask_url
-    from brightrun.settings import load_settings
 
-    url = load_settings().resolved_database_url
-    engine = make_engine(url)
-    try:
-        current = current_revision(engine)
-    finally:
-        engine.dispose()
+    resources = _resources()
+    url = resources.settings.resolved_database_url
+    current = None
+    if resources.registry_exists():  # an absent SQLite file stays absent
+        engine = make_engine(url)
+        try:
+            current = current_revision(engine)
+        finally:
+            engine.dispose()
     head = head_revision()
     info = {"database": mask_url(url), "current": current, "head": head, "up_to_date": current == head}
     if as_json:
@@ -95,18 +138,29 @@ def db_current(as_json: JsonOption = False) -> None:
 
 @jobs_app.command("list")
 def jobs_list(
-    status: Annotated[list[str] | None, typer.Option("--status", "-s", help="Only these statuses.")] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Only these statuses (queued, preprocessing, model_loaded, training, completed, "
+            "failed, cancelled); repeat for several.",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """List jobs, newest first."""
     from brightrun.registry import repository as repo
+    from brightrun.registry.models import JobStatus
 
-    engine = _engine()
-    try:
-        jobs = repo.list_jobs(engine, status=status or None, limit=limit)
-    finally:
-        engine.dispose()
+    _check_choices(status, JobStatus, "--status")
+    with _resources() as resources:
+        if _no_registry_yet(resources):
+            if as_json:
+                _print_json([])
+            return
+        jobs = repo.list_jobs(resources.registry, status=status or None, limit=limit)
     if as_json:
         _print_json([dataclasses.asdict(j) for j in jobs])
         return
@@ -150,16 +204,17 @@ def jobs_show(
     events: Annotated[int, typer.Option(help="Show this many latest events.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """One job: its fields, latest events and artifacts."""
+    """One job: its fields (ETA in estimated_completion_at, who started it in created_by),
+    latest events and artifacts."""
     from brightrun.registry import repository as repo
 
-    engine = _engine()
-    try:
+    with _resources() as resources:
+        if _no_registry_yet(resources):
+            raise repo.JobNotFound(job_id)
+        engine = resources.registry
         job = repo.get_job(engine, job_id)
         job_events = repo.list_events(engine, job_id)[-events:] if events else []
-        artifacts = repo.list_artifacts(engine, job_id=job_id)
-    finally:
-        engine.dispose()
+        artifacts = repo.list_artifacts(engine, training_job_id=job_id)
     if as_json:
         _print_json(
             {
@@ -176,6 +231,8 @@ def jobs_show(
     fields.add_column("field", style="bold")
     fields.add_column("value", overflow="fold")
     for name, value in dataclasses.asdict(job).items():
+        if name == "estimated_completion_at":
+            name = "estimated_completion_at (ETA)"
         if isinstance(value, dict):
             value = json.dumps(value, default=str) if value else "-"
         fields.add_row(name, _fmt(value))
@@ -203,12 +260,12 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
     for a in artifacts:
         table.add_row(
             a.id,
-            a.job_id,
+            a.training_job_id,
             a.artifact_type,
             a.base_model or "-",
-            _fmt(a.size_bytes),
+            _fmt(a.file_size_bytes),
             _fmt(a.validation_loss),
-            _fmt(a.perplexity),
+            _fmt(a.validation_perplexity),
             a.deployment_status,
             a.storage_path,
         )
@@ -218,18 +275,25 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
 @artifacts_app.command("list")
 def artifacts_list(
     job: Annotated[str | None, typer.Option("--job", help="Only this job's artifacts.")] = None,
-    artifact_type: Annotated[str | None, typer.Option("--type", help="lora_adapter, checkpoint...")] = None,
+    artifact_type: Annotated[
+        str | None, typer.Option("--type", help="lora_adapter, merged_model, checkpoint or gguf.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
     """List registered artifacts (adapters), newest first."""
     from brightrun.registry import repository as repo
+    from brightrun.registry.models import ArtifactType
 
-    engine = _engine()
-    try:
-        artifacts = repo.list_artifacts(engine, job_id=job, artifact_type=artifact_type, limit=limit)
-    finally:
-        engine.dispose()
+    _check_choices([artifact_type] if artifact_type else None, ArtifactType, "--type")
+    with _resources() as resources:
+        if _no_registry_yet(resources):
+            if as_json:
+                _print_json([])
+            return
+        artifacts = repo.list_artifacts(
+            resources.registry, training_job_id=job, artifact_type=artifact_type, limit=limit
+        )
     if as_json:
         _print_json([dataclasses.asdict(a) for a in artifacts])
         return

@@ -16,24 +16,41 @@ def register(app: typer.Typer) -> None:
 def reap_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the pods that would be terminated"),
     stale_after: float = typer.Option(900.0, help="Seconds of heartbeat silence before a pod is reaped"),
+    startup_grace: float = typer.Option(
+        1800.0, help="Seconds a pod may sit unstarted (CREATED) or without a first heartbeat"
+    ),
 ) -> None:
-    """Terminate pods (local trainers, and RunPod when a key is set) whose job is terminal or silent."""
-    from flows.reap_pods import reap_with_settings
+    """Terminate pods (local trainers, and RunPod when a key is set) whose job is terminal,
+    unknown, silent, or stuck before it started."""
+    from brightrun.resources import Resources
+    from flows.reap_pods import reap_pods_with
 
-    reaped = reap_with_settings(dry_run=dry_run, stale_after_seconds=stale_after)
-    verb = "would terminate" if dry_run else "terminated"
+    with Resources.from_settings() as resources:
+        reaped = reap_pods_with(
+            resources, dry_run=dry_run, stale_after_seconds=stale_after, startup_grace_seconds=startup_grace
+        )
     for item in reaped:
-        typer.echo(f"{verb} {item['pod_id']} (job {item['job_id']}): {item['reason']}")
-    typer.echo(f"{verb} {len(reaped)} pod(s)")
+        typer.echo(f"{item['result']} {item['pod_id']} (job {item['job_id']}): {item['reason']}")
+    failed = [item for item in reaped if item["result"].startswith("failed")]
+    verb = "would terminate" if dry_run else "terminated"
+    typer.echo(f"{verb} {len(reaped) - len(failed)} pod(s)")
+    if failed:
+        typer.echo(f"{len(failed)} pod(s) could not be terminated; run `brightrun reap` again", err=True)
+        raise typer.Exit(1)
 
 
 @runpod_app.command("prices")
 def prices_command(gpu_count: int = typer.Option(1, min=1, max=8, help="GPUs per pod")) -> None:
     """Spot minimum bid and on-demand price per GPU type (USD/hr for the whole pod)."""
-    from brightrun.compute.runpod_client import client_from_env
+    from brightrun.compute.runpod import RunPodCompute
+    from brightrun.resources import Resources
+    from brightrun.settings import ComputeBackend
 
-    client = client_from_env()
-    rows = sorted(client.gpu_prices(gpu_count), key=lambda p: (p.on_demand_price is None, p.on_demand_price))
+    with Resources.from_settings() as resources:
+        compute = resources.compute(ComputeBackend.runpod)
+        assert isinstance(compute, RunPodCompute)
+        prices = compute.api.gpu_prices(gpu_count)
+    rows = sorted(prices, key=lambda p: (p.on_demand_price is None, p.on_demand_price))
     typer.echo(f"{'GPU type':<28} {'memory':>7} {'spot bid':>9} {'on-demand':>10}")
     for p in rows:
         spot = f"{p.spot_min_bid:.3f}" if p.spot_min_bid is not None else "-"

@@ -8,10 +8,13 @@ a second, not a server start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +131,14 @@ def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
     # The job id is printed by the flow once its row exists (a run that dies before it would
     # otherwise leave a printed id that does not exist).
     # One live progress display on a terminal (plain lines per step elsewhere), then the summary.
+    flow_params = dict(params)
+    if "?" in str(flow_params.get("dataset", "")):
+        # A signed URL: Prefect stores a flow run's parameters, and a SecretStr is stored masked.
+        from pydantic import SecretStr
+
+        flow_params["dataset"] = SecretStr(flow_params["dataset"])
     with terminal_progress() as progress, prefect_startup_errors():
-        state = train_adapter(**params, job_id=job_id, return_state=True)
+        state = train_adapter(**flow_params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_cancelled():
         typer.secho(f"job {job_id} cancelled", fg="yellow")
@@ -140,24 +149,31 @@ def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
 
 
 # Prefect's embedded server gets 20 s to start by default; a loaded machine needs more.
-PREFECT_STARTUP_TIMEOUT_S = "120"
+PREFECT_STARTUP_TIMEOUT_S = 120
 
 
 @contextlib.contextmanager
 def prefect_startup_errors() -> Iterator[None]:
-    """A Prefect API that does not come up is a clean error with a hint, not a traceback."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", PREFECT_STARTUP_TIMEOUT_S)
+    """A Prefect API that does not come up is a clean error with a hint (exit 1), not a
+    traceback; and the embedded one gets longer to start unless the user chose a limit."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from cli.prefect_watchdog import watch_embedded_prefect_server
+
+    watch_embedded_prefect_server()  # a killed CLI takes its embedded Prefect server with it
+    chosen = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ
+    updates = {} if chosen else {STARTUP: PREFECT_STARTUP_TIMEOUT_S}
     try:
-        yield
+        with temporary_settings(updates=updates):
+            yield
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
             raise
         raise BrightrunError(
             "Prefect's embedded API server did not start in time (the machine may be busy); no job "
-            "was created. Run the command again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
-            "(now {}), or start a server (`prefect server start`) and set PREFECT_API_URL.".format(
-                os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
-            )
+            "was created. Run the command again, set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS "
+            "higher, or start a server (`prefect server start`) and set PREFECT_API_URL."
         ) from None
 
 
@@ -243,17 +259,17 @@ def train(
 
 def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> None:
     """Continue a job whose process died: same data, from its last committed checkpoint."""
+    from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
     from brightrun.resources import Resources
-
-    from brightrun.layout import JobLayout
     from brightrun.storage import StorageError
     from tasks.job import resume_refusal
 
     with Resources.from_settings() as resources:
         job = repo.get_job(resources.registry, job_id)
+        failure_marker = JobLayout(job.id).failure
         try:
-            trainer_failed = job.status == "failed" and resources.job_storage(job).exists(JobLayout(job.id).failure)
+            trainer_failed = job.status == "failed" and resources.job_storage(job).exists(failure_marker)
         except StorageError:
             trainer_failed = False  # the recorded failure kind decides
     refusal = resume_refusal(job, trainer_failed=trainer_failed)

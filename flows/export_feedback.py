@@ -4,7 +4,8 @@ Scheduled daily (prefect.yaml). Each run exports the window from the watermark l
 the last successful export up to now minus a settle delay (late ratings land before
 their window is read), registers the file, and — with `auto_train` and enough new
 examples — starts `train_adapter` on it through its deployment as a linked subflow run.
-The work itself is in `tasks/feedback.py`.
+The work itself is behind the `tasks.feedback` package's one door, `export_feedback_window`;
+the flow builds the `Resources` once and hands them in.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from prefect.concurrency.sync import concurrency
 from pydantic import Field
 
 from brightrun.errors import InputError
-from tasks.feedback import export_feedback_window, start_training
-from tasks.feedback_select import SelectionOptions
-from tasks.feedback_write import FileOptions
+from brightrun.resources import Resources
+from tasks.feedback import ExportOptions, FileOptions, SelectionOptions, export_window_task, start_training
 
 CONCURRENCY_LIMIT = "export-feedback"
 DEFAULT_TRAIN_DEPLOYMENT = "train_adapter/local"
@@ -82,31 +82,34 @@ def export_feedback(
         min_examples: with auto_train, train only when the new file has this many examples.
         auto_train: start `train_deployment` on the new file.
         train_deployment / train_base_model / train_preset: what to train.
-        dry_run: select and write locally, report, but upload and register nothing.
+        dry_run: read, select and report; write nothing (no file, row, watermark or cache).
         lock_wait_seconds: wait this long for a running export, then exit cleanly.
     """
     logger = get_run_logger()
     if since is not None and until is not None and until <= since:
         raise InputError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
-    selection = SelectionOptions(
-        include_neutral_with_notes=include_neutral_with_notes,
-        latest_feedback_wins=latest_feedback_wins,
-        one_vote_per_user=one_vote_per_user,
-        max_prompt_chars=max_prompt_chars,
-        system_prompts=system_prompts or {},
-        **({"default_system_prompt": default_system_prompt} if default_system_prompt else {}),
+    options = ExportOptions(
+        selection=SelectionOptions(
+            include_neutral_with_notes=include_neutral_with_notes,
+            latest_feedback_wins=latest_feedback_wins,
+            one_vote_per_user=one_vote_per_user,
+            max_prompt_chars=max_prompt_chars,
+            system_prompts=system_prompts or {},
+            **({"default_system_prompt": default_system_prompt} if default_system_prompt else {}),
+        ),
+        file=FileOptions(target_model=target_model, vertical=vertical),
+        settle_delay_s=settle_delay_minutes * 60,
+        lock_wait_s=lock_wait_seconds,
     )
-    file_options = FileOptions(target_model=target_model, vertical=vertical)
     _ensure_concurrency_limit()
     # The Prefect limit queues exports in this orchestrator; the database lock inside the
     # export also stops a CLI run or a second Prefect server from exporting at once.
-    try:
-        with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=lock_wait_seconds + 60):
-            result = export_feedback_window(
-                since, until, settle_delay_minutes * 60, selection, file_options, dry_run, lock_wait_seconds
-            )
-    except TimeoutError:
-        result = None
+    with Resources.from_settings() as resources:
+        try:
+            with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=lock_wait_seconds + 60):
+                result = export_window_task(resources, since, until, options, dry_run)
+        except TimeoutError:
+            result = None
     if result is None:
         message = "another export is running; this run exported nothing (the next scheduled run catches up)"
         logger.warning(message)

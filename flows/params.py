@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from brightrun.errors import InputError
 from brightrun.settings import ComputeBackend, Settings
@@ -98,6 +98,8 @@ class TrainRequest(BaseModel):
         """The request as given (unset fields left out): stored with the job, so a resume or a
         rerun asks for exactly the same thing."""
         data = self.model_dump(mode="json", exclude_none=True, exclude=set(SPEC_SECTIONS) | {"provisioning"})
+        if self.dataset is not None:
+            data["dataset"] = without_query(self.dataset)  # never a signed URL's signature
         data.update(self.explicit_sections())
         if self.provisioning is not None:
             data["provisioning"] = self.provisioning.model_dump(
@@ -127,10 +129,26 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
         msg = error["msg"]
         if error["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        if error["type"] in ("int_parsing", "float_parsing", "bool_parsing", "int_type", "float_type"):
+        if error["type"] in (
+            "int_parsing",
+            "float_parsing",
+            "bool_parsing",
+            "int_type",
+            "float_type",
+            "enum",
+            "literal_error",
+        ):
             msg = f"{msg} (got {error.get('input')!r})"
         out.append(f"{prefix}{where}: {msg}" if where != "parameters" else f"{prefix}{msg}")
     return out
+
+
+def without_query(uri: str) -> str:
+    """`https://h/f.json?X-Amz-Signature=…` -> `https://h/f.json`: what may be stored or logged."""
+    parsed = urlparse(uri)
+    if "://" not in uri or not (parsed.query or parsed.fragment):
+        return uri
+    return parsed._replace(query="", fragment="").geturl()
 
 
 def dataset_display_name(dataset: str) -> str:
@@ -167,7 +185,29 @@ def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> li
             f"dataset: {path} is JSON Lines; the training file must be one brightrun-lora-v4 JSON "
             "document ({training_file_metadata, consultant_profile, conversations: [...]})"
         ]
+    what = _not_a_json_document(path)
+    if what:
+        return [
+            f"dataset: {path} is {what}; the training file must be one brightrun-lora-v4 JSON "
+            "document ({training_file_metadata, consultant_profile, conversations: [...]})"
+        ]
     return []
+
+
+def _not_a_json_document(path: Path) -> str | None:
+    """What the file is instead of a JSON object, from its first bytes (a CSV, a JSON array,
+    an empty file); None when it may be one. Compressed files are left to the dataset stage."""
+    if path.suffix.lower() == ".gz":
+        return None
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not head:
+        return "empty"
+    if head[0] == "[":
+        return "a JSON array"
+    if head[0] != "{":
+        return "not JSON"
+    return None
 
 
 def check_base_model(model: str) -> list[str]:
@@ -263,6 +303,9 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
     if isinstance(raw, TrainRequest):
         request = raw
     else:
+        raw = dict(raw)
+        if isinstance(raw.get("dataset"), SecretStr):
+            raw["dataset"] = raw["dataset"].get_secret_value()
         # None means "not given", except for the preset, where it means "no preset".
         raw = {k: v for k, v in raw.items() if v is not None or k == "preset"}
         try:

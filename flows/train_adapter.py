@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
+from pydantic import SecretStr
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.layout import JobLayout
@@ -40,9 +41,9 @@ from brightrun.spec import (
 from brightrun.storage import ObjectNotFound, Storage, StorageError
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
 from tasks.artifacts import publish_adapter
+from tasks.dataset import prepare_job_dataset_task
 from tasks.job import (
     JobRecorder,
-    create_job_record,
     current_flow_run_id,
     finish_cancel,
     new_job_id,
@@ -83,7 +84,7 @@ class JobCancelled(BrightrunError):
 def create_job(resources: Resources, resolved: ResolvedRequest, job_id: str, storage: Storage) -> str:
     """The `training_jobs` row (`queued`); an existing row (a resume) is left as it is."""
     request = resolved.request
-    job = create_job_record(
+    job = repo.create_job(
         resources.registry,
         job_id=job_id,
         job_name=request.job_name or run_name(resolved.dataset_name, resolved.spec.base_model, job_id),
@@ -96,6 +97,7 @@ def create_job(resources: Resources, resolved: ResolvedRequest, job_id: str, sto
         compute_backend=resolved.compute.value,
         storage_prefix=storage.uri(JobLayout(job_id).prefix),
         flow_run_id=current_flow_run_id(),
+        created_by=request.created_by,
         metadata={
             "params": request.recorded(),
             "storage_url": storage.url,
@@ -159,7 +161,8 @@ def publish(resources: Resources, recorder: JobRecorder, spec: JobSpec, storage:
 def _estimate_cost(compute: Any, spec: JobSpec, storage: Storage, recorder: JobRecorder) -> None:
     """Price the job before renting anything; refuse it when the estimate already breaks the cap."""
     from brightrun import prepared
-    from tasks.provision import check_estimate, estimate_cost, estimated_total_steps, runpod_prices
+    from tasks.cost_model import cap_estimate, check_estimate, estimated_total_steps, local_model_config
+    from tasks.provision import runpod_prices
 
     layout = JobLayout(spec.job_id)
     meta = prepared.PreparedMeta.model_validate_json(
@@ -167,7 +170,13 @@ def _estimate_cost(compute: Any, spec: JobSpec, storage: Storage, recorder: JobR
     )
     steps = estimated_total_steps(spec, meta.train_examples)
     policy = spec.provisioning
-    estimate = estimate_cost(policy, steps, runpod_prices(compute, policy.gpu_count))
+    estimate = cap_estimate(
+        spec,
+        meta.train_examples,
+        runpod_prices(compute, policy.gpu_count),
+        train_tokens=meta.train_tokens,
+        model_config=local_model_config(spec.base_model),
+    )
     recorder.event(
         "cost_estimated",
         0,
@@ -187,25 +196,36 @@ def _estimate_cost(compute: Any, spec: JobSpec, storage: Storage, recorder: JobR
 def monitor_policy(
     compute: ComputeBackend, policy: ProvisioningPolicy, request: TrainRequest
 ) -> ProvisioningPolicy:
-    """A local trainer is a subprocess beside us: poll it every second, not every ten."""
-    if compute is ComputeBackend.local and request.provisioning is None:
+    """A local trainer is a subprocess beside us: poll it every second, not every ten (unless the
+    caller set the poll interval; the UI's form sends an empty provisioning section)."""
+    chosen = request.provisioning.model_fields_set if request.provisioning is not None else set()
+    if compute is ComputeBackend.local and "poll_interval_seconds" not in chosen:
         return policy.model_copy(update={"poll_interval_seconds": 1.0})
     return policy
 
 
-def _terminate_pods(resources: Resources, resolved: ResolvedRequest, spec: JobSpec) -> list[str]:
-    """Belt and braces: whatever happened, no pod of this job keeps running (or billing)."""
-    from brightrun.compute import ComputeError
+def _terminate_pods(
+    resources: Resources, resolved: ResolvedRequest, spec: JobSpec
+) -> tuple[list[str], list[str]]:
+    """Belt and braces: whatever happened, no pod of this job keeps running (or billing).
+    Returns (pods the provider confirmed terminated, pods it did not: the reaper's)."""
+    from brightrun.compute import ComputeError, PodTerminationError, terminate_with_patience
 
     try:
         compute = resources.compute(resolved.compute, spec.provisioning)
         pods = [p for p in compute.list_pods(spec.job_id) if p.state.value != "terminated"]
-        for pod in pods:
-            compute.terminate(pod.pod_id)
-        return [p.pod_id for p in pods]
     except ComputeError as exc:
         log.warning("job %s: could not check for leftover pods (%s); the reaper will", spec.job_id, exc)
-        return []
+        return [], []
+    done, failed = [], []
+    for pod in pods:
+        try:  # an API outage is waited out (bounded), then the reaper takes over
+            terminate_with_patience(compute, pod.pod_id, patience_seconds=300.0)
+            done.append(pod.pod_id)
+        except PodTerminationError as exc:
+            log.error("job %s: %s", spec.job_id, exc)
+            failed.append(pod.pod_id)
+    return done, failed
 
 
 def _publish_loss_curve(recorder: JobRecorder, storage: Storage, layout: JobLayout) -> tuple[str, list[Any]]:
@@ -286,69 +306,51 @@ def _finish_report(
     return markdown
 
 
-def _prepare_dataset(
+def _dataset_source(resources: Resources, request: TrainRequest) -> str:
+    """The training file to fetch: the caller's path or URI, or where the app's
+    `training_files` row says it is (`json_file_path` under its training-files bucket)."""
+    if request.dataset is not None:
+        return request.dataset
+    assert request.training_file_id is not None  # resolve_train_request checked one is given
+    _, uri = repo.resolve_training_file(
+        resources.registry, request.training_file_id, bucket_url=resources.settings.training_files_url
+    )
+    return uri
+
+
+def prepare_dataset(
     resources: Resources, resolved: ResolvedRequest, spec: JobSpec, storage: Storage, recorder: JobRecorder
 ) -> JobSpec:
-    """The dataset stage: fetch, validate, tokenize, split, upload (`preprocessing`)."""
-    from pathlib import Path
-
-    from tasks.dataset import (
-        PrepareOptions,
-        fetch_dataset_task,
-        prepare_dataset_cached,
-        render_report_markdown,
-    )
-    from tasks.job import register_job_training_file
-
+    """The dataset stage (`preprocessing`): one door that fetches the training file once, keeps
+    it as `datasets/<sha256>.json`, validates, tokenizes, splits, uploads and records it."""
     recorder.transition("preprocessing")
-    layout = JobLayout(spec.job_id)
-    settings = resources.settings
-    dataset = resolved.request.dataset
-    assert dataset is not None
-    source = Path(fetch_dataset_task(dataset, settings.cache_dir / "datasets", resources.s3_endpoint_url))
-    options = PrepareOptions(
-        max_seq_length=spec.training.max_seq_length,
-        seed=spec.training.seed,
-        min_quality=spec.preprocessing.min_quality,
-        val_fraction=spec.preprocessing.validation_fraction,
-        skip_overlong_targets=spec.preprocessing.skip_overlong_targets,
+    dataset = prepare_job_dataset_task(
+        resources,
+        job_id=spec.job_id,
+        dataset=_dataset_source(resources, resolved.request),
+        spec=spec,
+        storage=storage,
     )
-    import hashlib
-    import json
-
-    from brightrun.storage import sha256_file
-
-    digest = hashlib.sha256(
-        json.dumps(
-            [sha256_file(source), spec.base_model, options.model_dump(mode="json")], sort_keys=True
-        ).encode()
-    ).hexdigest()[:20]
-    out_dir = settings.cache_dir / "prepared" / digest
-    report = prepare_dataset_cached(source, spec.base_model, out_dir, options)
-    recorder.reporter.dataset_report(render_report_markdown(report))
+    recorder.reporter.dataset_report(dataset.report_markdown)
     recorder.event(
         "dataset_validated",
         0,
         {
-            "source_sha256": report.source_sha256,
-            "conversations": report.conversations,
-            "train_examples": report.train.examples,
-            "validation_examples": report.validation.examples,
-            "trained_tokens": report.trained_tokens,
+            "source_sha256": dataset.sha256,
+            "source_uri": dataset.source_uri,
+            "training_file_id": dataset.training_file_id,
+            "conversations": dataset.report.conversations,
+            "train_examples": dataset.train_examples,
+            "validation_examples": dataset.validation_examples,
+            "trained_tokens": dataset.report.trained_tokens,
         },
     )
-    register_job_training_file(
-        recorder.engine,
-        spec.job_id,
-        name=report.source_name,
-        storage_path=dataset,
-        source_sha256=report.source_sha256,
-        pairs=report.pairs,
-        examples=report.sequences,
-        prepared_dir=out_dir,
-    )
-    storage.put_dir(layout.data_dir, out_dir)
-    return spec.model_copy(update={"dataset_sha256": report.source_sha256})
+    # A resume refetches from the pipeline's own copy, never from a caller's (signed, expiring) URL.
+    job = repo.get_job(recorder.engine, spec.job_id)
+    params = {**job.metadata.get("params", {}), "dataset": dataset.source_uri}
+    params.pop("training_file_id", None)
+    repo.update_job(recorder.engine, spec.job_id, metadata={**job.metadata, "params": params})
+    return spec.model_copy(update={"dataset_sha256": dataset.sha256})
 
 
 # ---------------------------------------------------------------- the flow
@@ -371,6 +373,8 @@ def _flow_run_name() -> str:
 
     params = flow_run.parameters
     dataset = params.get("dataset") or f"training-file-{str(params.get('training_file_id', ''))[:8]}"
+    if isinstance(dataset, SecretStr):  # a signed URL, masked in Prefect's records
+        dataset = dataset.get_secret_value()
     return run_name(
         dataset_display_name(str(dataset)), str(params.get("base_model", "")), params.get("job_id") or "new"
     )
@@ -499,7 +503,7 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
             logger.info("job %s: spec.json and data already in storage; resuming", job_id)
             spec = JobSpec.model_validate_json(storage.get_bytes(layout.spec))
         else:
-            spec = _prepare_dataset(resources, resolved, spec, storage, recorder)
+            spec = prepare_dataset(resources, resolved, spec, storage, recorder)
             write_spec(storage, spec)
         if recorder.cancel_requested():
             raise JobCancelled(f"job {job_id} was cancelled before training")
@@ -578,9 +582,15 @@ def _end(
                 storage.put_bytes(layout.cancel, b"cancelled\n")  # a local trainer stops at its next step
             except StorageError as exc:
                 logger.warning("could not write the cancel marker: %s", exc)
-        left = _terminate_pods(resources, resolved, spec)
+        left, unterminated = _terminate_pods(resources, resolved, spec)
         if left:
             recorder.event("pod_terminated", 0, {"pods": left, "reason": status})
+        if unterminated:
+            recorder.event("pod_termination_failed", 0, {"pods": unterminated, "reason": status})
+            error_message = (
+                f"{error_message or status}; pod(s) {', '.join(unterminated)} could not be terminated "
+                "(RunPod did not confirm): the reaper retries them, or run `brightrun reap`"
+            )
     try:
         recorder.transition(status, error_message=error_message)
     except Exception as exc:

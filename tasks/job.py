@@ -116,6 +116,10 @@ class JobRecorder:
     cost_usd: float | None = None
     gpu_hours: float | None = None
     lora_artifact_path: str | None = None
+    # Why the job failed (tasks.monitor.FailureKind), written with `failed`; `brightrun resume`
+    # reads it. The flow sets it from the monitor's outcome; an exception is an orchestration one.
+    failure_kind: str | None = None
+    eta: Any = None  # datetime of the estimated completion (tasks/reporting.py), None until known
     _table_at: float = 0.0
     _logged_at: float = 0.0
     _cancel_checked_at: float = 0.0
@@ -135,6 +139,7 @@ class JobRecorder:
             epoch=self.last.get("epoch"),
             lora_artifact_path=self.lora_artifact_path,
             error_message=error_message,
+            estimated_completion_at=self.eta,
         )
 
     # -- lifecycle (the flow)
@@ -145,6 +150,12 @@ class JobRecorder:
 
         status = str(getattr(status, "value", status))
         job = repo.transition_job(self.engine, self.job_id, status, error_message=error_message)
+        if status == "failed" and job.status == "failed":
+            kind = str(getattr(self.failure_kind, "value", self.failure_kind or "orchestration"))
+            if job.metadata.get("failure_kind") != kind:
+                job = repo.update_job(
+                    self.engine, self.job_id, metadata={**job.metadata, "failure_kind": kind}
+                )
         changed = status != self.status_value
         self.status_value = job.status
         if changed:
@@ -153,14 +164,46 @@ class JobRecorder:
 
     # -- JobRecorder protocol of tasks/monitor.py
 
-    def event(self, type: str, attempt: int = 0, payload: Mapping[str, Any] | None = None) -> None:
+    def event(
+        self, type: str, attempt: int = 0, payload: Mapping[str, Any] | None = None, key: str | None = None
+    ) -> None:
+        """Append an event; with a `key`, the registry keeps one per (job, key) however often it
+        is sent (a resumed job re-reads the trainer's events; a queued write is replayed)."""
         from brightrun.registry import repository as repo
 
+        new = repo.NewEvent(
+            job_id=self.job_id, type=type, attempt=attempt, payload=dict(payload or {}), source_key=key
+        )
+        inserted = repo.add_events(self.engine, [new])
         # The monitor counts pod interruptions; a trainer's own `interrupted` (it honoured the
         # SIGTERM of the same interruption) is detail, not a second one.
-        if type == "interrupted" and (payload or {}).get("source") != "trainer":
+        if inserted and type == "interrupted" and (payload or {}).get("source") != "trainer":
             self.interruptions += 1
-        repo.add_event(self.engine, self.job_id, type, attempt=attempt, **dict(payload or {}))
+
+    def history(self) -> Any:
+        """What earlier runs of this job recorded about its pods (tasks.monitor.JobHistory)."""
+        from brightrun.registry import repository as repo
+        from tasks.monitor import JobHistory, PodBill
+
+        pods: dict[str, PodBill] = {}
+        for event in repo.list_events(self.engine, self.job_id, type="pod_created"):
+            p = event.payload
+            pods[p["pod_id"]] = PodBill(
+                pod_id=p["pod_id"],
+                attempt=event.attempt,
+                cost_per_hr=float(p.get("cost_per_hr") or 0.0),
+                gpu_count=int(p.get("gpu_count") or 1),
+                created_at=event.created_at.timestamp(),
+            )
+        for event in repo.list_events(self.engine, self.job_id, type="pod_billed"):
+            p = event.payload
+            bill = pods.setdefault(
+                p["pod_id"], PodBill(pod_id=p["pod_id"], attempt=event.attempt, cost_per_hr=0.0)
+            )
+            bill.cost_per_hr = float(p.get("cost_per_hr") or bill.cost_per_hr)
+            bill.gpu_count = int(p.get("gpu_count") or bill.gpu_count)
+            bill.seconds, bill.settled, bill.recorded = float(p.get("seconds") or 0.0), True, True
+        return JobHistory(pods=list(pods.values()))
 
     def status(self, heartbeat: TrainerStatus) -> None:
         """The trainer's heartbeat: job status by phase, progress, the UI bar and the webhook."""
@@ -174,6 +217,9 @@ class JobRecorder:
             value = getattr(heartbeat, name)
             if value is not None:
                 self.last[name] = value
+        # The reporter turns the heartbeat into a view (ETA from the step rate), moves the UI's
+        # progress bar and tells the terminal (or, without one, the run's logs) when the step moved.
+        self.eta = self.reporter.heartbeat(heartbeat, self.status_value).eta
         repo.update_job_progress(
             self.engine,
             self.job_id,
@@ -181,22 +227,14 @@ class JobRecorder:
             total_steps=self.total_steps or None,
             current_epoch=self.last.get("epoch"),
             current_loss=self.last.get("loss"),
+            estimated_completion_at=self.eta,
+            metrics=dict(self.last),
         )
-        self.reporter.progress(self.step, self.total_steps)
         self.notifier.progress(self._payload(self.status_value))
-        now = time.monotonic()
-        if now - self._logged_at >= PROGRESS_LOG_S and self.total_steps:
-            self._logged_at = now
-            loss = self.last.get("loss")
-            log.info(
-                "job %s: step %d/%d%s",
-                self.job_id,
-                self.step,
-                self.total_steps,
-                f", loss {loss:.4f}" if loss is not None else "",
-            )
 
-    def metrics(self, records: Sequence[MetricRecord | Mapping[str, Any]]) -> None:
+    def metrics(self, records: Sequence[MetricRecord | Mapping[str, Any]], key: str | None = None) -> None:
+        """Metric rows; the registry keeps one row per (job, attempt, step), so a chunk read
+        again after a restart (`key` names it) changes nothing."""
         from brightrun.registry import repository as repo
 
         rows = [r.model_dump(mode="json") if isinstance(r, MetricRecord) else dict(r) for r in records]
@@ -204,10 +242,7 @@ class JobRecorder:
             return
         repo.add_metrics(self.engine, self.job_id, rows)
         self.recent_metrics = (self.recent_metrics + rows)[-RECENT_METRICS:]
-        now = time.monotonic()
-        if now - self._table_at >= TABLE_REFRESH_S:
-            self._table_at = now
-            self.reporter.metrics(self.recent_metrics)
+        self.reporter.metrics(rows)  # it redraws the table and curve at a bounded number of points
 
     def cost(self, actual_cost_usd: float, gpu_hours: float) -> None:
         from brightrun.registry import repository as repo
@@ -249,7 +284,7 @@ class JobRecorder:
     def flush(self) -> None:
         """Publish the latest table and stop the webhook sender (bounded wait)."""
         if self.recent_metrics:
-            self.reporter.metrics(self.recent_metrics)
+            self.reporter.metrics(self.recent_metrics, final=True)
         self.notifier.close()
 
 
@@ -293,28 +328,18 @@ def request_cancel(engine: Engine, job_id: str) -> Any:
     return job
 
 
-def finish_cancel(settings: Any, engine: Engine, job: Any) -> None:
+def finish_cancel(resources: Any, job: Any) -> None:
     """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
     from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
-    from brightrun.storage import open_storage
+    from brightrun.storage import StorageError
 
-    storage_url = job.metadata.get("storage_url")
-    if storage_url:
-        try:
-            storage = open_storage(storage_url, endpoint_url=settings.resolved_s3_endpoint_url)
-            storage.put_bytes(JobLayout(job.id).cancel, b"cancelled\n")
-        except Exception as exc:
-            log.warning("job %s: could not write the cancel marker: %s", job.id, exc)
-    compute: Any
-    if job.compute_backend == "runpod":
-        from brightrun.compute.runpod import RunPodCompute
-
-        compute = RunPodCompute.from_env()
-    else:
-        from brightrun.compute.local import LocalCompute
-
-        compute = LocalCompute(settings.home)
+    engine = resources.registry
+    try:
+        resources.job_storage(job).put_bytes(JobLayout(job.id).cancel, b"cancelled\n")
+    except StorageError as exc:
+        log.warning("job %s: could not write the cancel marker: %s", job.id, exc)
+    compute = resources.compute(job.compute_backend)
     pods = [p for p in compute.list_pods(job.id) if p.state.value != "terminated"]
     for pod in pods:
         compute.terminate(pod.pod_id)
@@ -357,11 +382,11 @@ def register_job_training_file(
     training_file, _ = repo.register_training_file(
         engine,
         name=name,
-        storage_path=storage_path,
+        json_file_path=storage_path,
         sha256=source_sha256,
         source="upload",
         conversations=len(splits),
-        training_pairs=pairs,
+        total_training_pairs=pairs,
         examples=examples,
         conversation_refs=[
             repo.ConversationRef(conversation_id=cid, split=split) for cid, split in sorted(splits.items())
@@ -369,3 +394,78 @@ def register_job_training_file(
     )
     repo.update_job(engine, job_id, training_file_id=training_file.id)
     return str(training_file.id)
+
+
+# ---------------------------------------------------------------- resume (issue 15)
+
+RESUMABLE_FAILURES = frozenset({"orchestration"})
+
+
+def resume_refusal(job: Any, *, trainer_failed: bool = False) -> str | None:
+    """Why `brightrun resume` must not continue this job, or None when it may.
+
+    A live job (its flow died) and a job that failed for an orchestration reason (an API or
+    database outage, restarts spent, its flow killed) continue from the last checkpoint; a
+    job that completed, was cancelled, or failed for a training reason (the trainer's own
+    failure: divergence, bad data; refused input; a cost cap) would only repeat its end.
+    `trainer_failed`: the trainer's `failure.json` is in storage.
+    """
+    if job.status == "completed":
+        return f"job {job.id} already completed (adapter: {job.lora_artifact_path}); nothing to resume"
+    if job.status == "cancelled":
+        return f"job {job.id} was cancelled; start a new job with `brightrun train`"
+    if job.status != "failed":
+        return None
+    # A job failed before kinds were recorded counts as resumable unless its trainer failed.
+    kind = "training" if trainer_failed else job.metadata.get("failure_kind") or "orchestration"
+    if kind in RESUMABLE_FAILURES:
+        return None
+    reasons = {
+        "training": "the trainer itself failed, so resuming would fail the same way",
+        "input": "its input was refused; fix the dataset or the parameters and start a new job",
+        "budget": "it reached a cost or duration cap; raise provisioning.max_cost_usd or "
+        "max_duration_hours and start a new job",
+    }
+    why = reasons.get(kind, f"it failed for a reason resume cannot fix ({kind})")
+    return f"job {job.id} failed: {job.error_message}; not resumable: {why}"
+
+
+def take_over_job(engine: Engine, job: Any, flow_run_id: str | None, *, trainer_failed: bool = False) -> Any:
+    """A resume picks the job up: a resumable failure goes back to `queued`, and the flow run
+    that died under it is marked Crashed in Prefect (it would read RUNNING forever) before this
+    run becomes the job's flow run. Returns the job as it is now; raises InputError when the
+    job may not be resumed."""
+    from brightrun.errors import InputError
+    from brightrun.registry import repository as repo
+
+    refusal = resume_refusal(job, trainer_failed=trainer_failed)
+    if refusal is not None:
+        raise InputError(refusal)
+    if job.status == "failed":
+        job = repo.reopen_failed_job(engine, job.id)
+        log.info("job %s: reopened after an orchestration failure; resuming", job.id)
+    if job.flow_run_id and job.flow_run_id != flow_run_id:
+        mark_flow_run_crashed(job.flow_run_id, f"its process died; job {job.id} was resumed by another run")
+    if flow_run_id and job.flow_run_id != flow_run_id:
+        job = repo.update_job(engine, job.id, flow_run_id=flow_run_id)
+    return job
+
+
+def mark_flow_run_crashed(flow_run_id: str, message: str) -> bool:
+    """Set a dead flow run's state to Crashed unless it already ended; True when it changed."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectException
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(flow_run_id))
+            if run.state is not None and run.state.is_final():
+                return False
+            client.set_flow_run_state(uuid.UUID(flow_run_id), Crashed(message=message), force=True)
+    except (PrefectException, httpx.HTTPError, ValueError) as exc:
+        log.warning("could not mark flow run %s crashed: %s", flow_run_id, exc)
+        return False
+    log.info("flow run %s marked Crashed (%s)", flow_run_id, message)
+    return True

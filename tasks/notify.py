@@ -3,9 +3,11 @@
 On every status change, and at most every `progress_interval_s` of progress, POST
 
     {job_id, status, step, total_steps, metrics{loss, learning_rate, grad_norm, epoch},
-     lora_artifact_path, error_message, timestamp}
+     lora_artifact_path, error_message, timestamp, estimated_completion_at}
 
-with `X-Webhook-Signature: hex(HMAC-SHA256(secret, raw body))`. Deliveries run on a
+with `X-Webhook-Signature: hex(HMAC-SHA256(secret, raw body))`. `estimated_completion_at` (ISO
+time, or null until a step rate is known; tasks/reporting.py `estimate_completion`) is an
+addition to DESIGN.md §7: a receiver that ignores unknown keys is unaffected. Deliveries run on a
 background thread in order, so a slow or dead endpoint never stalls the monitor loop; each
 is retried with exponential backoff and a failure is logged, never raised.
 """
@@ -51,6 +53,7 @@ def build_payload(
     lora_artifact_path: str | None = None,
     error_message: str | None = None,
     timestamp: datetime | None = None,
+    estimated_completion_at: datetime | None = None,
 ) -> dict[str, Any]:
     return {
         "job_id": job_id,
@@ -61,6 +64,7 @@ def build_payload(
         "lora_artifact_path": lora_artifact_path,
         "error_message": error_message,
         "timestamp": (timestamp or datetime.now(UTC)).isoformat(),
+        "estimated_completion_at": estimated_completion_at.isoformat() if estimated_completion_at else None,
     }
 
 

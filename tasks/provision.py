@@ -1,38 +1,25 @@
 """Provisioning policy: which GPU, spot or on-demand, at what price (DESIGN.md §8).
 
-Pure decisions (`capacity_plan`, `estimate_cost`) beside the one function with I/O
-(`provision`), which walks the plan: a capacity error moves down the GPU list with
+Pure decisions (`capacity_plan`; the cost estimate is in tasks/cost_model.py) beside the
+one function with I/O (`provision`), which walks the plan: a capacity error moves down the GPU list with
 backoff; anything else (auth, validation) propagates at once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest
-from brightrun.errors import BrightrunError, InputError
-from brightrun.spec import CapacityType, JobSpec, ProvisioningPolicy
+from brightrun.spec import CapacityType, ProvisioningPolicy
+
+# The cost estimate moved to tasks/cost_model.py (sized by the model); still importable from here.
+from tasks.cost_model import CostEstimate, check_estimate, estimate_cost, estimated_total_steps  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-# Rough seconds per optimizer step for an 8B model, QLoRA, batch 4 x 4 x 2048 tokens, by GPU
-# type; relative speeds from public benchmarks. A measured `policy.seconds_per_step` wins.
-DEFAULT_SECONDS_PER_STEP: dict[str, float] = {
-    "NVIDIA H100 80GB HBM3": 6.0,
-    "NVIDIA A100 80GB PCIe": 11.0,
-    "NVIDIA L40S": 13.0,
-    "NVIDIA RTX A6000": 20.0,
-    "NVIDIA A40": 22.0,
-}
-FALLBACK_SECONDS_PER_STEP = 25.0
-# Startup on a fresh pod: image pull and model download (8B: ~16 GB); no volume to reuse.
-STARTUP_SECONDS_NO_VOLUME = 600.0
-STARTUP_SECONDS_WITH_VOLUME = 120.0
 
 
 class NoCapacityError(CapacityError):
@@ -73,7 +60,8 @@ def provision(
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PodInfo:
-    """Start the attempt's pod on the first offer with capacity."""
+    """Start the attempt's pod on the first offer with capacity. One pod per attempt: every
+    offer of an attempt shares the pod's name, and the backend looks a lost create up by it."""
     plan = capacity_plan(policy, interruptions)
     refused: list[str] = []
     for round_ in range(policy.capacity_rounds):
@@ -93,13 +81,21 @@ def provision(
                     "pod_requested", {"gpu_type": offer.gpu_type, "spot": offer.spot, "round": round_ + 1}
                 )
             try:
-                return compute.start(request)
+                pod = compute.start(request)
             except CapacityError as exc:
                 refused.append(str(offer))
                 log.warning("no capacity for %s: %s", offer, exc)
                 if on_event:
                     on_event("no_capacity", {"gpu_type": offer.gpu_type, "spot": offer.spot})
                 sleep(policy.capacity_backoff_seconds * 2**round_)
+                continue
+            # A create answered late may have made a second pod for this attempt: `start`
+            # terminated it at once; the job's history says so.
+            for duplicate in pod.duplicates_terminated:
+                log.error("job %s attempt %d: terminated duplicate pod %s", job_id, attempt, duplicate)
+                if on_event:
+                    on_event("duplicate_pod_terminated", {"pod_id": duplicate, "kept_pod_id": pod.pod_id})
+            return pod
     hint = ""
     if policy.capacity == CapacityType.spot:
         hint = " Allow on-demand with provisioning.capacity=spot_then_on_demand, or add GPU types."
@@ -109,68 +105,6 @@ def provision(
         f"job {job_id}: no capacity after {policy.capacity_rounds} round(s) over "
         f"{', '.join(dict.fromkeys(refused))}.{hint}"
     )
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    gpu_type: str
-    spot: bool
-    hourly_usd: float
-    hours: float
-    usd: float
-
-    def describe(self) -> str:
-        kind = "spot" if self.spot else "on-demand"
-        return f"~${self.usd:.2f} ({self.hours:.2f} h of {kind} {self.gpu_type} at ${self.hourly_usd:.3f}/h)"
-
-
-def estimate_cost(
-    policy: ProvisioningPolicy,
-    total_steps: int,
-    prices: Mapping[str, tuple[float | None, float | None]],
-) -> CostEstimate:
-    """Cost of the first offer that has a price: steps x seconds/step + startup, x hourly price.
-
-    `prices` maps GPU type -> (spot min bid, on-demand price), per GPU, USD/hr.
-    """
-    for offer in capacity_plan(policy, 0):
-        spot_bid, on_demand = prices.get(offer.gpu_type, (None, None))
-        per_gpu = (policy.max_bid_per_gpu or spot_bid) if offer.spot else on_demand
-        if per_gpu is None:
-            continue
-        per_step = policy.seconds_per_step.get(
-            offer.gpu_type, DEFAULT_SECONDS_PER_STEP.get(offer.gpu_type, FALLBACK_SECONDS_PER_STEP)
-        )
-        startup = STARTUP_SECONDS_WITH_VOLUME if policy.network_volume_id else STARTUP_SECONDS_NO_VOLUME
-        hours = (total_steps * per_step + startup) / 3600
-        hourly = per_gpu * policy.gpu_count
-        return CostEstimate(offer.gpu_type, offer.spot, hourly, hours, round(hours * hourly, 4))
-    raise BrightrunError(f"no price known for any of {policy.gpu_types}; check the GPU type names")
-
-
-def estimated_total_steps(spec: JobSpec, train_examples: int) -> int:
-    """Optimizer steps the trainer will run: `max_steps`, else epochs over the training
-    examples at batch size x gradient accumulation (a packed micro-batch holds `batch_size`
-    examples, as the trainer packs them)."""
-    training = spec.training
-    if training.max_steps is not None:
-        return training.max_steps
-    per_step = training.batch_size * training.gradient_accumulation_steps
-    return max(1, math.ceil(math.ceil(train_examples / per_step) * training.epochs))
-
-
-def check_estimate(estimate: CostEstimate, policy: ProvisioningPolicy) -> None:
-    """Refuse to launch a job whose estimate already exceeds the cap."""
-    if estimate.usd > policy.max_cost_usd:
-        raise InputError(
-            f"estimated cost {estimate.describe()} exceeds provisioning.max_cost_usd="
-            f"{policy.max_cost_usd}; raise the cap, lower training steps, or choose cheaper GPU types"
-        )
-    if estimate.hours > policy.max_duration_hours:
-        raise InputError(
-            f"estimated duration {estimate.hours:.1f} h exceeds provisioning.max_duration_hours="
-            f"{policy.max_duration_hours}"
-        )
 
 
 def runpod_prices(compute: Any, gpu_count: int = 1) -> dict[str, tuple[float | None, float | None]]:

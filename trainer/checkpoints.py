@@ -60,6 +60,7 @@ class TrainerState(BaseModel):
     padding_tokens: int = 0
     last_loss: float | None = None
     train_seconds: float = 0.0
+    world_size: int = 1  # processes that trained up to here (data parallel)
 
 
 class CheckpointRejected(Exception):

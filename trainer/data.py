@@ -10,7 +10,6 @@ is a stream of micro-batches; micro-batch `m` is batch `m % batches_per_epoch` o
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from brightrun.prepared import IGNORE_INDEX, iter_examples
+from brightrun.steps import micro_batches_per_epoch, plan_steps  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class BatchStream:
         self.seed = seed
         self.group_by_length = group_by_length
         self.lengths = [len(e.input_ids) for e in examples]
-        self.batches_per_epoch = math.ceil(len(examples) / batch_size)
+        self.batches_per_epoch = micro_batches_per_epoch(len(examples), batch_size)
         self._plans: dict[int, list[list[int]]] = {}
 
     def position(self, micro_batch: int) -> DataPosition:
@@ -120,16 +120,6 @@ class BatchStream:
             }
             plan = self._plans[pos.epoch]
         return [self.examples[i] for i in plan[pos.batch_index]]
-
-
-def plan_steps(
-    batches_per_epoch: int, epochs: float, max_steps: int | None, gradient_accumulation_steps: int
-) -> tuple[int, int]:
-    """(total optimizer steps, total micro-batches). `max_steps` wins over `epochs`."""
-    if max_steps is not None:
-        return max_steps, max_steps * gradient_accumulation_steps
-    total_micro = max(1, math.ceil(epochs * batches_per_epoch))
-    return math.ceil(total_micro / gradient_accumulation_steps), total_micro
 
 
 @dataclass(frozen=True)

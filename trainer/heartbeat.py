@@ -139,3 +139,22 @@ class Reporter:
         )
         self.storage.put_bytes(layout.FAILURE, failure.model_dump_json(indent=2).encode())
         self.phase(TrainerPhase.failed)
+
+
+class QuietReporter(Reporter):
+    """Ranks above 0 of a data-parallel run: the same calls as rank 0, nothing written."""
+
+    def _write_status(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def flush_metrics(self) -> None:
+        self._metrics = []
+
+    def event(self, type_: str, **payload: Any) -> None:
+        pass
+
+    def failure(self, exc: BaseException) -> None:
+        pass

@@ -7,7 +7,14 @@ TRL + bitsandbytes resume path changes the adapter's dtype (DESIGN.md §4; see
 
 Attempt number: `BRIGHTRUN_ATTEMPT` when the orchestrator sets it, else one more than
 the highest attempt an earlier process left in storage (status.json, events, metrics).
-Local scratch space: `BRIGHTRUN_WORK_DIR` (on RunPod, the network volume) else a temp dir.
+Local scratch space: `<BRIGHTRUN_WORK_DIR or the temp dir>/brightrun-<job_id>`, one fixed
+path per job so an attempt that was SIGKILLed leaves nothing the next one does not reuse;
+removed on every exit the process lives to see.
+
+Several GPUs: under torchrun (`python -m torch.distributed.run --standalone
+--nproc-per-node=N -m trainer --spec URI`) every rank trains its share of each step
+(trainer/distributed.py); only rank 0 writes to storage (status, metrics, events,
+checkpoints, adapter, result); every rank reads the checkpoint it resumes from.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from brightrun.errors import BrightrunError
 from brightrun.protocol import MetricRecord, TrainerPhase, TrainerResult
 from brightrun.spec import JobSpec, parse_spec
 from brightrun.storage import Storage, open_storage, split_uri
-from trainer.heartbeat import Reporter, last_reported_step, previous_attempts
+from trainer import distributed
+from trainer.distributed import World
+from trainer.heartbeat import QuietReporter, Reporter, last_reported_step, previous_attempts
 
 log = logging.getLogger("trainer")
 
@@ -41,8 +50,11 @@ log = logging.getLogger("trainer")
 FIRST_CHECKPOINT_ESTIMATE_S = 2.0
 CANCEL_POLL_S = 5.0
 # Dense bf16 tensor-core peak, for MFU (FLOPs per second). Unknown GPUs report no MFU.
+# Matched in order against the CUDA device name: the specific names first.
 PEAK_BF16_FLOPS = {
     "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
@@ -127,13 +139,29 @@ def _setup_attempt(storage: Storage) -> int:
     return previous_attempts(storage) + 1
 
 
-def _setup_workdir(spec: JobSpec) -> Path:
-    base = os.environ.get("BRIGHTRUN_WORK_DIR")
-    if base:
-        work = Path(base) / spec.job_id
-        work.mkdir(parents=True, exist_ok=True)
-        return work
-    return Path(tempfile.mkdtemp(prefix=f"brightrun-{spec.job_id}-"))
+def job_workdir(job_id: str, storage_url: str) -> Path:
+    """The job's scratch directory: the same path for every attempt of the job on this
+    machine (the storage URL in it keeps two stores' same-named jobs apart)."""
+    import hashlib
+
+    base = os.environ.get("BRIGHTRUN_WORK_DIR") or tempfile.gettempdir()
+    where = hashlib.sha256(storage_url.encode()).hexdigest()[:10]
+    return Path(base) / f"brightrun-{job_id}-{where}"
+
+
+def _setup_workdir(spec: JobSpec, storage: Storage, world: World) -> Path:
+    work = job_workdir(spec.job_id, storage.url)
+    if world.distributed:  # ranks on one machine must not download into the same files
+        work = work / f"rank-{world.rank}"
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _remove_workdir(spec: JobSpec, storage: Storage, world: World) -> None:
+    work = job_workdir(spec.job_id, storage.url)
+    shutil.rmtree(work / f"rank-{world.rank}" if world.distributed else work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()  # the last rank out removes the job's directory
 
 
 def _setup_data(storage: Storage, spec: JobSpec, work: Path) -> PreparedData:
@@ -164,12 +192,6 @@ def _setup_data(storage: Storage, spec: JobSpec, work: Path) -> PreparedData:
     )
 
 
-def _device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _setup_tokenizer(spec: JobSpec) -> Any:
     from transformers import AutoTokenizer
 
@@ -195,7 +217,10 @@ def _setup_model(spec: JobSpec, device: Any) -> Any:
 
     q = spec.quantization
     compute_dtype = getattr(torch, q.compute_dtype)
-    kwargs: dict[str, Any] = {"revision": spec.base_model_revision}
+    kwargs: dict[str, Any] = {
+        "revision": spec.base_model_revision,
+        "attn_implementation": attention_implementation(device),
+    }
     if q.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -239,6 +264,18 @@ def _setup_model(spec: JobSpec, device: Any) -> Any:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s loaded on %s: %d trainable parameters", spec.base_model, device, trainable)
     return model
+
+
+def attention_implementation(device: Any) -> str:
+    """The attention kernel, one that respects packed boundaries (position ids restarting at
+    0, no attention mask): flash-attention's varlen kernel where it is installed on a GPU,
+    else PyTorch SDPA with the block-diagonal causal mask transformers builds from the
+    position ids."""
+    import importlib.util
+
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def keep_cpu_weight_layout(model: Any) -> None:
@@ -313,12 +350,20 @@ def _peak_flops() -> float | None:
 class Run:
     """One attempt of one job: resume, train, evaluate, upload."""
 
-    def __init__(self, spec: JobSpec, storage: Storage, reporter: Reporter, signals: Signals) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        storage: Storage,
+        reporter: Reporter,
+        signals: Signals,
+        world: World | None = None,
+    ) -> None:
         self.spec = spec
         self.storage = storage
         self.reporter = reporter
         self.signals = signals
-        self.work = _setup_workdir(spec)
+        self.world = world or World()
+        self.work = _setup_workdir(spec, storage, self.world)
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_seconds: float | None = None
         self.last_checkpoint_time = time.monotonic()
@@ -336,7 +381,7 @@ class Run:
         data = _setup_data(self.storage, spec, self.work)
         log.info("dataset: %d train, %d validation examples", len(data.train), len(data.validation))
         self.reporter.phase(TrainerPhase.loading_model)
-        self.device = _device()
+        self.device = distributed.device(self.world)
         self.tokenizer = _setup_tokenizer(spec)
         self.model = _setup_model(spec, self.device)
         self.optimizer = _setup_optimizer(spec, self.model, self.device)
@@ -360,6 +405,7 @@ class Run:
                 data_epoch=0,
                 data_batch_index=0,
                 sampler_seed=t.seed,
+                world_size=self.world.size,
             )
             self._evaluate_loss(state)  # the baseline the final loss is compared with
         self.state = state
@@ -375,9 +421,13 @@ class Run:
         self.peak_flops = _peak_flops()
         self.model.train()
         while state.step < self.total_steps:
-            if self.signals.term_at is not None:
+            # Every rank takes the same branch: a SIGTERM or a cancel seen by one stops all.
+            stopping, cancelled = distributed.agree(
+                self.world, self.signals.term_at is not None, self.world.is_main and self._cancelled()
+            )
+            if stopping:
                 return self._interrupted(state)
-            if self._cancelled():
+            if cancelled:
                 self.reporter.event("cancelled", step=state.step)
                 self.reporter.flush_metrics()
                 self.reporter.phase(TrainerPhase.interrupted)
@@ -386,16 +436,19 @@ class Run:
             checkpoints.test_pacing("step")
             checkpoints.fault("kill_after_step", state.step)
             checkpoints.fault("sigterm_at_step", state.step)
-            if self.signals.term_at is None and self._checkpoint_due(state):
+            (due,) = distributed.agree(self.world, self.world.is_main and self._checkpoint_due(state))
+            if self.signals.term_at is None and due:
                 self._checkpoint(state)
             every = spec.evaluation.every_steps
             if every and state.step % every == 0 and state.step < self.total_steps:
                 self._evaluate_loss(state)
-        if self.signals.term_at is not None:
+        (stopping,) = distributed.agree(self.world, self.signals.term_at is not None)
+        if stopping:
             return self._interrupted(state)
         if self.last_checkpoint_step != state.step:
             self._checkpoint(state)  # a crash in evaluation or upload then costs no training
-        self._finish(state)
+        if self.world.is_main:  # the others' work ends with the last step
+            self._finish(state)
         return True
 
     # resume --------------------------------------------------------------------------------
@@ -404,7 +457,10 @@ class Run:
 
         from trainer import checkpoints
 
+        if not self.world.is_main:
+            return self._resume_follower()
         restorable = checkpoints.fetch_latest_valid(self.storage, self.work / "restore")
+        distributed.broadcast(self.world, restorable.step if restorable else None)
         if restorable is None:
             gone = checkpoints.discard_after(self.storage, -1)
             if gone:
@@ -424,6 +480,7 @@ class Run:
             self.scheduler,
             getattr(torch, self.spec.quantization.adapter_dtype),
         )
+        self._check_world_size(state)
         checkpoints.discard_after(self.storage, restorable.step)
         if checkpoints.read_latest(self.storage) != restorable.step:
             self.storage.put_bytes(layout.LATEST, f"{restorable.step}\n".encode())  # fell back
@@ -441,6 +498,43 @@ class Run:
         shutil.rmtree(restorable.directory, ignore_errors=True)
         return state
 
+    def _resume_follower(self) -> Any:
+        """Ranks above 0: load the checkpoint rank 0 chose (a step below 0: none verified)."""
+        import torch
+
+        from trainer import checkpoints
+
+        step = distributed.broadcast(self.world, None)
+        if step is None or step < 0:
+            return None
+        directory = checkpoints.download_verified(self.storage, step, self.work / "restore" / f"{step:08d}")
+        state = checkpoints.load_local(
+            directory,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            getattr(torch, self.spec.quantization.adapter_dtype),
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        self.last_checkpoint_step = state.step
+        return state
+
+    def _check_world_size(self, state: Any) -> None:
+        """A checkpoint from another world size resumes (the global batch, data order and
+        dropout masks do not depend on it; only the order of float sums does): recorded."""
+        if state.world_size != self.world.size:
+            log.warning(
+                "checkpoint %d was written by %d process(es); resuming with %d: same global batch and "
+                "data order, sums added in another order (differences at float rounding)",
+                state.step,
+                state.world_size,
+                self.world.size,
+            )
+            self.reporter.event(
+                "world_size_changed", step=state.step, previous=state.world_size, current=self.world.size
+            )
+            state.world_size = self.world.size
+
     # one optimizer step -----------------------------------------------------------------
     def _train_step(self, state: Any) -> None:
         import torch
@@ -453,25 +547,31 @@ class Run:
         started = time.perf_counter()
         first = state.micro_batches_done
         last = min(first + t.gradient_accumulation_steps, self.total_micro)
-        batches = [
-            make_batch(self.stream.micro_batch(m), self.pad_id, packing=t.packing) for m in range(first, last)
-        ]
-        trained = sum(b.trained_tokens for b in batches)
-        step_loss = 0.0
-        for batch in batches:
+        # Every rank builds the whole step's batches (cheap lists) to know its trained tokens;
+        # it runs forward and backward on its own share only.
+        batches = {
+            m: make_batch(self.stream.micro_batch(m), self.pad_id, packing=t.packing)
+            for m in range(first, last)
+        }
+        trained = sum(b.trained_tokens for b in batches.values())
+        grads, losses = [], []
+        for m in self.world.micro_batches(first, last):
+            distributed.seed_micro_batch(t.seed, m)
             # Normalised by the whole step's trained tokens: every token weighs the same,
-            # whatever micro-batch it falls in.
-            loss = summed_loss(self.model, to_tensors(batch, self.device)) / max(trained, 1)
+            # whatever micro-batch (or rank) it falls in.
+            loss = summed_loss(self.model, to_tensors(batches[m], self.device)) / max(trained, 1)
             if checkpoints.fault_requested("nan_loss_at_step", state.step + 1):
                 loss = loss * float("nan")
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss is {value} at step {state.step + 1}; "
-                    "lower training.learning_rate or check the data"
-                )
             loss.backward()
-            step_loss += value
+            losses.append(float(loss.detach()))
+            if self.world.distributed:
+                grads.append(distributed.take_gradients(self.params))
+        step_loss = distributed.sum_in_order(self.world, self.params, grads, losses, last - first)
+        if not math.isfinite(step_loss):  # after the sum, so every rank raises together
+            raise TrainingDiverged(
+                f"loss is {step_loss} at step {state.step + 1}; "
+                "lower training.learning_rate or check the data"
+            )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"gradient norm is {grad_norm} at step {state.step + 1}")
@@ -483,7 +583,7 @@ class Run:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
 
-        tokens = sum(b.tokens for b in batches)
+        tokens = sum(b.tokens for b in batches.values())
         state.step += 1
         state.micro_batches_done = last
         pos = self.stream.position(last)
@@ -491,7 +591,7 @@ class Run:
         state.epoch = last / self.stream.batches_per_epoch
         state.tokens_processed += tokens
         state.trained_tokens += trained
-        state.padding_tokens += sum(b.padding_tokens for b in batches)
+        state.padding_tokens += sum(b.padding_tokens for b in batches.values())
         state.last_loss = step_loss
         state.train_seconds += seconds
         tokens_per_s = tokens / seconds if seconds > 0 else None
@@ -499,7 +599,8 @@ class Run:
         if self.device.type == "cuda":
             peak_mb = torch.cuda.max_memory_allocated() / 2**20
             if self.peak_flops and self.flops_per_token and tokens_per_s:
-                mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+                # tokens_per_s counts every rank's tokens: the peak is every GPU's.
+                mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.world.size)
         self.reporter.metric(
             MetricRecord(
                 step=state.step,
@@ -545,6 +646,9 @@ class Run:
     def _checkpoint(self, state: Any) -> None:
         from trainer import checkpoints
 
+        if not self.world.is_main:  # rank 0's weights are every rank's: it alone writes
+            self.last_checkpoint_step = state.step
+            return
         started = time.perf_counter()
         self.reporter.phase(TrainerPhase.checkpointing)
         local = self.work / "checkpoints" / f"{state.step:08d}"
@@ -563,9 +667,10 @@ class Run:
         self.reporter.phase(TrainerPhase.training, last_checkpoint_step=state.step)
 
     def _interrupted(self, state: Any) -> bool:
-        assert self.signals.term_at is not None
+        # Another rank may have seen the SIGTERM first: then this one's clock starts now.
+        term_at = self.signals.term_at if self.signals.term_at is not None else time.monotonic()
         grace = self.spec.checkpoint.sigterm_grace_seconds
-        elapsed = time.monotonic() - self.signals.term_at
+        elapsed = time.monotonic() - term_at
         estimate = self.last_checkpoint_seconds or FIRST_CHECKPOINT_ESTIMATE_S
         if self.last_checkpoint_step != state.step and elapsed + estimate <= grace:
             self._checkpoint(state)
@@ -592,7 +697,7 @@ class Run:
     def _evaluate_loss(self, state: Any) -> float:
         from trainer.evaluate import validation_loss
 
-        if not self.data.validation:
+        if not self.data.validation or not self.world.is_main:
             return float("nan")
         loss, _ = validation_loss(self.model, self.data.validation, self.eval_batch, self.pad_id, self.device)
         self.reporter.metric(
@@ -722,33 +827,41 @@ def main(argv: list[str] | None = None) -> int:
     signals = Signals()
     signals.install()  # first: a SIGTERM during start-up is honoured too
     _setup_logging()
+    world = distributed.world_from_env()
     storage, spec_name = _setup_storage(args.spec)
     try:
         spec = parse_spec(storage.get_bytes(spec_name))
     except Exception as exc:
-        return _spec_failure(storage, exc)
+        return _spec_failure(storage, exc) if world.is_main else 2
     if storage.exists(layout.RESULT):
         result = TrainerResult.model_validate_json(storage.get_bytes(layout.RESULT))
         message = (
             f"job {spec.job_id} is already finished ({result.steps} steps, adapter at {layout.ADAPTER_DIR}/)"
         )
         log.info(message)
-        print(message)
+        if world.is_main:
+            print(message)
         return 0
     attempt = _setup_attempt(storage)
+    from brightrun.trainer_logs import ship_logs
+
+    # Log lines reach the flow run's logs through storage (rank 0's; the pod log has them all).
+    shipped_log = ship_logs(storage, attempt) if world.is_main else None
     previous_step = last_reported_step(storage)
-    reporter = Reporter(storage, spec.job_id, attempt, spec.heartbeat_seconds)
-    if storage.exists(layout.FAILURE):
+    # Rank 0 speaks for all ranks; the others make the same calls and write nothing.
+    reporter_class = Reporter if world.is_main else QuietReporter
+    reporter = reporter_class(storage, spec.job_id, attempt, spec.heartbeat_seconds)
+    if world.is_main and storage.exists(layout.FAILURE):
         log.warning("a failure marker of an earlier attempt exists; this attempt replaces it")
         storage.delete(layout.FAILURE)
     reporter.phase(TrainerPhase.starting)
     reporter.start()
-    run: Run | None = None
     try:
-        run = Run(spec, storage, reporter, signals)
+        distributed.start(world)
+        run = Run(spec, storage, reporter, signals, world)
         run.execute(previous_step)
     except Exception as exc:
-        log.exception("job %s failed", spec.job_id)
+        log.exception("job %s failed (rank %d of %d)", spec.job_id, world.rank, world.size)
         reporter.stop()
         try:
             reporter.flush_metrics()
@@ -757,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         reporter.stop()
-        if run is not None and not os.environ.get("BRIGHTRUN_WORK_DIR"):
-            shutil.rmtree(run.work, ignore_errors=True)
+        if shipped_log is not None:
+            shipped_log.close()
+        _remove_workdir(spec, storage, world)
+        distributed.stop(world)
     return 0

@@ -214,6 +214,7 @@ class LocalCompute(Compute):
             gpu_type="local",
             spot=False,
             exit_code=None if running else self._exit_code(state),
+            state_since=float(state["started_at"]) if running else ended,
         )
 
 

@@ -1,19 +1,36 @@
 """The RunPod compute backend: one pod per trainer attempt (DESIGN.md §3, §8).
 
-Pods are named `brightrun-<job_id>-a<attempt>` so the reaper can find every pod of a
-job from the provider's side alone. Each pod gets a self-destruct at creation: its
-start command runs the trainer under `timeout <max duration>` and then removes its own
-pod (RunPod restarts a container that exits, so a pod whose orchestrator died would
-otherwise bill forever).
+Pods are named `brightrun-<job_id>-a<attempt>` (one name per job attempt) so the reaper
+can find every pod of a job from the provider's side alone, and a create that timed out
+can be looked up before it is retried. Each pod gets a self-destruct at creation: the
+image's ENTRYPOINT (brightrun.compute.pod_supervisor) runs the trainer under the pod's
+deadline and then removes its own pod through the API (RunPod restarts a container that
+exits, so a pod whose orchestrator died would otherwise bill forever).
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
+from dataclasses import replace
 
-from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest, PodState
-from brightrun.compute.runpod_client import PodCreate, RemotePod, RunPodApi, client_from_env
+from brightrun.compute import (
+    CapacityError,
+    Compute,
+    PodInfo,
+    PodRequest,
+    PodState,
+    PodTerminationError,
+)
+from brightrun.compute.runpod_client import (
+    PodCreate,
+    RemotePod,
+    RunPodApi,
+    RunPodCreateUncertain,
+    RunPodError,
+    RunPodUnavailableError,
+    client_from_env,
+)
 from brightrun.spec import ProvisioningPolicy
 
 log = logging.getLogger(__name__)
@@ -36,21 +53,29 @@ def job_id_of(name: str) -> str | None:
     return job
 
 
-def start_command(trainer: str, spec_uri: str, max_seconds: int) -> str:
-    """The pod's dockerArgs: the trainer under a deadline, then the pod removes itself."""
-    run = f"timeout --signal=TERM --kill-after=30 {max_seconds} {trainer} --spec {shlex.quote(spec_uri)}"
-    # RUNPOD_POD_ID and a pod-scoped key are set by RunPod inside every pod.
-    remove = 'command -v runpodctl >/dev/null && runpodctl remove pod "$RUNPOD_POD_ID"'
-    script = (
-        f"{run} & child=$!; "
-        # A stopped container gets SIGTERM on PID 1 (this shell) alone: pass the spot warning on
-        # to `timeout`, which hands it to the trainer so it can commit a checkpoint.
-        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT; "
-        'wait "$child"; code=$?; '
-        'while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done; '
-        f"{remove}; exit $code"
+def start_command(trainer: str, spec_uri: str, max_seconds: int, grace_seconds: int = 30) -> str:
+    """The pod's start command (`dockerArgs`). RunPod runs the image's ENTRYPOINT with it in
+    place of CMD, and the trainer image's ENTRYPOINT is `python -m brightrun.compute.pod_supervisor`
+    (infra/Dockerfile.trainer): these are that program's arguments. It runs the trainer under the
+    deadline, passes a stop signal on, and then removes its own pod through the API."""
+    return (
+        f"--deadline-seconds {int(max_seconds)} --grace-seconds {int(grace_seconds)} "
+        f"-- {trainer} --spec {shlex.quote(spec_uri)}"
     )
-    return f"bash -c {shlex.quote(script)}"
+
+
+class RunPodTerminationUnavailable(PodTerminationError, RunPodUnavailableError):
+    """A termination not confirmed because RunPod's API is down (timeouts, 5xx, 429): both a
+    `PodTerminationError` and a `RunPodUnavailableError`, so a caller can wait the outage out."""
+
+
+def trainer_command_for(trainer: str, gpu_count: int) -> str:
+    """One trainer process per GPU under torchrun when the pod has several (data parallel,
+    trainer/distributed.py); `python -m torch.distributed.run` is torchrun, same interpreter."""
+    if gpu_count <= 1 or not trainer.endswith("-m trainer"):
+        return trainer
+    python = trainer[: -len("-m trainer")].strip()
+    return f"{python} -m torch.distributed.run --standalone --nproc-per-node={gpu_count} -m trainer"
 
 
 def pod_state(pod: RemotePod | None) -> PodState:
@@ -72,10 +97,12 @@ class RunPodCompute(Compute):
         policy: ProvisioningPolicy | None = None,
         *,
         trainer_command: str = "python -m trainer",
+        create_attempts: int = 3,
     ) -> None:
         self.api = api
         self.policy = policy or ProvisioningPolicy()
         self.trainer_command = trainer_command
+        self.create_attempts = create_attempts
         self._spot: dict[str, bool] = {}
 
     @classmethod
@@ -95,6 +122,7 @@ class RunPodCompute(Compute):
             uptime_seconds=pod.uptime_seconds or 0.0,
             gpu_type=pod.gpu_display_name,
             spot=self._spot.get(pod.id, False),
+            state_since=pod.status_since,
         )
 
     def _bid(self, gpu_type: str, requested: float | None) -> float:
@@ -130,7 +158,9 @@ class RunPodCompute(Compute):
             name=pod_name(request.job_id, request.attempt),
             image=policy.image,
             docker_args=start_command(
-                self.trainer_command, request.spec_uri, int(policy.max_duration_hours * 3600)
+                trainer_command_for(self.trainer_command, policy.gpu_count),
+                request.spec_uri,
+                int(policy.max_duration_hours * 3600),
             ),
             gpu_type=gpu,
             gpu_count=policy.gpu_count,
@@ -142,16 +172,75 @@ class RunPodCompute(Compute):
             spot=request.spot,
             bid_per_gpu=self._bid(gpu, request.bid_per_gpu) if request.spot else None,
         )
-        pod = self.api.create_pod(create)
+        pod, duplicates = self._create_once(create)
         self._spot[pod.id] = request.spot
         log.info("RunPod pod %s (%s) created: %s %s", pod.id, create.name, gpu, env[SPOT_ENV])
-        return self._info(pod, pod.id)
+        info = self._info(pod, pod.id)
+        return replace(info, duplicates_terminated=tuple(duplicates)) if duplicates else info
+
+    def _create_once(self, create: PodCreate) -> tuple[RemotePod, list[str]]:
+        """Create the attempt's pod, never two: a create whose answer was lost (a timeout, a 5xx)
+        is followed by a lookup by the pod's unique name before any retry. Returns the pod and
+        the ids of other pods of that name it found and terminated (the caller records them)."""
+        uncertain: RunPodCreateUncertain | None = None
+        for _ in range(self.create_attempts):
+            try:
+                pod = self.api.create_pod(create)
+            except RunPodCreateUncertain as exc:
+                uncertain = exc
+                found = self.find_by_name(create.name)  # raises if RunPod cannot say: no retry
+                if found:
+                    log.warning("creating %s answered late (%s): found %s", create.name, exc, found[0].id)
+                    return found[0], self._terminate_duplicates(create.name, found[0].id, found[1:])
+                log.warning("creating %s failed (%s) and made no pod; trying again", create.name, exc)
+                continue
+            if uncertain is None:
+                return pod, []
+            # An earlier create's pod may have appeared since the lookup: keep the one we know.
+            others = [p for p in self.find_by_name(create.name) if p.id != pod.id]
+            return pod, self._terminate_duplicates(create.name, pod.id, others)
+        raise RunPodUnavailableError(
+            f"RunPod pod creation of {create.name}: no answer after {self.create_attempts} attempts "
+            f"({uncertain}); RunPod may be down, try again later"
+        )
+
+    def find_by_name(self, name: str) -> list[RemotePod]:
+        """Live pods of that exact name, oldest id first (RunPod does not enforce unique names)."""
+        pods = [p for p in self.api.list_pods() if p.name == name and p.desired_status != "TERMINATED"]
+        return sorted(pods, key=lambda p: p.id)
+
+    def _terminate_duplicates(self, name: str, kept: str, others: list[RemotePod]) -> list[str]:
+        done = []
+        for other in others:
+            log.error("a second pod %s for %s (kept %s): terminating it", other.id, name, kept)
+            try:
+                self.terminate(other.id)
+            except PodTerminationError as exc:  # reported all the same; the monitor's cleanup
+                log.error("%s", exc)  # lists the job's pods by name and the reaper finds it too
+            done.append(other.id)
+        return done
 
     def get(self, pod_id: str) -> PodInfo:
         return self._info(self.api.get_pod(pod_id), pod_id)
 
     def terminate(self, pod_id: str) -> None:
-        self.api.terminate_pod(pod_id)
+        """Terminate, then read the pod back: only a pod RunPod reports gone (absent or
+        TERMINATED) counts as terminated; anything else raises `PodTerminationError`."""
+        try:
+            self.api.terminate_pod(pod_id)
+            pod = self.api.get_pod(pod_id)
+        except RunPodUnavailableError as exc:  # an outage: waiting may fix it
+            raise RunPodTerminationUnavailable(
+                pod_id, f"RunPod pod {pod_id}: termination not confirmed: {exc}"
+            ) from exc
+        except RunPodError as exc:
+            raise PodTerminationError(
+                pod_id, f"RunPod pod {pod_id}: termination not confirmed: {exc}"
+            ) from exc
+        if pod is not None and pod.desired_status != "TERMINATED":
+            raise PodTerminationError(
+                pod_id, f"RunPod pod {pod_id}: still {pod.desired_status} after podTerminate"
+            )
 
     def list_pods(self, job_id: str | None = None) -> list[PodInfo]:
         pods = []

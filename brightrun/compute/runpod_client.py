@@ -7,17 +7,22 @@ backslashes or newlines arrives intact (the SDK's `create_pod` breaks on a quote
 
 Error policy: no capacity -> `RunPodCapacityError` (the caller moves on); a bad key ->
 `RunPodAuthError` at once, never retried; other GraphQL errors (validation) fail at
-once; timeouts, connection errors, 429 and 5xx are retried with backoff.
+once; timeouts, connection errors, 429 and 5xx are retried with backoff. Pod creation is
+not idempotent: a create that may have reached RunPod (a read timeout, a 5xx) is never
+retried here but raises `RunPodCreateUncertain`, and the backend looks the pod up by its
+unique name before it tries again (brightrun.compute.runpod).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -49,6 +54,11 @@ class RunPodUnavailableError(RunPodError):
 
 class RunPodNotFound(RunPodError):
     pass
+
+
+class RunPodCreateUncertain(RunPodUnavailableError):
+    """A pod creation failed in a way that does not say whether RunPod made the pod (a timeout
+    after the request was sent, a 5xx): look it up by name before creating it again."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,9 @@ class RemotePod:
     image: str | None
     docker_args: str | None
     env_keys: tuple[str, ...]  # names only: values may be secrets
+    # When the pod entered its current status (RunPod's `lastStatusChange`; for a pod that
+    # never ran, its creation), epoch seconds; None if RunPod did not say.
+    status_since: float | None = None
 
     @property
     def has_runtime(self) -> bool:
@@ -112,7 +125,7 @@ class RunPodApi(Protocol):
 
 _POD_FIELDS = """
 fragment PodFields on Pod {
-  id name desiredStatus costPerHr imageName dockerArgs env
+  id name desiredStatus costPerHr imageName dockerArgs env lastStatusChange
   machine { gpuDisplayName }
   runtime { uptimeInSeconds }
 }
@@ -143,6 +156,21 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+_STATUS_CHANGE = re.compile(r"(\w{3} \w{3} \d{1,2} \d{4} \d{2}:\d{2}:\d{2}) GMT([+-]\d{4})")
+
+
+def parse_status_change(text: str | None) -> float | None:
+    """RunPod's `lastStatusChange` ('Rented by User: Sun Nov 29 2026 20:22:56 GMT+0000 (...)')
+    as epoch seconds; None when absent or in a shape we do not know."""
+    match = _STATUS_CHANGE.search(text or "")
+    if not match:
+        return None
+    try:
+        return datetime.strptime(f"{match.group(1)} {match.group(2)}", "%a %b %d %Y %H:%M:%S %z").timestamp()
+    except ValueError:
+        return None
+
+
 def _pod(data: dict[str, Any]) -> RemotePod:
     runtime = data.get("runtime")
     machine = data.get("machine") or {}
@@ -158,6 +186,7 @@ def _pod(data: dict[str, Any]) -> RemotePod:
         image=data.get("imageName"),
         docker_args=data.get("dockerArgs"),
         env_keys=tuple(str(item).partition("=")[0] for item in env),
+        status_since=parse_status_change(data.get("lastStatusChange")),
     )
 
 
@@ -219,8 +248,16 @@ class GraphQLRunPodClient:
     # -- transport ---------------------------------------------------------------------------------
 
     def _call(
-        self, operation: str, query: str, variables: dict[str, Any], *, secrets: Iterable[str] = ()
+        self,
+        operation: str,
+        query: str,
+        variables: dict[str, Any],
+        *,
+        secrets: Iterable[str] = (),
+        idempotent: bool = True,
     ) -> dict[str, Any]:
+        """One operation, retried with backoff where that is safe. With `idempotent=False` a
+        failure after the request may have reached RunPod raises `RunPodCreateUncertain`."""
         hide = [self._api_key, *secrets]
         last: str = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -229,9 +266,18 @@ class GraphQLRunPodClient:
                 response = self._http.post(self.url, json={"query": query, "variables": variables})
             except httpx.TransportError as exc:  # timeouts, refused connections, resets
                 last = f"{type(exc).__name__}: {exc}"
+                # Not connected: RunPod never saw it. Anything later may have made the pod.
+                if not idempotent and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    raise RunPodCreateUncertain(
+                        f"RunPod {operation}: {redact(last, hide)}; the pod may exist ({self.url})"
+                    ) from None
             else:
                 if response.status_code in (401, 403):
                     raise _auth_error(operation)
+                if not idempotent and response.status_code >= 500:
+                    raise RunPodCreateUncertain(
+                        f"RunPod {operation}: HTTP {response.status_code}; the pod may exist ({self.url})"
+                    )
                 if response.status_code == 429 or response.status_code >= 500:
                     last = f"HTTP {response.status_code}"
                 elif response.status_code >= 400:
@@ -288,6 +334,7 @@ class GraphQLRunPodClient:
             query,
             {"input": payload},
             secrets=request.env.values(),
+            idempotent=False,
         )
         pod = data.get(key)
         if not pod:

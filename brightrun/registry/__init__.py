@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatabaseError",
     "DatabaseUnavailable",
+    "is_sqlite",
     "SchemaOutOfDate",
     "current_revision",
     "ensure_schema_current",
@@ -42,9 +43,14 @@ __all__ = [
 ]
 
 
-def open_registry_url(url: str, *, auto_upgrade: bool | None = None) -> Engine:
-    """An engine on `url` whose schema is current. `auto_upgrade` defaults to True for SQLite."""
-    engine = make_engine(url)
+def open_registry_url(
+    url: str, *, auto_upgrade: bool | None = None, retry_seconds: float | None = None
+) -> Engine:
+    """An engine on `url` whose schema is current. `auto_upgrade` defaults to True for SQLite.
+
+    `retry_seconds`: how long its calls keep retrying while the database is unreachable.
+    """
+    engine = make_engine(url, retry_seconds=retry_seconds)
     if auto_upgrade is None:
         auto_upgrade = is_sqlite(engine)
     try:
@@ -58,9 +64,10 @@ def open_registry_url(url: str, *, auto_upgrade: bool | None = None) -> Engine:
 
 
 def _auto_upgrade(engine: Engine) -> None:
-    """Bring an embedded SQLite registry to the latest schema, once: two processes opening a
-    fresh file at the same moment (the flow and its trainer's reaper, two CLI calls) take a
-    file lock so the second finds the schema made instead of racing to create it."""
+    """Bring a registry to the latest schema, once: two processes opening a fresh SQLite file
+    at the same moment (the flow and its trainer's reaper, two CLI calls) take a file lock
+    next to the database file, so the second finds the schema made instead of racing to
+    create it. Postgres needs no file: the migrations take an advisory lock (env.py)."""
     import fcntl
     from pathlib import Path
 
@@ -69,10 +76,11 @@ def _auto_upgrade(engine: Engine) -> None:
     if current_revision(engine) == head_revision():
         return
     database = engine.url.database
-    if not database or database == ":memory:":
+    if not is_sqlite(engine) or not database or database == ":memory:":
         upgrade(engine)
         return
-    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    database_path = Path(database).expanduser().resolve()
+    lock_path = database_path.with_name(database_path.name + ".migrate.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -81,5 +89,10 @@ def _auto_upgrade(engine: Engine) -> None:
 
 
 def open_registry(settings: Settings, *, auto_upgrade: bool | None = None) -> Engine:
-    """The registry engine for these settings (see the module docstring)."""
-    return open_registry_url(settings.resolved_database_url, auto_upgrade=auto_upgrade)
+    """The registry engine for these settings (see the module docstring), with the
+    `database_retry_seconds` patience for outages."""
+    return open_registry_url(
+        settings.resolved_database_url,
+        auto_upgrade=auto_upgrade,
+        retry_seconds=settings.database_retry_seconds,
+    )

@@ -13,11 +13,13 @@ raise through `database_error`.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import random
 import re
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,8 +34,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
-# About 8 s of backoff in all: enough for a Postgres restart or a pooler failover.
+# The first waits after a lost connection (a restart or a pooler failover heals in these
+# ~8 s). An engine opened with a patience (`retry_seconds`, the `database_retry_seconds`
+# setting) keeps going after them, doubling up to MAX_RETRY_DELAY, until the patience is spent.
 RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
+MAX_RETRY_DELAY = 15.0
+# Patience per engine (an Engine takes no attributes of ours; weak so engines still go away).
+_patience: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 _SECRET_QUERY_KEYS = re.compile(r"(?i)((?:password|passwd|pwd|sslpassword|secret|token|key)=)[^&\s'\"]+")
 
 
@@ -101,8 +108,13 @@ def make_engine(
     statement_timeout_ms: int | None = DEFAULT_STATEMENT_TIMEOUT_MS,
     pool_size: int = 5,
     echo: bool = False,
+    retry_seconds: float | None = None,
 ) -> Engine:
-    """An engine configured for the registry (see module docstring). `url` may hold secrets."""
+    """An engine configured for the registry (see module docstring). `url` may hold secrets.
+
+    `retry_seconds`: how long a repository call on this engine keeps retrying while the
+    database is unreachable (None: only the RETRY_DELAYS, about 8 s).
+    """
     parsed = make_url(url) if isinstance(url, str) else url
     _scrub_filter.secrets.update(_secrets_of(parsed))
     backend = parsed.get_backend_name()
@@ -122,6 +134,7 @@ def make_engine(
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
 
+        _set_patience(engine, retry_seconds)
         return engine
 
     if backend == "postgresql" and parsed.get_driver_name() in ("psycopg2", "default"):
@@ -154,7 +167,39 @@ def make_engine(
             dbapi_conn.autocommit = autocommit
 
     log.debug("registry engine for %s", mask_url(parsed))
+    _set_patience(engine, retry_seconds)
     return engine
+
+
+def _set_patience(engine: Engine, retry_seconds: float | None) -> None:
+    if retry_seconds is not None:
+        _patience[engine] = float(retry_seconds)
+
+
+def retry_delays(patience: float | None) -> Iterator[float]:
+    """The waits between tries: RETRY_DELAYS, then (with a patience) doubling up to
+    MAX_RETRY_DELAY until the waits add up to `patience` seconds."""
+    if patience is None:
+        yield from RETRY_DELAYS
+        return
+    spent = 0.0
+    delay = RETRY_DELAYS[0] if RETRY_DELAYS else 1.0
+    for i in itertools.count():
+        delay = RETRY_DELAYS[i] if i < len(RETRY_DELAYS) else min(delay * 2, MAX_RETRY_DELAY)
+        if spent >= patience:
+            return
+        delay = min(delay, patience - spent)
+        spent += delay
+        yield delay
+
+
+# Refusals that say the URL or credentials are wrong, not that the server is away.
+_PERMANENT = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "unable to open database file",
+)
 
 
 def is_disconnect(error: BaseException) -> bool:
@@ -164,6 +209,8 @@ def is_disconnect(error: BaseException) -> bool:
             return True
         if isinstance(error, (exc.OperationalError, exc.InterfaceError)):
             text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+            if any(marker in text for marker in _PERMANENT):
+                return False  # a wrong URL or password: waiting will not cure it
             return any(
                 marker in text
                 for marker in (
@@ -214,22 +261,33 @@ def retry_on_disconnect(fn: Callable[P, T]) -> Callable[P, T]:
         if not isinstance(bind, Engine):
             return fn(*args, **kwargs)
         # Read at call time so tests (and impatient scripts) can shorten the backoff.
-        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+        patience = _patience.get(bind)
+        delays = retry_delays(patience)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn(*args, **kwargs)
             except exc.DBAPIError as error:
                 if not is_disconnect(error):
                     raise database_error(bind, error, f"{fn.__name__} failed") from None
+                delay = next(delays, None)
+                waited = time.monotonic() - started
                 if delay is None:
-                    raise database_error(bind, error, f"{fn.__name__}: database unreachable") from None
+                    raise database_error(
+                        bind, error, f"{fn.__name__}: database unreachable for {waited:.0f}s"
+                    ) from None
                 log.warning(
-                    "registry connection lost (%s, attempt %d); retrying in %.1fs",
+                    "registry %s unreachable (%s: attempt %d, %.0fs so far%s); retrying in %.1fs",
                     mask_url(bind.url),
-                    attempt + 1,
+                    fn.__name__,
+                    attempt,
+                    waited,
+                    f", patience {patience:.0f}s" if patience is not None else "",
                     delay,
                 )
                 bind.dispose()  # drop every pooled connection: they are all dead after a restart
                 time.sleep(delay * (0.75 + random.random() / 2))
-        raise AssertionError("unreachable")
 
     return wrapper

@@ -84,10 +84,11 @@ class ArtifactType(StrEnum):
 
 
 class DeploymentStatus(StrEnum):
+    """The seed's lifecycle of an adapter: stored → testing → production → archived."""
+
     stored = "stored"
-    deploying = "deploying"
-    deployed = "deployed"
-    failed = "failed"
+    testing = "testing"
+    production = "production"
     archived = "archived"
 
 
@@ -139,6 +140,14 @@ def _updated() -> Mapped[datetime]:
 
 
 class TrainingFile(Base):
+    """The app's `training_files` (the seed's names: `json_file_path`, `total_training_pairs`).
+
+    On the customer's Supabase database the app owns this table and its rows; the migrations
+    only add the pipeline's columns below where they are missing, as nullable columns, so an
+    app row reads here with them None. `json_file_path` is relative to the app's
+    `training-files` bucket for the app's rows, a full URI or path for the pipeline's.
+    """
+
     __tablename__ = "training_files"
     __table_args__ = (
         CheckConstraint(_in("source", TrainingFileSource), name="source"),
@@ -148,20 +157,25 @@ class TrainingFile(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(255))
-    source: Mapped[str] = mapped_column(String(32), default=TrainingFileSource.upload.value)
-    storage_path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    format: Mapped[str] = mapped_column(String(64), default="brightrun-lora-v4")
+    name: Mapped[str | None] = mapped_column(String(255))
+    json_file_path: Mapped[str | None] = mapped_column(Text)
+    total_training_pairs: Mapped[int | None] = mapped_column(Integer)
+    # The pipeline's own columns (nullable on the app's table: its rows have none of them).
+    source: Mapped[str | None] = mapped_column(String(32), default=TrainingFileSource.upload.value)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    format: Mapped[str | None] = mapped_column(String(64), default="brightrun-lora-v4")
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     conversations: Mapped[int | None] = mapped_column(Integer)
-    training_pairs: Mapped[int | None] = mapped_column(Integer)
     examples: Mapped[int | None] = mapped_column(Integer)
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
-    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
-    created_at: Mapped[datetime] = _created()
-    updated_at: Mapped[datetime] = _updated()
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonType, default=dict)
+    created_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), default=utcnow, server_default=func.now()
+    )
+    updated_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
 
 
 class TrainingFileConversation(Base):
@@ -194,6 +208,7 @@ class TrainingJob(Base):
         Index(None, "status"),
         Index(None, "created_at"),
         Index(None, "training_file_id"),
+        Index(None, "created_by"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -218,9 +233,16 @@ class TrainingJob(Base):
     estimated_cost_usd: Mapped[float | None] = mapped_column(Float)
     gpu_hours: Mapped[float | None] = mapped_column(Float)
     gpu_type: Mapped[str | None] = mapped_column(String(128))
-    pod_id: Mapped[str | None] = mapped_column(String(128))
+    runpod_pod_id: Mapped[str | None] = mapped_column(String(128))
+    runpod_endpoint_url: Mapped[str | None] = mapped_column(Text)
+    # The latest metrics (loss, learning_rate, grad_norm, epoch...), rewritten as the run goes.
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=dict)
+    estimated_completion_at: Mapped[datetime | None]
     lora_artifact_path: Mapped[str | None] = mapped_column(Text)
+    training_log_path: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # auth.users(id) on Supabase (a foreign key there), a plain UUID elsewhere.
+    created_by: Mapped[uuid.UUID | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -233,35 +255,45 @@ class ModelArtifact(Base):
     __table_args__ = (
         CheckConstraint(_in("artifact_type", ArtifactType), name="artifact_type"),
         CheckConstraint(_in("deployment_status", DeploymentStatus), name="deployment_status"),
-        UniqueConstraint("job_id", "artifact_type"),
+        UniqueConstraint("training_job_id", "artifact_type"),
         Index(None, "created_at"),
         Index(None, "base_model"),
+        Index(None, "deployment_status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    training_job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
     artifact_type: Mapped[str] = mapped_column(String(32), default=ArtifactType.lora_adapter.value)
     storage_path: Mapped[str] = mapped_column(Text)
-    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    file_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
     base_model: Mapped[str | None] = mapped_column(String(255))
     lora_config: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     validation_loss: Mapped[float | None] = mapped_column(Float)
-    perplexity: Mapped[float | None] = mapped_column(Float)
+    validation_perplexity: Mapped[float | None] = mapped_column(Float)
+    human_eval_score: Mapped[float | None] = mapped_column(Float)
     deployment_status: Mapped[str] = mapped_column(String(32), default=DeploymentStatus.stored.value)
+    deployed_at: Mapped[datetime | None]
+    created_by: Mapped[uuid.UUID | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
 
 class TrainingMetric(Base):
-    """One row per (job, attempt, step): train and eval records of one step merge into it."""
+    """One row per (job, attempt, step): train and eval records of one step merge into it.
+
+    (training_job_id, attempt, step) is the idempotency key: re-ingesting a record is a no-op.
+    """
 
     __tablename__ = "training_metrics_history"
-    __table_args__ = (UniqueConstraint("job_id", "attempt", "step"), Index(None, "job_id", "recorded_at"))
+    __table_args__ = (
+        UniqueConstraint("training_job_id", "attempt", "step"),
+        Index(None, "training_job_id", "recorded_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    training_job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[float | None] = mapped_column(Float)

@@ -95,11 +95,16 @@ def is_allowed_transition(current: str, new: str) -> bool:
 # ---------------------------------------------------------------- views
 
 
+_JSON_FIELDS = frozenset({"metadata", "metrics", "hyperparameters", "lora_config", "payload"})
+
+
 def _view(cls: type[V], row: Any) -> V:
     data = row._mapping
     values = {}
     for f in fields(cls):  # type: ignore[arg-type]
         value = data[f.name]
+        if value is None and f.name in _JSON_FIELDS:
+            value = {}  # a row written by the app's own SQL may leave a JSON column NULL
         values[f.name] = str(value) if isinstance(value, uuid.UUID) else value
     return cls(**values)
 
@@ -126,9 +131,14 @@ class Job:
     estimated_cost_usd: float | None
     gpu_hours: float | None
     gpu_type: str | None
-    pod_id: str | None
+    runpod_pod_id: str | None
+    runpod_endpoint_url: str | None
+    metrics: dict[str, Any]
+    estimated_completion_at: datetime | None
     lora_artifact_path: str | None
+    training_log_path: str | None
     error_message: str | None
+    created_by: str | None
     metadata: dict[str, Any]
     started_at: datetime | None
     completed_at: datetime | None
@@ -205,7 +215,7 @@ class MetricRecord:
 
 @dataclass(frozen=True)
 class MetricPoint:
-    job_id: str
+    training_job_id: str
     attempt: int
     step: int
     epoch: float | None
@@ -219,20 +229,24 @@ class MetricPoint:
 
 @dataclass(frozen=True)
 class TrainingFileView:
+    """A `training_files` row. The app's own rows (Supabase) have only `id`, `name`,
+    `json_file_path` (relative to its `training-files` bucket) and `total_training_pairs`;
+    the pipeline's columns read None there."""
+
     id: str
-    name: str
-    source: str
-    storage_path: str
-    sha256: str
-    format: str
+    name: str | None
+    source: str | None
+    json_file_path: str | None
+    sha256: str | None
+    format: str | None
     size_bytes: int | None
     conversations: int | None
-    training_pairs: int | None
+    total_training_pairs: int | None
     examples: int | None
     window_start: datetime | None
     window_end: datetime | None
     metadata: dict[str, Any]
-    created_at: datetime
+    created_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -247,16 +261,19 @@ class ConversationRef:
 @dataclass(frozen=True)
 class Artifact:
     id: str
-    job_id: str
+    training_job_id: str
     artifact_type: str
     storage_path: str
-    size_bytes: int | None
+    file_size_bytes: int | None
     sha256: str | None
     base_model: str | None
     lora_config: dict[str, Any]
     validation_loss: float | None
-    perplexity: float | None
+    validation_perplexity: float | None
+    human_eval_score: float | None
     deployment_status: str
+    deployed_at: datetime | None
+    created_by: str | None
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
@@ -333,9 +350,13 @@ def create_job(
     flow_run_id: str | None = None,
     total_steps: int | None = None,
     estimated_cost_usd: float | None = None,
+    created_by: str | uuid.UUID | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Job:
-    """Insert a `queued` job. Passing the same `job_id` again returns the existing job."""
+    """Insert a `queued` job. Passing the same `job_id` again returns the existing job.
+
+    `created_by` is who started it (an `auth.users` id on Supabase), or None.
+    """
     jid = _uuid(job_id) if job_id is not None else uuid.uuid4()
     now = utcnow()
     values = {
@@ -354,6 +375,8 @@ def create_job(
         "progress_percent": 0.0,
         "retry_count": 0,
         "estimated_cost_usd": estimated_cost_usd,
+        "created_by": _uuid(created_by, "user") if created_by else None,
+        "metrics": {},
         "metadata": dict(metadata or {}),
         "created_at": now,
         "updated_at": now,
@@ -429,6 +452,25 @@ def transition_job(
         raise BrightrunError(f"job {jid}: its status kept changing under this update; try again")
 
 
+@retry_on_disconnect
+def reopen_failed_job(bind: Bind, job_id: str | uuid.UUID) -> Job:
+    """`brightrun resume` of a job that failed for an orchestration reason (an API or database
+    outage, its flow killed): back to `queued`, error and end time cleared, everything else
+    (progress, cost, retries, events) kept. Compare-and-set on `failed`; the caller decides
+    whether the failure is resumable."""
+    jid = _uuid(job_id)
+    with _tx(bind) as conn:
+        result = conn.execute(
+            update(jobs_t)
+            .where(and_(jobs_t.c.id == jid, jobs_t.c.status == JobStatus.failed.value))
+            .values(status=JobStatus.queued.value, error_message=None, completed_at=None, updated_at=utcnow())
+        )
+        row = _job_row(conn, jid)
+        if result.rowcount != 1:
+            raise IllegalTransition(jid, row.status, JobStatus.queued.value)
+        return _view(Job, row)
+
+
 _UPDATABLE = frozenset(
     {
         "job_name",
@@ -441,8 +483,11 @@ _UPDATABLE = frozenset(
         "total_steps",
         "estimated_cost_usd",
         "gpu_type",
-        "pod_id",
+        "runpod_pod_id",
+        "runpod_endpoint_url",
         "lora_artifact_path",
+        "training_log_path",
+        "estimated_completion_at",
         "metadata",
     }
 )
@@ -450,7 +495,7 @@ _UPDATABLE = frozenset(
 
 @retry_on_disconnect
 def update_job(bind: Bind, job_id: str | uuid.UUID, **changes: Any) -> Job:
-    """Set descriptive fields (pod_id, gpu_type, flow_run_id, storage_prefix, total_steps...).
+    """Set descriptive fields (runpod_pod_id, gpu_type, flow_run_id, training_log_path...).
 
     Status, progress, cost and retries have their own functions so their rules hold.
     """
@@ -476,8 +521,14 @@ def update_job_progress(
     current_epoch: float | None = None,
     current_loss: float | None = None,
     progress_percent: float | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    estimated_completion_at: datetime | None = None,
 ) -> Job:
-    """Record training progress; `progress_percent` defaults to step / total_steps (0-100)."""
+    """Record training progress; `progress_percent` defaults to step / total_steps (0-100).
+
+    `metrics` (the latest loss, learning_rate, grad_norm, epoch...) is merged into the job's
+    `metrics` JSON (the dashboard reads it); `estimated_completion_at` is the current ETA.
+    """
     jid = _uuid(job_id)
     with _tx(bind) as conn:
         row = _job_row(conn, jid)
@@ -487,9 +538,13 @@ def update_job_progress(
             ("total_steps", total_steps),
             ("current_epoch", current_epoch),
             ("current_loss", current_loss),
+            ("estimated_completion_at", estimated_completion_at),
         ):
             if value is not None:
                 values[name] = value
+        if metrics:
+            latest = {k: v for k, v in metrics.items() if v is not None}
+            values["metrics"] = {**(row.metrics or {}), **latest}
         step = current_step if current_step is not None else row.current_step
         total = total_steps if total_steps is not None else row.total_steps
         if progress_percent is None and total:
@@ -594,7 +649,7 @@ def list_events(
 # ---------------------------------------------------------------- metrics
 
 _METRIC_VALUES = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s")
-_METRIC_COLUMNS = ("id", "job_id", "attempt", "step", *_METRIC_VALUES, "recorded_at")
+_METRIC_COLUMNS = ("id", "training_job_id", "attempt", "step", *_METRIC_VALUES, "recorded_at")
 
 
 def merge_metric_records(records: Iterable[MetricRecord | Mapping[str, Any]]) -> list[MetricRecord]:
@@ -640,7 +695,7 @@ def add_metrics(
             rows = [
                 {
                     "id": uuid.uuid4(),
-                    "job_id": jid,
+                    "training_job_id": jid,
                     "attempt": r.attempt,
                     "step": r.step,
                     **{name: getattr(r, name) for name in _METRIC_VALUES},
@@ -650,7 +705,7 @@ def add_metrics(
             ]
             stmt = _insert(conn, metrics_t)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["job_id", "attempt", "step"],
+                index_elements=["training_job_id", "attempt", "step"],
                 set_={
                     name: func.coalesce(getattr(stmt.excluded, name), metrics_t.c[name])
                     for name in (*_METRIC_VALUES, "recorded_at")
@@ -692,7 +747,7 @@ def _copy_metrics(conn: Connection, job_id: uuid.UUID, records: list[MetricRecor
                 )
         cur.execute(
             f"INSERT INTO training_metrics_history ({cols}) SELECT {cols} FROM _brightrun_metrics_in "
-            f"ON CONFLICT (job_id, attempt, step) DO UPDATE SET {updates}"
+            f"ON CONFLICT (training_job_id, attempt, step) DO UPDATE SET {updates}"
         )
         cur.execute("DELETE FROM _brightrun_metrics_in")
 
@@ -702,7 +757,7 @@ def list_metrics(
     bind: Bind, job_id: str | uuid.UUID, *, attempt: int | None = None, limit: int | None = None
 ) -> list[MetricPoint]:
     """Ordered by attempt then step."""
-    stmt = select(metrics_t).where(metrics_t.c.job_id == _uuid(job_id))
+    stmt = select(metrics_t).where(metrics_t.c.training_job_id == _uuid(job_id))
     if attempt is not None:
         stmt = stmt.where(metrics_t.c.attempt == attempt)
     stmt = stmt.order_by(metrics_t.c.attempt, metrics_t.c.step)
@@ -720,13 +775,13 @@ def register_training_file(
     bind: Bind,
     *,
     name: str,
-    storage_path: str,
+    json_file_path: str,
     sha256: str,
     source: str = TrainingFileSource.upload.value,
     format: str = "brightrun-lora-v4",
     size_bytes: int | None = None,
     conversations: int | None = None,
-    training_pairs: int | None = None,
+    total_training_pairs: int | None = None,
     examples: int | None = None,
     window_start: datetime | None = None,
     window_end: datetime | None = None,
@@ -735,6 +790,9 @@ def register_training_file(
 ) -> tuple[TrainingFileView, bool]:
     """Register a training file, idempotent on its sha256: returns (file, created).
 
+    `json_file_path` is where the file is (a full URI or path: the pipeline's rows are not
+    relative to the app's bucket).
+
     `conversation_refs` records which conversations (and source rows) the file holds and
     in which split, for later dedup (`exported_conversations`). Registering the same
     content again returns the first row and changes nothing.
@@ -742,26 +800,29 @@ def register_training_file(
     TrainingFileSource(source)
     fid = uuid.uuid4()
     now = utcnow()
+    values = {
+        "id": fid,
+        "name": name,
+        "source": source,
+        "json_file_path": json_file_path,
+        "sha256": sha256,
+        "format": format,
+        "size_bytes": size_bytes,
+        "conversations": conversations,
+        "total_training_pairs": total_training_pairs,
+        "examples": examples,
+        "window_start": window_start,
+        "window_end": window_end,
+        "metadata": dict(metadata or {}),
+        "created_at": now,
+        "updated_at": now,
+    }
     with _tx(bind) as conn:
         result = conn.execute(
             _insert(conn, files_t)
-            .values(
-                id=fid,
-                name=name,
-                source=source,
-                storage_path=storage_path,
-                sha256=sha256,
-                format=format,
-                size_bytes=size_bytes,
-                conversations=conversations,
-                training_pairs=training_pairs,
-                examples=examples,
-                window_start=window_start,
-                window_end=window_end,
-                metadata=dict(metadata or {}),
-                created_at=now,
-                updated_at=now,
-            )
+            # Unknown values are left out, not NULL: the app's own table may have NOT NULL
+            # columns with defaults (e.g. total_training_pairs DEFAULT 0).
+            .values(**{k: v for k, v in values.items() if v is not None})
             .on_conflict_do_nothing(index_elements=["sha256"])
             .returning(files_t.c.id)
         ).first()
@@ -783,13 +844,54 @@ def register_training_file(
         return _view(TrainingFileView, row), created
 
 
+class TrainingFileNotFound(InputError):
+    def __init__(self, file_id: object) -> None:
+        super().__init__(f"training file {file_id} is not in the registry's training_files table")
+
+
 @retry_on_disconnect
 def get_training_file(bind: Bind, file_id: str | uuid.UUID) -> TrainingFileView:
     with _tx(bind) as conn:
         row = conn.execute(select(files_t).where(files_t.c.id == _uuid(file_id, "training file"))).first()
         if row is None:
-            raise BrightrunError(f"training file {file_id} is not in the registry")
+            raise TrainingFileNotFound(file_id)
         return _view(TrainingFileView, row)
+
+
+# The app keeps its training files in this Supabase Storage bucket; its rows' json_file_path
+# is relative to it (the roadmap's start-job fetches `training-files/<json_file_path>`).
+APP_TRAINING_FILES_BUCKET = "training-files"
+
+
+def training_file_location(json_file_path: str, bucket_url: str = f"s3://{APP_TRAINING_FILES_BUCKET}") -> str:
+    """Where a `json_file_path` points: a URI or absolute path as it is (the pipeline's own
+    rows); a relative path (the app's rows) under `bucket_url`, the app's `training-files`
+    bucket (with the configured S3 endpoint, e.g. Supabase Storage's S3 gateway)."""
+    path = json_file_path.strip()
+    if not path:
+        raise InputError("the training file's json_file_path is empty")
+    if "://" in path or path.startswith("/"):
+        return path
+    bucket = bucket_url.rstrip("/")
+    prefix = f"{APP_TRAINING_FILES_BUCKET}/"
+    if path.startswith(prefix) and bucket.endswith("/" + APP_TRAINING_FILES_BUCKET):
+        path = path[len(prefix) :]  # some app rows repeat the bucket name
+    return f"{bucket}/{path.lstrip('/')}"
+
+
+@retry_on_disconnect
+def resolve_training_file(
+    bind: Bind, file_id: str | uuid.UUID, *, bucket_url: str = f"s3://{APP_TRAINING_FILES_BUCKET}"
+) -> tuple[TrainingFileView, str]:
+    """A job started from a `training_file_id` (the app's way): the row and the dataset's URI.
+
+    Raises `TrainingFileNotFound` (exit 2) for an unknown id and InputError for a row
+    without a `json_file_path`.
+    """
+    training_file = get_training_file(bind, file_id)
+    if not training_file.json_file_path:
+        raise InputError(f"training file {file_id} has no json_file_path: nothing to train on")
+    return training_file, training_file_location(training_file.json_file_path, bucket_url)
 
 
 @retry_on_disconnect
@@ -838,15 +940,17 @@ def exported_conversations(bind: Bind, *, split: str | None = None) -> dict[str,
 def register_artifact(
     bind: Bind,
     *,
-    job_id: str | uuid.UUID,
+    training_job_id: str | uuid.UUID,
     storage_path: str,
     artifact_type: str = ArtifactType.lora_adapter.value,
-    size_bytes: int | None = None,
+    file_size_bytes: int | None = None,
     sha256: str | None = None,
     base_model: str | None = None,
     lora_config: Mapping[str, Any] | None = None,
     validation_loss: float | None = None,
-    perplexity: float | None = None,
+    validation_perplexity: float | None = None,
+    human_eval_score: float | None = None,
+    created_by: str | uuid.UUID | None = None,
     metadata: Mapping[str, Any] | None = None,
     set_job_artifact_path: bool = True,
 ) -> Artifact:
@@ -856,24 +960,26 @@ def register_artifact(
     transaction, a `lora_adapter` sets the job's `lora_artifact_path`. `deployment_status`
     starts `stored` and is never reset by a re-registration.
     """
-    jid = _uuid(job_id)
+    jid = _uuid(training_job_id)
     ArtifactType(artifact_type)
     now = utcnow()
     values = {
         "storage_path": storage_path,
-        "size_bytes": size_bytes,
+        "file_size_bytes": file_size_bytes,
         "sha256": sha256,
         "base_model": base_model,
         "lora_config": dict(lora_config or {}),
         "validation_loss": validation_loss,
-        "perplexity": perplexity,
+        "validation_perplexity": validation_perplexity,
+        "human_eval_score": human_eval_score,
+        "created_by": _uuid(created_by, "user") if created_by else None,
         "metadata": dict(metadata or {}),
     }
     with _tx(bind) as conn:
         _job_row(conn, jid)
         stmt = _insert(conn, artifacts_t).values(
             id=uuid.uuid4(),
-            job_id=jid,
+            training_job_id=jid,
             artifact_type=artifact_type,
             deployment_status=DeploymentStatus.stored.value,
             created_at=now,
@@ -881,7 +987,7 @@ def register_artifact(
             **values,
         )
         stmt = stmt.on_conflict_do_update(
-            index_elements=["job_id", "artifact_type"], set_={**values, "updated_at": now}
+            index_elements=["training_job_id", "artifact_type"], set_={**values, "updated_at": now}
         )
         conn.execute(stmt)
         if set_job_artifact_path and artifact_type == ArtifactType.lora_adapter.value:
@@ -892,7 +998,7 @@ def register_artifact(
             )
         row = conn.execute(
             select(artifacts_t).where(
-                and_(artifacts_t.c.job_id == jid, artifacts_t.c.artifact_type == artifact_type)
+                and_(artifacts_t.c.training_job_id == jid, artifacts_t.c.artifact_type == artifact_type)
             )
         ).one()
         return _view(Artifact, row)
@@ -902,16 +1008,19 @@ def register_artifact(
 def list_artifacts(
     bind: Bind,
     *,
-    job_id: str | uuid.UUID | None = None,
+    training_job_id: str | uuid.UUID | None = None,
     artifact_type: str | None = None,
+    deployment_status: str | None = None,
     limit: int | None = 100,
 ) -> list[Artifact]:
     """Newest first."""
     stmt = select(artifacts_t).order_by(artifacts_t.c.created_at.desc(), artifacts_t.c.id)
-    if job_id is not None:
-        stmt = stmt.where(artifacts_t.c.job_id == _uuid(job_id))
+    if training_job_id is not None:
+        stmt = stmt.where(artifacts_t.c.training_job_id == _uuid(training_job_id))
     if artifact_type is not None:
         stmt = stmt.where(artifacts_t.c.artifact_type == ArtifactType(artifact_type).value)
+    if deployment_status is not None:
+        stmt = stmt.where(artifacts_t.c.deployment_status == DeploymentStatus(deployment_status).value)
     if limit is not None:
         stmt = stmt.limit(limit)
     with _tx(bind) as conn:

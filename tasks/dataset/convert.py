@@ -29,14 +29,13 @@ with only the system prompt and its user turn cannot be trained at all.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from brightrun.errors import BrightrunError
 from brightrun.prepared import IGNORE_INDEX
-from tasks.dataset_schema import Conversation, TrainingPair
+from tasks.dataset.schema import Conversation, TrainingPair
 
 
 @dataclass
@@ -155,16 +154,6 @@ def build_runs(conversation: Conversation, min_quality: float, stats: Conversion
     elif len(runs) > 1:
         stats.split_conversations += 1
     return runs
-
-
-def is_validation(conversation_id: str, seed: int, val_fraction: float) -> bool:
-    """Deterministic split by conversation, decidable while streaming."""
-    return split_hash(conversation_id, seed) < val_fraction
-
-
-def split_hash(conversation_id: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{conversation_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class TemplateError(BrightrunError):

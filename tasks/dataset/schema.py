@@ -200,9 +200,12 @@ class DatasetScanner:
     problem found (file-level ones included) and the file's sha256.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sha256: str | None = None) -> None:
+        """`sha256`: the file's digest when the caller already has it (the dataset stage hashes
+        a source once, while fetching it); otherwise the scan computes it in its one pass."""
         self.path = Path(path)
         self.result = ValidationResult(path=self.path)
+        self._known_sha256 = sha256
         self._pair_ids: dict[str, str] = {}
         self._conversation_ids: set[str] = set()
 
@@ -273,7 +276,7 @@ class DatasetScanner:
         last_id: str | None = None
         try:
             with open(self.path, "rb") as raw:
-                reader = _CheckedReader(raw, hash_it=True)
+                reader = _CheckedReader(raw, hash_it=self._known_sha256 is None)
                 for raw_conv in ijson.items(reader, "conversations.item", use_float=True):
                     count += 1
                     conv = self._check_conversation(count - 1, raw_conv)
@@ -284,7 +287,7 @@ class DatasetScanner:
                 # and a truncated tail is noticed.
                 while reader.read(1024 * 1024):
                     pass
-                self.result.sha256 = reader.hexdigest()
+                self.result.sha256 = self._known_sha256 or reader.hexdigest()
         except _InvalidUtf8 as exc:
             self.add(Problem(f"{exc}; the file must be UTF-8 encoded", conversation=self._after(last_id)))
             return

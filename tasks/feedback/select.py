@@ -1,29 +1,28 @@
-"""Selection, example building and dedup keys for the feedback export (pure logic).
+"""Select: which rated logs become training examples, and as what (pure logic).
 
 Input is a stream of joined log rows (one per feedback) ordered by response id, then
-feedback time; `select_responses` folds each response's ratings into one decision,
-`build_example` turns a selected log into a scrubbed training example, and `Deduper`
-drops exact and near-duplicates within the export and against earlier training data.
+feedback time; `decide` folds each response's ratings into one decision, `wanted` says
+whether it makes an example, `build_example` turns a selected log into a scrubbed
+training example (`scrub`), and `PreferencePairs` pairs negative-rated answers with a
+positive one to the same prompt.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.feedback_scrub import Scrubber
+from tasks.feedback.dedup import digest, exact_key, normalize_text
+from tasks.feedback.read import LogRow
+from tasks.feedback.scrub import Scrubber
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are LexyBrain, an assistant that produces structured insights. "
@@ -55,13 +54,6 @@ class Skip(StrEnum):
     conflicting_ratings = "conflicting_ratings"
 
 
-class Dup(StrEnum):
-    exact_in_export = "exact_in_export"
-    near_in_export = "near_in_export"
-    earlier_training = "earlier_training"
-    validation_split = "validation_split"
-
-
 class SelectionOptions(BaseModel):
     """How rated logs become training examples. Validated once at the flow boundary."""
 
@@ -91,29 +83,6 @@ class SelectionOptions(BaseModel):
 
     def system_prompt(self, insight_type: str | None) -> str:
         return self.system_prompts.get(insight_type or "", self.default_system_prompt)
-
-
-@dataclass(frozen=True)
-class LogRow:
-    """One feedback joined to its response and request (any of the joined sides may be absent)."""
-
-    feedback_id: str
-    response_id: str | None
-    feedback_user_id: str | None
-    rating: str | None
-    notes: str | None
-    feedback_at: datetime | None
-    response_found: bool
-    request_id: str | None
-    request_found: bool
-    output_text: str | None
-    model_name: str | None
-    model_version: str | None
-    success: bool | None
-    request_user_id: str | None
-    prompt: str | None
-    context_text: str | None
-    insight_type: str | None
 
 
 @dataclass
@@ -222,46 +191,6 @@ def group_by_response(rows: Iterable[LogRow]) -> Iterator[list[LogRow]]:
         yield group
 
 
-_NORMALIZE_DROP = re.compile(r"[^\w]+", re.UNICODE)
-
-
-def normalize_text(text: str) -> str:
-    """Near-duplicate form: NFKC, case-folded, punctuation and whitespace runs collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _NORMALIZE_DROP.sub(" ", text).strip()
-
-
-def _digest(*parts: str) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1e")
-    return h.digest()
-
-
-def exact_key(user: str, target: str) -> bytes:
-    return _digest("exact", user, target)
-
-
-def near_key(user: str, target: str) -> bytes:
-    return _digest("near", normalize_text(user), normalize_text(target))
-
-
-def prompt_key(user: str) -> bytes:
-    return _digest("prompt", normalize_text(user))
-
-
-# (exact, near, prompt) keys of one earlier training pair; exact/near are None for a
-# pair without a target (context only, never trained, but its prompt may be held out).
-PairKeys = tuple[bytes | None, bytes | None, bytes]
-
-
-def pair_keys(user: str, target: str | None) -> PairKeys:
-    if target is None:
-        return None, None, prompt_key(user)
-    return exact_key(user, target), near_key(user, target), prompt_key(user)
-
-
 @dataclass
 class Example:
     """One exported training example (already scrubbed)."""
@@ -288,11 +217,11 @@ class Example:
 
     @functools.cached_property
     def near(self) -> bytes:
-        return _digest("near", self.normalized_user, normalize_text(self.target))
+        return digest("near", self.normalized_user, normalize_text(self.target))
 
     @functools.cached_property
     def prompt(self) -> bytes:
-        return _digest("prompt", self.normalized_user)
+        return digest("prompt", self.normalized_user)
 
 
 @dataclass
@@ -383,51 +312,8 @@ def wanted(decision: Decision, options: SelectionOptions) -> Skip | None:
     return Skip.rated_negative
 
 
-class Deduper:
-    """Drops exact and near-duplicate examples: within the export, and against the
-    examples of earlier training files (`seen`) and of validation splits (`validation`,
-    where a shared prompt alone is a leak)."""
-
-    def __init__(self, seen: set[bytes] | None = None, validation: set[bytes] | None = None) -> None:
-        self.seen: set[bytes] = seen if seen is not None else set()
-        self.validation: set[bytes] = validation if validation is not None else set()
-        self._exported: set[bytes] = set()
-
-    def fresh(self) -> Deduper:
-        """The same earlier data, nothing exported yet (a retried read starts over)."""
-        return Deduper(self.seen, self.validation)
-
-    def add_earlier(self, user: str, target: str | None, *, validation: bool) -> None:
-        self.add_keys(pair_keys(user, target), validation=validation)
-
-    def add_keys(self, keys: PairKeys, *, validation: bool) -> None:
-        exact, near, prompt = keys
-        if exact is not None and near is not None:
-            self.seen.add(exact)
-            self.seen.add(near)
-            if validation:
-                self.validation.add(exact)
-                self.validation.add(near)
-        if validation:
-            self.validation.add(prompt)
-
-    def check(self, example: Example) -> Dup | None:
-        exact, near = example.exact, example.near
-        if exact in self.validation or near in self.validation or example.prompt in self.validation:
-            return Dup.validation_split
-        if exact in self.seen or near in self.seen:
-            return Dup.earlier_training
-        if exact in self._exported:
-            return Dup.exact_in_export
-        if near in self._exported:
-            return Dup.near_in_export
-        self._exported.add(exact)
-        self._exported.add(near)
-        return None
-
-
 def preference_key(example: Example) -> bytes:
-    return _digest("pref", example.insight_type, example.normalized_user)
+    return digest("pref", example.insight_type, example.normalized_user)
 
 
 class PreferencePairs:

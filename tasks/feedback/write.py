@@ -1,4 +1,4 @@
-"""Writing the export's files: a brightrun-lora-v4 training file, a chat JSONL beside it,
+"""Write: the export's files, a brightrun-lora-v4 training file, a chat JSONL beside it,
 and the preference pairs JSONL.
 
 Examples stream to spool files as they are selected, so memory stays flat however large
@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
-from tasks.feedback_select import Example
+from tasks.feedback.errors import ExportError
+from tasks.feedback.select import Example
 
 FORMAT_SPEC = "brightrun-lora-v4"
 FORMAT_VERSION = "4.0.0"
@@ -209,3 +210,17 @@ class ExportWriter:
         self.close()
         for path in (self._spool_path, self.chat_path):
             path.unlink(missing_ok=True)
+
+
+def validate_written(written: WrittenFiles) -> None:
+    """The file must pass the dataset stage's own validator before anything is uploaded."""
+    from tasks.dataset.schema import validate_dataset
+
+    checked = validate_dataset(written.training_file)
+    if not checked.ok:
+        raise ExportError(
+            f"the exported file {written.training_file.name} failed the dataset validator "
+            f"({checked.problem_count} problem(s)): "
+            + "; ".join(checked.messages()[:5])
+            + "; this is a bug in the export, please report it"
+        )

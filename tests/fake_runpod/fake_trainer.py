@@ -23,9 +23,17 @@ import threading
 import time
 
 from brightrun import layout
-from brightrun.protocol import MetricRecord, TrainerEvent, TrainerPhase, TrainerResult, TrainerStatus
+from brightrun.protocol import (
+    Manifest,
+    ManifestEntry,
+    MetricRecord,
+    TrainerEvent,
+    TrainerPhase,
+    TrainerResult,
+    TrainerStatus,
+)
 from brightrun.spec import JobSpec
-from brightrun.storage import open_storage, split_uri
+from brightrun.storage import open_storage, sha256_bytes, split_uri
 
 
 def main() -> int:
@@ -103,7 +111,12 @@ def main() -> int:
     status.phase = TrainerPhase.uploading
     write_status()
     weights = {"sum": sum(range(1, total + 1)), "steps": total}
-    storage.put_bytes(f"{layout.ADAPTER_DIR}/weights.json", json.dumps(weights).encode())
+    blob = json.dumps(weights).encode()
+    storage.put_bytes(f"{layout.ADAPTER_DIR}/weights.json", blob)
+    # The manifest last, as the real trainer does: the flow verifies and registers the adapter.
+    entry = ManifestEntry(sha256=sha256_bytes(blob), size=len(blob))
+    manifest = Manifest(files={"weights.json": entry}, step=total)
+    storage.put_bytes(f"{layout.ADAPTER_DIR}/{layout.MANIFEST}", manifest.model_dump_json().encode())
     result = TrainerResult(
         job_id=spec.job_id,
         steps=total,

@@ -1,4 +1,11 @@
-"""Helpers for tests that run jobs against the fake RunPod: a job in local storage, a recorder."""
+"""Helpers for tests that run jobs against the fake RunPod: a job in local storage, a recorder.
+
+The fake's failure knobs (HTTP 500/429 for N seconds, slow answers, a create answered after
+the client's timeout, pods stuck in CREATED, a trainer that never heartbeats, no capacity on
+some or all GPU types, billing per pod) are listed in tests/fake_runpod/server.py's docstring;
+`fake_runpod.fake.<knob>(...)` in a test, `POST /admin/<knob>` from outside. `runpod_compute`
+gives a client with short timeouts and backoff so a test's outage is seconds, not minutes.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +35,16 @@ class ListRecorder:
     metric_records: list[MetricRecord] = field(default_factory=list)
     costs: list[tuple[float, float]] = field(default_factory=list)
     retry_counts: list[int] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
     fail_on: str | None = None  # raise when this event type is recorded (an orchestrator crash)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def event(self, type: str, attempt: int, payload: dict[str, Any]) -> None:
+    def event(self, type: str, attempt: int, payload: dict[str, Any], key: str | None = None) -> None:
         with self._lock:
+            if key is not None and key in self.keys:
+                return  # as the registry does: one record per key
+            if key is not None:
+                self.keys.add(key)
             self.events.append((type, attempt, payload))
         if type == self.fail_on:
             raise RuntimeError(f"orchestrator crashed on {type}")
@@ -41,7 +53,7 @@ class ListRecorder:
         with self._lock:
             self.statuses.append(status)
 
-    def metrics(self, records: list[MetricRecord]) -> None:
+    def metrics(self, records: list[MetricRecord], key: str | None = None) -> None:
         with self._lock:
             self.metric_records.extend(records)
 
@@ -91,9 +103,20 @@ def write_job(storage_root: Path, job_id: str, *, steps: int = 10, every: int = 
 
 
 def runpod_compute(
-    url: str, api_key: str, policy: ProvisioningPolicy, trainer: str = FAKE_TRAINER
+    url: str,
+    api_key: str,
+    policy: ProvisioningPolicy,
+    trainer: str = FAKE_TRAINER,
+    *,
+    timeout: float = 30.0,
+    max_attempts: int = 3,
+    backoff_seconds: float = 0.05,
 ) -> RunPodCompute:
-    client = GraphQLRunPodClient(api_key, base_url=url, backoff_seconds=0.05, max_attempts=3)
+    """The RunPod backend on the fake; pods run the image's ENTRYPOINT (the pod supervisor) with
+    `trainer` as the trainer command (the fast fake trainer unless told otherwise)."""
+    client = GraphQLRunPodClient(
+        api_key, base_url=url, backoff_seconds=backoff_seconds, max_attempts=max_attempts, timeout=timeout
+    )
     return RunPodCompute(client, policy, trainer_command=trainer)
 
 

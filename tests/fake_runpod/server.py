@@ -1,14 +1,51 @@
 """A faithful local fake of RunPod's GraphQL endpoint (DESIGN.md §8, §9).
 
 Real GraphQL (graphql-core executes a schema with RunPod's type and field names), so a
-misspelt field or a mistyped variable fails here as it would on RunPod. Its pods are
-local subprocesses running the pod's `dockerArgs` with the pod's env (and nothing of
-the caller's env but PATH/HOME/PYTHONPATH): a pod reaches storage only through what
-the orchestrator put in its env.
+misspelt field or a mistyped variable fails here as it would on RunPod.
 
-Knobs (Python API on `FakeRunPod`, or POST /admin/<knob> with a JSON body):
-interrupt a pod (SIGKILL, or SIGTERM then SIGKILL after a grace), refuse capacity for
-GPU types (spot only or both), fail auth (401), answer 5xx N times, be slow, set prices.
+Pods run as a container runtime runs them: the image's exec-form ENTRYPOINT and CMD are
+read from `infra/Dockerfile.trainer` (or the `dockerfile` given), the pod's start command
+(`dockerArgs`, split as a shell splits words) replaces CMD, and the result runs as a local
+process with the pod's env plus what RunPod injects (`RUNPOD_POD_ID`, a pod-scoped
+`RUNPOD_API_KEY`) and nothing of the caller's env but PATH/HOME/PYTHONPATH: a pod reaches
+storage only through what the orchestrator put in its env. Each pod is its own session;
+stopping a pod sends SIGTERM to its PID 1 alone (as `docker stop` does), SIGKILL ends
+the whole session. `python` inside a pod is this interpreter (a shim on the pod's PATH).
+
+The pod-scoped key may read, stop and terminate its own pod only (a pod removes itself
+with it); anything else answers "Unauthorized".
+
+Knobs: a Python method on `FakeRunPod`, or POST /admin/<knob> with a JSON body of the same
+arguments (`python -m tests.fake_runpod` for a standalone fake). Stable API:
+
+  interrupt(pod_id, mode="kill"|"term", grace_seconds=5)  spot interruption: EXITED, no runtime
+  refuse_capacity(gpu_types=None, spot_only=True)         no machines (None: every GPU type);
+  restore_capacity()                                       spot_only=False refuses on-demand too
+  fail_auth(failing=True)                                  every call answers 401
+  fail_for(seconds, status=500, operations=None)           every call (or only those GraphQL
+                                                           root fields) answers HTTP `status`
+                                                           (500, 429...) for `seconds`
+  fail_next(count, status=502)                             the next `count` calls answer `status`
+  recover()                                                end fail_for/fail_next/slow at once
+  set_delay(seconds)                                       every answer comes `seconds` late
+  answer_create_late(seconds, count=1)                     the next `count` creations make the
+                                                           pod, then answer `seconds` late (past
+                                                           the client's timeout)
+  hold_in_created(count=1)                                 the next `count` pods stay CREATED:
+                                                           no container, no runtime, billing
+  mute_trainer(count=1)                                    the next `count` pods run a container
+                                                           that never starts the trainer (no
+                                                           heartbeat ever), until terminated
+  set_cost(gpu_type, cost_per_hr)                          force a GPU type's costPerHr per GPU
+
+Views (Python, and GET /admin/state): `live_pods()` (not terminated), `billing_pods()`
+(CREATED or RUNNING: what RunPod charges for), `running_processes()`,
+`billed_seconds(pod_id)`, `billed_usd(pod_id=None)` (one pod, or every pod: billed seconds x
+costPerHr, so a test compares the registry's cost with the fake's billing),
+`count_requests(operation)`, `pods_of(name_prefix)`.
+
+Billing: a pod bills from its creation until it turns EXITED (its container ended, was
+stopped or interrupted) or TERMINATED, whichever comes first.
 """
 
 from __future__ import annotations
@@ -17,6 +54,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -34,6 +72,10 @@ from graphql import build_schema, graphql_sync
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = build_schema((Path(__file__).parent / "schema.graphql").read_text())
 NO_CAPACITY = "There are no longer any instances available with the requested specifications"
+TRAINER_DOCKERFILE = REPO / "infra" / "Dockerfile.trainer"
+CREATE_OPERATIONS = frozenset({"podFindAndDeployOnDemand", "podRentInterruptable"})
+# What a muted pod runs instead of its start command: a container that never starts the trainer.
+MUTED_ARGV = [sys.executable, "-c", "import time; time.sleep(86400)"]
 
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     # gpu type id: (minimum spot bid, on-demand price) per GPU, USD/hr
@@ -43,6 +85,68 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "NVIDIA A100 80GB PCIe": (0.80, 1.64),
     "NVIDIA H100 80GB HBM3": (1.50, 2.99),
 }
+
+
+class Unauthorized(Exception):
+    def __init__(self, why: str = "") -> None:
+        super().__init__(f"Unauthorized{': ' + why if why else ''}")
+
+
+@dataclass(frozen=True)
+class Image:
+    """What a container runtime reads from an image: its exec-form ENTRYPOINT and CMD."""
+
+    entrypoint: list[str]
+    cmd: list[str]
+    shell_entrypoint: bool = False  # shell form: Docker passes it neither CMD nor arguments
+
+    def argv(self, docker_args: str) -> list[str]:
+        """ENTRYPOINT + the pod's start command in place of CMD (RunPod's `dockerArgs`)."""
+        if self.shell_entrypoint:
+            return list(self.entrypoint)
+        args = shlex.split(docker_args) if docker_args.strip() else list(self.cmd)
+        return [*self.entrypoint, *args]
+
+
+def parse_image(dockerfile: Path) -> Image:
+    """The last ENTRYPOINT and CMD of a Dockerfile. Exec form (a JSON array) as written; shell
+    form becomes `/bin/sh -c TEXT`, which, as in Docker, ignores CMD and any start command."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    values: dict[str, list[str]] = {"ENTRYPOINT": [], "CMD": []}
+    shell_entrypoint = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":  # a new stage starts clean
+            values = {"ENTRYPOINT": [], "CMD": []}
+            shell_entrypoint = False
+        if keyword not in values:
+            continue
+        rest = rest.strip()
+        if rest.startswith("["):
+            parsed = json.loads(rest)
+            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                raise ValueError(f"{dockerfile}: {keyword} must be a JSON array of strings: {rest}")
+            values[keyword] = parsed
+            if keyword == "ENTRYPOINT":
+                shell_entrypoint = False
+                values["CMD"] = []  # Docker: setting ENTRYPOINT resets an inherited CMD
+        else:
+            values[keyword] = ["/bin/sh", "-c", rest]
+            if keyword == "ENTRYPOINT":
+                shell_entrypoint = True
+    if shell_entrypoint:
+        return Image(entrypoint=values["ENTRYPOINT"], cmd=[], shell_entrypoint=True)
+    return Image(entrypoint=values["ENTRYPOINT"], cmd=values["CMD"])
+
+
+def status_change_text(when: float, what: str = "Rented by User") -> str:
+    """RunPod's `lastStatusChange`: e.g. 'Rented by User: Sun Nov 29 2026 20:22:56 GMT+0000 (...)'."""
+    stamp = time.strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)", time.gmtime(when))
+    return f"{what}: {stamp}"
 
 
 @dataclass
@@ -58,10 +162,13 @@ class FakePod:
     env: dict[str, str]
     created_at: float
     log_path: Path
+    api_key: str = ""  # the pod-scoped key RunPod puts in the pod's env
     status: str = "RUNNING"
     process: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
     interrupted: bool = False
     exit_code: int | None = None
+    ended_at: float | None = None  # billing stops: EXITED or TERMINATED
     extra: dict[str, Any] = field(default_factory=dict)
 
     def refresh(self) -> None:
@@ -70,14 +177,31 @@ class FakePod:
             if code is not None:
                 self.exit_code = code
                 self.status = "EXITED"
+                self.end()
+
+    def end(self, when: float | None = None) -> None:
+        if self.ended_at is None:
+            self.ended_at = when if when is not None else time.time()
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def billing(self) -> bool:
+        self.refresh()
+        return self.status in ("CREATED", "RUNNING")
+
+    def billed_seconds(self, now: float | None = None) -> float:
+        end = self.ended_at if self.ended_at is not None else (now or time.time())
+        return max(0.0, end - self.created_at)
+
+    def billed_usd(self, now: float | None = None) -> float:
+        return self.cost_per_hr * self.billed_seconds(now) / 3600
+
     def as_graphql(self) -> dict[str, Any]:
         self.refresh()
-        running = self.status == "RUNNING"
+        running = self.status == "RUNNING" and self.process is not None
         return {
             "id": self.id,
             "name": self.name,
@@ -88,8 +212,9 @@ class FakePod:
             "env": [f"{k}={v}" for k, v in self.env.items()],
             "gpuCount": self.gpu_count,
             "machine": {"gpuDisplayName": self.gpu_type.removeprefix("NVIDIA "), "podHostId": self.id},
-            # An exited or interrupted pod has no runtime, as on RunPod.
+            # A pod not started yet (CREATED), exited or interrupted has no runtime, as on RunPod.
             "runtime": {"uptimeInSeconds": int(time.time() - self.created_at)} if running else None,
+            "lastStatusChange": status_change_text(self.created_at),
         }
 
 
@@ -102,12 +227,14 @@ class FakeRunPod:
         api_key: str = "fake-runpod-key",
         workdir: Path | None = None,
         pod_env: dict[str, str] | None = None,
+        dockerfile: Path | None = None,
     ) -> None:
         self.api_key = api_key
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fake-runpod-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Environment every pod process gets besides its own env (the "image" environment).
         self.pod_env = dict(pod_env or {})
+        self.dockerfile = Path(dockerfile or TRAINER_DOCKERFILE)
         self.prices: dict[str, tuple[float, float]] = dict(DEFAULT_PRICES)
         self.pods: dict[str, FakePod] = {}
         self.requests: list[dict[str, Any]] = []
@@ -117,13 +244,23 @@ class FakeRunPod:
         self.auth_failing = False
         self.failures_left = 0
         self.failure_status = 502
+        self.failing_until = 0.0
+        self.failing_operations: frozenset[str] | None = None
         self.delay_seconds = 0.0
+        self.late_creates_left = 0
+        self.late_create_seconds = 0.0
+        self.created_holds_left = 0
+        self.mutes_left = 0
         self.cost_override: dict[str, float] = {}
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+
+    @property
+    def image(self) -> Image:
+        return parse_image(self.dockerfile)
 
     # -- knobs -------------------------------------------------------------------------------------
 
@@ -147,10 +284,46 @@ class FakeRunPod:
         self.auth_failing = failing
 
     def fail_next(self, count: int, status: int = 502) -> None:
-        self.failures_left, self.failure_status = count, status
+        with self._lock:
+            self.failures_left, self.failure_status = count, status
+
+    def fail_for(self, seconds: float, status: int = 500, operations: list[str] | None = None) -> None:
+        """An outage: every call (or only calls of these root fields, e.g. ["podTerminate"])
+        answers HTTP `status` (500, 502, 429...) for `seconds`, then the API recovers by itself."""
+        with self._lock:
+            self.failing_until = time.monotonic() + seconds
+            self.failure_status = status
+            self.failing_operations = frozenset(operations) if operations else None
+
+    def recover(self) -> None:
+        """End every outage and slowness knob now."""
+        with self._lock:
+            self.failing_until = 0.0
+            self.failures_left = 0
+            self.failing_operations = None
+            self.delay_seconds = 0.0
+            self.late_creates_left = 0
 
     def set_delay(self, seconds: float) -> None:
+        """A slow API: every answer comes `seconds` late."""
         self.delay_seconds = seconds
+
+    def answer_create_late(self, seconds: float, count: int = 1) -> None:
+        """The next `count` pod creations make the pod at once but answer `seconds` later (set it
+        past the client's timeout: the client sees a timeout although the pod exists)."""
+        with self._lock:
+            self.late_creates_left, self.late_create_seconds = count, seconds
+
+    def hold_in_created(self, count: int = 1) -> None:
+        """The next `count` pods stay CREATED: billed, no container, no runtime (uptime 0)."""
+        with self._lock:
+            self.created_holds_left = count
+
+    def mute_trainer(self, count: int = 1) -> None:
+        """The next `count` pods run a container that never starts the trainer: RUNNING, with a
+        runtime, and no heartbeat ever."""
+        with self._lock:
+            self.mutes_left = count
 
     def set_cost(self, gpu_type: str, cost_per_hr: float) -> None:
         """Force a pod's reported costPerHr (per GPU) for a GPU type, spot or not."""
@@ -158,11 +331,15 @@ class FakeRunPod:
 
     def interrupt(self, pod_id: str, *, mode: str = "kill", grace_seconds: float = 5.0) -> None:
         """A spot interruption: SIGKILL at once ("kill"), or SIGTERM then SIGKILL after the grace
-        ("term"). The pod turns EXITED with no runtime, without anyone calling stop."""
+        ("term"). The pod turns EXITED with no runtime, without anyone calling stop, once its
+        container has ended (during the grace it still reads RUNNING, as on RunPod)."""
         with self._lock:
             pod = self.pods[pod_id]
             pod.interrupted = True
             proc = pod.process
+            if proc is None and pod.status in ("RUNNING", "CREATED"):
+                pod.status = "EXITED"
+                pod.end()
         if proc is None or proc.poll() is not None:
             return
         if mode == "kill":
@@ -183,15 +360,34 @@ class FakeRunPod:
     # -- views -------------------------------------------------------------------------------------
 
     def live_pods(self) -> list[FakePod]:
-        """Pods not terminated (what a RunPod account would still bill or show)."""
+        """Pods not terminated (what a RunPod account would still show)."""
         with self._lock:
             for pod in self.pods.values():
                 pod.refresh()
             return [p for p in self.pods.values() if p.status != "TERMINATED"]
 
+    def billing_pods(self) -> list[FakePod]:
+        """Pods RunPod would be charging for now (CREATED or RUNNING)."""
+        with self._lock:
+            return [p for p in self.pods.values() if p.billing]
+
     def running_processes(self) -> list[FakePod]:
         with self._lock:
             return [p for p in self.pods.values() if p.alive]
+
+    def billed_seconds(self, pod_id: str) -> float:
+        with self._lock:
+            pod = self.pods[pod_id]
+            pod.refresh()
+            return pod.billed_seconds()
+
+    def billed_usd(self, pod_id: str | None = None) -> float:
+        """What RunPod charged (so far) for one pod, or for every pod: billed seconds x costPerHr."""
+        with self._lock:
+            pods = [self.pods[pod_id]] if pod_id is not None else list(self.pods.values())
+            for pod in pods:
+                pod.refresh()
+            return sum(p.billed_usd() for p in pods)
 
     def count_requests(self, operation: str | None = None) -> int:
         with self._lock:
@@ -205,10 +401,19 @@ class FakeRunPod:
         with self._lock:
             return {
                 "pods": [
-                    {**p.as_graphql(), "spot": p.spot, "interrupted": p.interrupted, "exitCode": p.exit_code}
+                    {
+                        **p.as_graphql(),
+                        "spot": p.spot,
+                        "interrupted": p.interrupted,
+                        "exitCode": p.exit_code,
+                        "billedSeconds": p.billed_seconds(),
+                        "billedUsd": p.billed_usd(),
+                        "argv": p.argv,
+                    }
                     for p in self.pods.values()
                 ],
                 "requests": len(self.requests),
+                "billedUsd": sum(p.billed_usd() for p in self.pods.values()),
             }
 
     # -- GraphQL resolvers -------------------------------------------------------------------------
@@ -239,6 +444,11 @@ class FakeRunPod:
         per_gpu = self.cost_override.get(gpu, per_gpu)
         env = {item["key"]: item["value"] for item in data.get("env") or []}
         pod_id = f"fake{next(self._ids):04d}{os.urandom(3).hex()}"
+        with self._lock:
+            hold = self.created_holds_left > 0
+            self.created_holds_left -= 1 if hold else 0
+            mute = not hold and self.mutes_left > 0
+            self.mutes_left -= 1 if mute else 0
         pod = FakePod(
             id=pod_id,
             name=data.get("name") or pod_id,
@@ -251,94 +461,128 @@ class FakeRunPod:
             env=env,
             created_at=time.time(),
             log_path=self.workdir / f"{pod_id}.log",
+            api_key=f"rp-pod-{pod_id}-{secrets.token_hex(12)}",
+            status="CREATED" if hold else "RUNNING",
             extra={
                 k: data.get(k)
                 for k in ("cloudType", "containerDiskInGb", "networkVolumeId", "volumeMountPath")
             },
         )
-        pod.process = self._launch(pod)
         with self._lock:
             self.pods[pod_id] = pod
+        if not hold:
+            pod.argv = list(MUTED_ARGV) if mute else self.image.argv(pod.docker_args)
+            pod.process = self._launch(pod)
         return pod.as_graphql()
 
     def _launch(self, pod: FakePod) -> subprocess.Popen[bytes] | None:
-        if not pod.docker_args.strip():
+        if not pod.argv:
             return None
-        argv = [sys.executable if a in ("python", "python3") else a for a in shlex.split(pod.docker_args)]
         env = {
-            # `python` and `runpodctl` of the "image": this interpreter and a shim that removes
-            # the pod through this fake (what RunPod's runpodctl does with the pod-scoped key).
+            # `python` of the "image": this interpreter, through a shim on the pod's PATH.
             "PATH": f"{self.workdir / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
-            "RUNPOD_POD_ID": pod.id,
-            "FAKE_RUNPOD_URL": self.url,
             **self.pod_env,
             **pod.env,
+            # What RunPod puts in every pod (over anything the caller set), as RunPod does.
+            "RUNPOD_POD_ID": pod.id,
+            "RUNPOD_API_KEY": pod.api_key,
+            "RUNPOD_API_BASE_URL": self.url,  # the real one needs no such variable: its default
         }
-        log = open(pod.log_path, "wb")  # noqa: SIM115 - the child owns it
-        try:
-            return subprocess.Popen(
-                argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        with open(pod.log_path, "wb") as log:
+            proc = subprocess.Popen(
+                pod.argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        finally:
-            log.close()
 
-    def _get(self, pod_id: str) -> dict[str, Any] | None:
+        def watch() -> None:  # billing stops the moment the container ends
+            code = proc.wait()
+            with self._lock:
+                if pod.status == "RUNNING":
+                    pod.exit_code = code
+                    pod.status = "EXITED"
+                pod.end()
+
+        threading.Thread(target=watch, daemon=True, name=f"fake-pod-{pod.id}").start()
+        return proc
+
+    def _pod(self, pod_id: str) -> FakePod:
         with self._lock:
             pod = self.pods.get(pod_id)
         if pod is None:
             raise LookupError(f"Pod {pod_id} not found")
+        return pod
+
+    def _get(self, pod_id: str) -> dict[str, Any] | None:
+        pod = self._pod(pod_id)
         if pod.status == "TERMINATED":
             return None
         return pod.as_graphql()
 
-    def terminate(self, pod_id: str) -> None:
+    def terminate(self, pod_id: str, *, from_inside: bool = False) -> None:
+        """Delete the pod: billing stops, its whole session is killed. From inside the pod (its
+        own key) the answer goes out first, then the container dies, as on RunPod."""
+        pod = self._pod(pod_id)
         with self._lock:
-            pod = self.pods.get(pod_id)
-        if pod is None:
-            raise LookupError(f"Pod {pod_id} not found")
-        if pod.process is not None and pod.process.poll() is None:
-            _killpg(pod.process, signal.SIGKILL)
-            pod.process.wait()
-        pod.refresh()
-        pod.status = "TERMINATED"
-
-    def _terminate_async(self, pod_id: str) -> None:
-        # Called from inside the pod (runpodctl): answer first, then kill the caller.
-        threading.Timer(0.2, lambda: self.terminate(pod_id)).start()
+            pod.refresh()
+            pod.status = "TERMINATED"
+            pod.end()
+        proc = pod.process
+        if proc is None or proc.poll() is not None:
+            return
+        if from_inside:
+            threading.Timer(0.2, lambda: (_killpg(proc, signal.SIGKILL), proc.wait())).start()
+            return
+        _killpg(proc, signal.SIGKILL)
+        proc.wait()
 
     def _stop(self, pod_id: str) -> dict[str, Any]:
-        with self._lock:
-            pod = self.pods.get(pod_id)
-        if pod is None or pod.status == "TERMINATED":
+        pod = self._pod(pod_id)
+        if pod.status == "TERMINATED":
             raise LookupError(f"Pod {pod_id} not found")
-        if pod.process is not None and pod.process.poll() is None:
-            _killpg(pod.process, signal.SIGTERM)
+        proc = pod.process
+        if proc is not None and proc.poll() is None:
+            _killpg(proc, signal.SIGTERM)
             try:
-                pod.process.wait(timeout=5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                _killpg(pod.process, signal.SIGKILL)
-                pod.process.wait()
-        pod.refresh()
-        pod.status = "EXITED"
+                _killpg(proc, signal.SIGKILL)
+                proc.wait()
+        with self._lock:
+            pod.refresh()
+            pod.status = "EXITED"
+            pod.end()
         return pod.as_graphql()
 
     def _root(self) -> Any:
         fake = self
 
+        def account_only(info: Any, what: str) -> None:
+            scope = info.context.get("pod_scope")
+            if scope is not None:
+                raise Unauthorized(f"a pod-scoped API key (pod {scope}) cannot {what}")
+
+        def own_pod(info: Any, pod_id: str) -> None:
+            scope = info.context.get("pod_scope")
+            if scope is not None and scope != pod_id:
+                raise Unauthorized(f"a pod-scoped API key (pod {scope}) cannot act on pod {pod_id}")
+
         class Root:
             def myself(self, info: Any) -> dict[str, Any]:
+                account_only(info, "list pods")
                 with fake._lock:
                     pods = [p.as_graphql() for p in fake.pods.values() if p.status != "TERMINATED"]
                 return {"id": "fake-user", "pods": pods}
 
             def pod(self, info: Any, input: dict[str, Any] | None = None) -> dict[str, Any] | None:  # noqa: A002
-                return fake._get((input or {}).get("podId", ""))
+                pod_id = (input or {}).get("podId", "")
+                own_pod(info, pod_id)
+                return fake._get(pod_id)
 
             def gpuTypes(self, info: Any, input: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # noqa: N802, A002
+                account_only(info, "read GPU types")
                 wanted = (input or {}).get("id")
                 out = []
                 for gpu, (bid, price) in fake.prices.items():
@@ -368,24 +612,29 @@ class FakeRunPod:
                 return out
 
             def podFindAndDeployOnDemand(self, info: Any, input: dict[str, Any] | None = None):  # noqa: N802, A002
+                account_only(info, "create pods")
                 return fake._create(input or {}, spot=False)
 
             def podRentInterruptable(self, info: Any, input: dict[str, Any]):  # noqa: N802, A002
+                account_only(info, "create pods")
                 return fake._create(input, spot=True)
 
             def podStop(self, info: Any, input: dict[str, Any]):  # noqa: N802, A002
+                own_pod(info, input["podId"])
                 return fake._stop(input["podId"])
 
             def podTerminate(self, info: Any, input: dict[str, Any]) -> None:  # noqa: N802, A002
-                fake.terminate(input["podId"])
+                own_pod(info, input["podId"])
+                fake.terminate(input["podId"], from_inside=info.context.get("pod_scope") is not None)
 
         return Root()
 
-    def execute(self, body: dict[str, Any]) -> dict[str, Any]:
+    def execute(self, body: dict[str, Any], pod_scope: str | None = None) -> dict[str, Any]:
         result = graphql_sync(
             SCHEMA,
             body.get("query") or "",
             root_value=self._root(),
+            context_value={"pod_scope": pod_scope},
             variable_values=body.get("variables"),
             operation_name=body.get("operationName"),
         )
@@ -405,11 +654,13 @@ class FakeRunPod:
 
             def _send(self, status: int, body: Any) -> None:
                 raw = json.dumps(body, default=str).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                # The client may have given up (a late answer): nobody is left to read it.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path == "/admin/state":
@@ -448,33 +699,48 @@ class FakeRunPod:
             shim = bin_dir / name
             shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
             shim.chmod(0o755)
-        shim = bin_dir / "runpodctl"
-        shim.write_text(
-            f"#!{sys.executable}\n"
-            "import json, os, sys, urllib.request\n"
-            "if sys.argv[1:3] != ['remove', 'pod']:\n"
-            "    sys.exit('fake runpodctl: only `remove pod ID`')\n"
-            "req = urllib.request.Request(os.environ['FAKE_RUNPOD_URL'] + '/admin/terminate',\n"
-            "    data=json.dumps({'pod_id': sys.argv[3]}).encode(), method='POST')\n"
-            "urllib.request.urlopen(req, timeout=10)\n"
-        )
-        shim.chmod(0o755)
+
+    def _scope(self, authorization: str) -> tuple[bool, str | None]:
+        """(authorized, pod id of a pod-scoped key or None for the account key)."""
+        if self.auth_failing:
+            return False, None
+        if authorization == f"Bearer {self.api_key}":
+            return True, None
+        with self._lock:
+            for pod in self.pods.values():
+                if pod.api_key and authorization == f"Bearer {pod.api_key}":
+                    return True, pod.id
+        return False, None
 
     def _graphql(self, authorization: str, body: dict[str, Any]) -> tuple[int, Any]:
         query = str(body.get("query") or "")
         operation = _operation_of(query)
         with self._lock:
-            self.requests.append({"operation": operation, "time": time.time()})
             failing = self.failures_left > 0
             if failing:
                 self.failures_left -= 1
+            elif time.monotonic() < self.failing_until and (
+                self.failing_operations is None or operation in self.failing_operations
+            ):
+                failing = True
+            late = operation in CREATE_OPERATIONS and self.late_creates_left > 0 and not failing
+            if late:
+                self.late_creates_left -= 1
+            status = self.failure_status if failing else 200
+            self.requests.append({"operation": operation, "time": time.time(), "status": status})
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
-        if self.auth_failing or authorization != f"Bearer {self.api_key}":
-            return 401, {"errors": [{"message": "Unauthorized"}]}
         if failing:
-            return self.failure_status, {"errors": [{"message": "upstream unavailable"}]}
-        return 200, self.execute(body)
+            return status, {"errors": [{"message": "upstream unavailable"}]}
+        authorized, scope = self._scope(authorization)
+        if not authorized:
+            with self._lock:
+                self.requests[-1]["status"] = 401
+            return 401, {"errors": [{"message": "Unauthorized"}]}
+        result = self.execute(body, pod_scope=scope)
+        if late:
+            time.sleep(self.late_create_seconds)
+        return 200, result
 
     def _admin(self, knob: str, body: dict[str, Any]) -> tuple[int, Any]:
         actions = {
@@ -485,10 +751,17 @@ class FakeRunPod:
                 body.get("gpu_types"), spot_only=body.get("spot_only", True)
             ),
             "restore_capacity": self.restore_capacity,
-            "terminate": lambda: self._terminate_async(body["pod_id"]),
+            "terminate": lambda: self.terminate(body["pod_id"]),
             "fail_auth": lambda: self.fail_auth(body.get("failing", True)),
             "fail_next": lambda: self.fail_next(body["count"], body.get("status", 502)),
+            "fail_for": lambda: self.fail_for(
+                body["seconds"], body.get("status", 500), body.get("operations")
+            ),
+            "recover": self.recover,
             "delay": lambda: self.set_delay(body["seconds"]),
+            "answer_create_late": lambda: self.answer_create_late(body["seconds"], body.get("count", 1)),
+            "hold_in_created": lambda: self.hold_in_created(body.get("count", 1)),
+            "mute_trainer": lambda: self.mute_trainer(body.get("count", 1)),
             "set_cost": lambda: self.set_cost(body["gpu_type"], body["cost_per_hr"]),
         }
         if knob not in actions:
@@ -497,8 +770,9 @@ class FakeRunPod:
         return 200, {"ok": True}
 
     def shutdown(self) -> list[str]:
-        """Stop serving and kill every pod process; returns the ids of pods that were still alive."""
-        alive = [p.id for p in self.running_processes()]
+        """Stop serving and kill every pod process; returns the ids of pods that were still alive
+        (a terminated pod whose container the runtime is still killing is not one of them)."""
+        alive = [p.id for p in self.running_processes() if p.status != "TERMINATED"]
         with self._lock:
             pods = list(self.pods.values())
         for pod in pods:
@@ -532,7 +806,7 @@ def _operation_of(query: str) -> str:
 
 def _container_pids(proc: subprocess.Popen[bytes]) -> list[int]:
     """Every process of the pod's "container": its session (started with start_new_session). A
-    session, not a process group: `timeout` in the start command moves into a group of its own."""
+    session, not a process group: a program in the pod may move into a group of its own."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -543,8 +817,8 @@ def _container_pids(proc: subprocess.Popen[bytes]) -> list[int]:
 
 
 def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """As a container runtime does: `docker stop`'s SIGTERM goes to PID 1 alone (the start
-    command must pass it on); SIGKILL ends every process in the container."""
+    """As a container runtime does: `docker stop`'s SIGTERM goes to PID 1 alone (the pod's
+    program must pass it on); SIGKILL ends every process in the container."""
     targets = [proc.pid] if sig == signal.SIGTERM else [proc.pid, *_container_pids(proc)]
     for pid in dict.fromkeys(targets):
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -101,7 +101,7 @@ def test_an_adapter_without_its_manifest_is_not_registered(
     assert repo.list_artifacts(engine, training_job_id=job.id) == []
     assert repo.get_job(engine, job.id).lora_artifact_path is None
     _trainer_upload(storage, job.id, adapter_dir)  # the resumed trainer finished the upload
-    assert publish_adapter.fn(engine, storage, job.id).job_id == job.id
+    assert publish_adapter.fn(engine, storage, job.id).training_job_id == job.id
 
 
 def test_corrupt_stored_adapter_is_refused(engine: Engine, adapter_dir: Path, tmp_path: Path) -> None:

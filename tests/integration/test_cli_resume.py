@@ -87,6 +87,7 @@ def test_resume_after_the_flow_process_died(
             assert first.poll() is None, first.communicate()[0][-3000:]
             time.sleep(0.2)
         assert job is not None, "the job never reached step 4"
+        dead_flow_run = job.flow_run_id
         first.send_signal(signal.SIGKILL)  # the flow process dies; its trainer lives on
         first.communicate(timeout=30)
         compute = LocalCompute(brightrun_home)
@@ -99,13 +100,20 @@ def test_resume_after_the_flow_process_died(
 
         final = repo.get_job(engine, job.id)
         events = repo.list_events(engine, job.id)
-        artifacts = repo.list_artifacts(engine, job_id=job.id)
+        artifacts = repo.list_artifacts(engine, training_job_id=job.id)
     finally:
         if first.poll() is None:
             first.kill()
         engine.dispose()
 
     assert final.status == "completed" and final.current_step == 24
+    # the dead attempt is an interruption like any other: recorded once, and its replacement
+    # counted (issue 15 item 6); the dead flow run no longer reads RUNNING (item 7)
+    dead = [e for e in events if e.type == "interrupted" and "monitor stopped" in e.payload.get("reason", "")]
+    assert [e.attempt for e in dead] == [1]
+    assert final.retry_count == 1
+    assert dead_flow_run and final.flow_run_id != dead_flow_run
+    assert _flow_run_state(prefect_harness, dead_flow_run) == "CRASHED"
     assert len(artifacts) == 1 and final.lora_artifact_path == artifacts[0].storage_path
     assert any(
         e.type == "pod_terminated" and e.payload.get("reason") == "left by an earlier run" for e in events
@@ -116,3 +124,44 @@ def test_resume_after_the_flow_process_died(
     trainer_resumes = [json.loads(p.read_text()) for p in sorted((job_dir / "events").glob("002-*.json"))]
     assert any(e["type"] == "resumed" and e["payload"]["from_step"] >= 4 for e in trainer_resumes)
     assert list((job_dir / "metrics").glob("001-*.jsonl")) and list((job_dir / "metrics").glob("002-*.jsonl"))
+
+
+def _flow_run_state(api_url: str, flow_run_id: str) -> str:
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        state = client.read_flow_run(uuid.UUID(flow_run_id)).state
+    return state.type.value if state is not None else ""
+
+
+@pytest.mark.parametrize(
+    ("status", "failure_kind", "says"),
+    [
+        ("completed", None, "already completed"),
+        ("failed", "training", "the trainer itself failed"),
+        ("failed", "budget", "cost or duration cap"),
+        ("cancelled", None, "was cancelled"),
+    ],
+)
+def test_resume_refuses_a_job_it_cannot_help_with_exit_2(
+    brightrun_home: Path, status: str, failure_kind: str | None, says: str
+) -> None:
+    """Issue 15 item 5: only a live job or an orchestration failure is resumable; the rest are
+    refused with exit code 2 and the reason, before any flow starts."""
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
+    try:
+        job = repo.create_job(engine, job_name="refused", base_model="tiny", metadata={"params": {"x": 1}})
+        for step in ("preprocessing", "model_loaded", "training", status):
+            repo.transition_job(engine, job.id, step, error_message="boom" if status == "failed" else None)
+        if failure_kind:
+            repo.update_job(engine, job.id, metadata={**job.metadata, "failure_kind": failure_kind})
+    finally:
+        engine.dispose()
+    env = {**os.environ, "BRIGHTRUN_HOME": str(brightrun_home)}
+    proc = _cli(["resume", job.id], env)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert says in output and job.id in output

@@ -1,4 +1,4 @@
-"""Fetching a training file: local path, s3:// (SeaweedFS) and https-style URLs, cached by content hash."""
+"""Fetching a training file once: local path, s3:// (SeaweedFS) and https-style URLs, by content hash."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 
 from brightrun.errors import BrightrunError, InputError
-from brightrun.storage import S3Storage
-from tasks.dataset import fetch_dataset
+from brightrun.storage import S3Storage, open_storage
+from tasks.dataset.fetch import SourceFile, fetch_source
 from tests.fixtures.seaweed import SeaweedS3
 
 pytestmark = pytest.mark.integration
+
+
+def fetch_dataset(uri: str, cache: Path, *, endpoint_url: str | None = None) -> Path:
+    return fetch(uri, cache, endpoint_url=endpoint_url).path
+
+
+def fetch(uri: str, cache: Path, *, endpoint_url: str | None = None) -> SourceFile:
+    return fetch_source(uri, cache, lambda url: open_storage(url, endpoint_url=endpoint_url))
 
 
 def test_local_path_is_used_in_place(sample_dataset: Path, tmp_path: Path) -> None:
@@ -88,8 +96,12 @@ def test_http_fetch_and_failed_download_leaves_nothing(
     http_server: str, sample_dataset: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    got = fetch_dataset(f"{http_server}/{sample_dataset.name}?X-Amz-Signature=secret", cache)
+    fetched = fetch(f"{http_server}/{sample_dataset.name}?X-Amz-Signature=secret", cache)
+    got = fetched.path
     assert got.read_bytes() == sample_dataset.read_bytes()
+    assert fetched.sha256 == hashlib.sha256(got.read_bytes()).hexdigest()
+    assert got.name == f"{fetched.sha256}.json"
+    assert fetched.display_name == sample_dataset.name and fetched.size == got.stat().st_size
     with pytest.raises(BrightrunError) as info:
         fetch_dataset(f"{http_server}/missing.json?X-Amz-Signature=secret", cache)
     assert "HTTP 404" in str(info.value) and "secret" not in str(info.value)

@@ -1,14 +1,18 @@
-"""The Prefect tasks of the dataset stage inside a real flow run (Prefect test harness)."""
+"""The dataset stage's Prefect task inside a real flow run (Prefect test harness): the door
+called once, its result typed; bad input fails without retries."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from brightrun import prepared
+from brightrun.errors import InputError
+from brightrun.registry import repository as repo
+from brightrun.resources import Resources
+from brightrun.settings import load_settings
+from brightrun.spec import JobSpec
 
 pytestmark = pytest.mark.integration
 
@@ -21,58 +25,36 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
-def test_flow_prepares_caches_and_publishes_report(
-    prefect_harness: None, tiny_model: Path, sample_dataset: Path, tmp_path: Path
+def test_task_prepares_in_a_flow_and_does_not_retry_bad_input(
+    prefect_harness: None, brightrun_home: Path, tiny_model: Path, sample_dataset: Path, tmp_path: Path
 ) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.dataset import PrepareOptions, fetch_dataset_task, prepare_dataset_task
+    from tasks.dataset import PreparedJobDataset, prepare_job_dataset_task
 
-    out = tmp_path / "data"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"training_file_metadata": {"format_spec": "brightrun-lora-v4"}, "conversations": []}')
 
-    @flow
-    def dataset_stage() -> tuple[Any, Any]:
-        source = fetch_dataset_task(str(sample_dataset), tmp_path / "cache")
-        first = prepare_dataset_task(source, str(tiny_model), out, PrepareOptions(), return_state=True)
-        again = prepare_dataset_task(source, str(tiny_model), out, PrepareOptions(), return_state=True)
-        return first, again
+    with Resources.from_settings(load_settings()) as resources:
+        jobs = [
+            str(repo.create_job(resources.registry, job_name=n, base_model=str(tiny_model)).id)
+            for n in ("good", "bad")
+        ]
 
-    first, again = dataset_stage()
-    assert first.is_completed() and first.name != "Cached"
-    assert again.name == "Cached"
-    report = again.result()
-    assert report.conversations == 12 and (out / prepared.META).exists()
-    # Raw filter request: Artifact.get sends nulls that this FastAPI pin rejects (422).
+        @flow
+        def dataset_stage(job_id: str, dataset: str) -> PreparedJobDataset:
+            spec = JobSpec(job_id=job_id, base_model=str(tiny_model))
+            return prepare_job_dataset_task(
+                resources, job_id=job_id, dataset=dataset, spec=spec, storage=resources.storage
+            )
+
+        result = dataset_stage(jobs[0], str(sample_dataset))
+        assert isinstance(result, PreparedJobDataset) and result.report.conversations == 12
+        with pytest.raises(InputError, match="conversations"):
+            dataset_stage(jobs[1], str(bad))
+
     with get_client(sync_client=True) as client:
-        response = client._client.post(
-            "/artifacts/filter",
-            json={"artifacts": {"key": {"any_": ["dataset-report"]}}, "limit": 5, "offset": 0},
-        )
-    response.raise_for_status()
-    artifacts = response.json()
-    assert artifacts and artifacts[0]["type"] == "markdown"
-    assert f"| kept targets | {report.kept_targets} |" in artifacts[0]["data"]
-
-
-def test_a_cached_preparation_whose_output_was_deleted_runs_again(
-    prefect_harness: None, tiny_model: Path, sample_dataset: Path, tmp_path: Path
-) -> None:
-    """A cleaned cache or a new machine: the cache entry must not hand back a report of files
-    that are no longer there."""
-    import shutil
-
-    from prefect import flow
-
-    from tasks.dataset import PrepareOptions, prepare_dataset_cached
-
-    out = tmp_path / "data"
-
-    @flow
-    def prepare_twice() -> None:
-        prepare_dataset_cached(sample_dataset, str(tiny_model), out, PrepareOptions())
-        shutil.rmtree(out)
-        prepare_dataset_cached(sample_dataset, str(tiny_model), out, PrepareOptions())
-
-    prepare_twice()
-    assert (out / prepared.META).is_file() and (out / prepared.TRAIN).is_file()
+        runs = [r for r in client.read_task_runs() if r.name.startswith("prepare-dataset")]
+    assert len(runs) == 2
+    assert sorted((r.state_type.value, r.run_count) for r in runs) == [("COMPLETED", 1), ("FAILED", 1)]

@@ -87,9 +87,11 @@ def test_prefect_deploy_all_creates_every_deployment(
         docker = client.read_deployment_by_name("train_adapter/docker")
         export = client.read_deployment_by_name("export_feedback/daily")
         reap = client.read_deployment_by_name("reap_pods/every-5-minutes")
+        evaluate = client.read_deployment_by_name("evaluate_adapter/on-demand")
+        promote = client.read_deployment_by_name("promote_adapter/on-demand")
         pools = {p.name: p.type for p in client.read_work_pools()}
     assert pools["brightrun-process"] == "process" and pools["brightrun-docker"] == "docker"
-    assert local.work_pool_name == "brightrun-process"
+    assert local.work_pool_name == evaluate.work_pool_name == promote.work_pool_name == "brightrun-process"
     assert local.global_concurrency_limit is not None and local.global_concurrency_limit.limit == 1
     assert local.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
     assert docker.work_pool_name == "brightrun-docker"
@@ -119,4 +121,5 @@ def test_serve_builds_the_same_flows() -> None:
     from deployments.serve import build_deployments
 
     names = {d.name for d in build_deployments(include_scheduled=True)}
-    assert names == {"serve", "daily", "every-5-minutes"}
+    assert names == {"serve", "on-demand", "daily", "every-5-minutes"}
+    assert len(build_deployments(include_scheduled=False)) == 3

@@ -40,15 +40,25 @@ def test_cli_dry_run_then_export(brightrun_home: Path) -> None:
     dry = runner.invoke(app, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "dry run: 1 example(s) would be exported" in dry.output
-    assert repo.list_training_files(engine) == []
+    # Wrote nothing: no row, no watermark, no object, no dedup cache.
+    assert repo.list_training_files(engine) == [] and repo.get_watermark(engine) is None
+    assert not (brightrun_home / "storage").exists() and not (brightrun_home / "cache").exists()
+    assert not list(brightrun_home.glob("*export_feedback.lock"))
 
     real = runner.invoke(app, args)
     assert real.exit_code == 0, real.output
     assert "exported 1 example(s)" in real.output and "| rows read | 1 |" in real.output
     files = repo.list_training_files(engine)
     assert len(files) == 1 and files[0].source == "feedback_export"
-    assert Path(files[0].storage_path).is_relative_to(brightrun_home)
+    assert Path(files[0].json_file_path or "").is_relative_to(brightrun_home)
 
     bad = runner.invoke(app, ["export-feedback", "--since", "yesterday"])
     assert bad.exit_code != 0
     engine.dispose()
+
+
+def test_cli_dry_run_on_a_fresh_home_creates_nothing(brightrun_home: Path) -> None:
+    result = CliRunner().invoke(app, ["export-feedback", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "no registry yet" in result.output
+    assert not brightrun_home.exists()

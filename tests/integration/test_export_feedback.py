@@ -1,4 +1,6 @@
-"""The feedback export against a real registry: SQLite (embedded default) and Postgres."""
+"""The feedback export against a real registry: SQLite (embedded default) and Postgres,
+through the pipeline's `Resources` (storage with its endpoint, registry), as the flow and
+the CLI call it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, text
 
-from brightrun.registry import open_registry_url
+from brightrun.registry import feedback_rows, open_registry_url
 from brightrun.registry import repository as repo
 from brightrun.registry.models import (
     LexybrainFeedback,
@@ -22,10 +24,19 @@ from brightrun.registry.models import (
     TrainingFile,
     TrainingFileConversation,
 )
-from brightrun.storage import LocalStorage, Storage
-from tasks.dataset_schema import validate_dataset
-from tasks.feedback import ExportBusy, ExportError, export_lock, export_window
-from tasks.feedback_select import Dup, SelectionOptions, Skip
+from brightrun.resources import Resources
+from brightrun.settings import load_settings
+from brightrun.storage import Storage
+from tasks.dataset.schema import validate_dataset
+from tasks.feedback import (
+    ExportBusy,
+    ExportError,
+    ExportOptions,
+    export_feedback_window,
+    export_lock,
+)
+from tasks.feedback.dedup import Dup
+from tasks.feedback.select import SelectionOptions, Skip
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +46,35 @@ W2 = (T0 + timedelta(days=1), T0 + timedelta(days=2))
 REQ_T, RESP_T, FB_T = LexybrainRequest.__table__, LexybrainResponse.__table__, LexybrainFeedback.__table__
 
 
+def make_resources(tmp_path: Path, database_url: str) -> Resources:
+    """Resources on `database_url` (migrated) with local storage under `tmp_path`."""
+    open_registry_url(database_url, auto_upgrade=True).dispose()
+    return Resources.from_settings(
+        load_settings(
+            home=tmp_path / "home", database_url=database_url, storage_url=str(tmp_path / "storage")
+        )
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def resources(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Resources]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'registry.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    eng = open_registry_url(url, auto_upgrade=True)
-    yield eng
-    eng.dispose()
+    res = make_resources(tmp_path, url)
+    yield res
+    res.close()
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> Storage:
-    return LocalStorage(tmp_path / "storage")
+def engine(resources: Resources) -> Engine:
+    return resources.registry
+
+
+@pytest.fixture
+def storage(resources: Resources) -> Storage:
+    return resources.storage
 
 
 class Logs:
@@ -176,10 +202,12 @@ def _seed_window_one(logs: Logs) -> dict[str, Any]:
     return {"good": good, "pii": pii, "user": user}
 
 
-def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage: Storage) -> None:
+def test_export_registers_file_dedups_and_is_idempotent(
+    resources: Resources, engine: Engine, storage: Storage
+) -> None:
     logs = Logs(engine)
     seeded = _seed_window_one(logs)
-    first = export_window(engine, storage, since=W1[0], until=W1[1])
+    first = export_feedback_window(resources, since=W1[0], until=W1[1])
     assert first.status == "exported", first.message
     stats = first.stats
     assert stats.rows_read == 11 and stats.selected == 5
@@ -200,7 +228,7 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     assert tf.source == "feedback_export" and tf.examples == 5 and tf.sha256 == first.sha256
     assert tf.metadata["skipped"]["null_prompt"] == 1
     assert repo.get_watermark(engine).position == W1[1]
-    local = Path(tf.storage_path)
+    local = Path(tf.json_file_path)
     assert local.is_file() and validate_dataset(local).ok
     body = local.read_text()
     for secret in (str(seeded["user"]), "owner@shop.example", "4111 1111 1111 1111", "555 0100"):
@@ -217,7 +245,7 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     assert refs == 5
 
     # Rerun of the same window: same bytes, no second row, watermark unchanged.
-    again = export_window(engine, storage, since=W1[0], until=W1[1])
+    again = export_feedback_window(resources, since=W1[0], until=W1[1])
     assert again.status == "already_exported" and again.sha256 == first.sha256
     assert len(_files(engine)) == 1
 
@@ -225,14 +253,14 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     # registered as a second file that would repeat every example of the first.
     logs.add(W1[0] + timedelta(hours=5), prompt="Late rating")
     with pytest.raises(ExportError, match="already exported"):
-        export_window(engine, storage, since=W1[0], until=W1[1])
+        export_feedback_window(resources, since=W1[0], until=W1[1])
     assert len(_files(engine)) == 1
 
     # The next window re-rates an already exported log: deduped against the earlier file.
     dup_at = W2[0] + timedelta(hours=2)
     logs.add(dup_at, prompt="Best seller for shop 1?", output={"top": ["item-1"]})
     logs.add(dup_at + timedelta(minutes=1), prompt="Fresh question", output={"top": ["new"]})
-    second = export_window(engine, storage)  # since = the watermark
+    second = export_feedback_window(resources)  # since = the watermark
     assert second.since == W1[1]
     # Earlier training data or, if the dataset stage holds that conversation out, validation data.
     assert second.stats.deduped[Dup.earlier_training] + second.stats.deduped[Dup.validation_split] == 1
@@ -240,64 +268,74 @@ def test_export_registers_file_dedups_and_is_idempotent(engine: Engine, storage:
     assert len(_files(engine)) == 2
 
 
-def test_validation_conversations_of_earlier_files_never_leak(engine: Engine, storage: Storage) -> None:
+def test_validation_conversations_of_earlier_files_never_leak(
+    resources: Resources, engine: Engine, storage: Storage
+) -> None:
     logs = Logs(engine)
     held_out = logs.add(W1[0] + timedelta(hours=1), prompt="Held out question", output={"a": 1})
     logs.add(W1[0] + timedelta(hours=2), prompt="Trained question", output={"a": 2})
-    export_window(engine, storage, since=W1[0], until=W1[1])
-    with engine.begin() as conn:  # mark the first as validation data, as the dataset stage split it
-        conn.execute(
-            TrainingFileConversation.__table__.update()
-            .where(TrainingFileConversation.__table__.c.source_ref == str(held_out["response"]))
-            .values(split="validation")
+    exported = export_feedback_window(resources, since=W1[0], until=W1[1])
+    assert exported.training_file_id is not None
+    held_out_id = f"fb-{held_out['response']}"
+    # A job trains on the exported file: the dataset stage records the split it chose over
+    # the export's `train` rows. A second job's other split never makes it train data again.
+    for split in ("validation", "train"):
+        feedback_rows.record_split(
+            engine, exported.training_file_id, [repo.ConversationRef(held_out_id, split)]
         )
+    recorded = feedback_rows.recorded_splits(engine)[exported.training_file_id]
+    assert recorded[held_out_id] == "validation" and len(recorded) == 2
     # Same prompt, different answer: a leak of a validation prompt into training.
     logs.add(W2[0] + timedelta(hours=1), prompt="held out question!", output={"a": "other"})
-    result = export_window(engine, storage, since=W2[0], until=W2[1])
+    result = export_feedback_window(resources, since=W2[0], until=W2[1])
     assert result.stats.deduped == {Dup.validation_split: 1}
     assert result.status == "no_examples"
     assert repo.get_watermark(engine).position == W2[1]
 
 
-def test_empty_window_writes_nothing(engine: Engine, storage: Storage) -> None:
+def test_empty_window_writes_nothing(resources: Resources, engine: Engine, storage: Storage) -> None:
     logs = Logs(engine)
     logs.add(W1[0] + timedelta(hours=1), rating=None)  # logged but never rated
-    result = export_window(engine, storage, since=W1[0], until=W1[1])
+    result = export_feedback_window(resources, since=W1[0], until=W1[1])
     assert result.status == "empty" and "no ratings" in result.message
     assert _files(engine) == [] and repo.get_watermark(engine) is None
     assert storage.list() == []
 
 
-def test_dry_run_registers_nothing(engine: Engine, storage: Storage) -> None:
+def test_dry_run_registers_nothing(resources: Resources, engine: Engine, storage: Storage) -> None:
     Logs(engine).add(W1[0] + timedelta(hours=1))
-    result = export_window(engine, storage, since=W1[0], until=W1[1], dry_run=True)
+    result = export_feedback_window(resources, since=W1[0], until=W1[1], dry_run=True)
     assert result.status == "dry_run" and result.examples == 1 and result.sha256
     assert _files(engine) == [] and repo.get_watermark(engine) is None and storage.list() == []
 
 
-def test_a_second_export_does_not_run_while_one_holds_the_lock(engine: Engine, storage: Storage) -> None:
+def test_a_second_export_does_not_run_while_one_holds_the_lock(
+    resources: Resources, engine: Engine, storage: Storage
+) -> None:
     Logs(engine).add(W1[0] + timedelta(hours=1))
     with export_lock(engine), pytest.raises(ExportBusy):
-        export_window(engine, storage, since=W1[0], until=W1[1], lock_wait_s=0.2, retry_delay_s=0)
+        export_feedback_window(
+            resources, since=W1[0], until=W1[1], options=ExportOptions(lock_wait_s=0.2, retry_delay_s=0)
+        )
     assert _files(engine) == []
     # Once released, the export runs.
-    assert export_window(engine, storage, since=W1[0], until=W1[1]).status == "exported"
+    assert export_feedback_window(resources, since=W1[0], until=W1[1]).status == "exported"
 
 
-def test_non_utf8_text_in_sqlite_is_skipped(tmp_path: Path, storage: Storage) -> None:
-    engine = open_registry_url(f"sqlite:///{tmp_path / 'r.db'}", auto_upgrade=True)
-    logs = Logs(engine)
-    ids = logs.add(W1[0] + timedelta(hours=1))
-    logs.add(W1[0] + timedelta(hours=2), prompt="fine")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "UPDATE lexybrain_requests SET prompt = CAST(x'62616420ff20627974650a' AS TEXT) WHERE id = ?",
-            (ids["request"].hex,),
-        )
-    result = export_window(engine, storage, since=W1[0], until=W1[1])
+def test_non_utf8_text_in_sqlite_is_skipped(tmp_path: Path) -> None:
+    with make_resources(tmp_path, f"sqlite:///{tmp_path / 'r.db'}") as resources:
+        engine = resources.registry
+        logs = Logs(engine)
+        ids = logs.add(W1[0] + timedelta(hours=1))
+        logs.add(W1[0] + timedelta(hours=2), prompt="fine")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE lexybrain_requests SET prompt = CAST(x'62616420ff20627974650a' AS TEXT) WHERE id = ?",
+                (ids["request"].hex,),
+            )
+        result = export_feedback_window(resources, since=W1[0], until=W1[1])
     assert result.stats.skipped == {Skip.invalid_text: 1}
     assert result.stats.selected == 1
-    engine.dispose()
 
 
 def _kill_stream(url_engine: Engine) -> None:
@@ -334,10 +372,12 @@ def _seed_many(logs: Logs, n: int) -> None:
 
 
 def test_connection_dropped_mid_stream_is_retried_from_the_watermark(
-    postgres_url: str, storage: Storage
+    postgres_url: str, tmp_path: Path
 ) -> None:
-    engine = open_registry_url(postgres_url, auto_upgrade=True)
+    resources = make_resources(tmp_path, postgres_url)
+    engine, storage = resources.registry, resources.storage
     killer = open_registry_url(postgres_url)
+    fast = ExportOptions(batch_size=20, retry_delay_s=0)
     try:
         _seed_many(Logs(engine), 300)
         kills: list[int] = []
@@ -347,15 +387,8 @@ def test_connection_dropped_mid_stream_is_retried_from_the_watermark(
                 kills.append(n)
                 _kill_stream(killer)
 
-        result = export_window(
-            engine,
-            storage,
-            since=W1[0],
-            until=W1[1],
-            on_progress=kill_once,
-            progress_every=50,
-            batch_size=20,
-            retry_delay_s=0,
+        result = export_feedback_window(
+            resources, since=W1[0], until=W1[1], options=fast, on_progress=kill_once, progress_every=50
         )
         assert kills == [50]
         assert result.status == "exported" and result.stats.read_attempts == 2
@@ -365,23 +398,23 @@ def test_connection_dropped_mid_stream_is_retried_from_the_watermark(
 
         # A connection that keeps dropping: the export fails, nothing registered, watermark unchanged.
         with pytest.raises(ExportError, match="watermark did not move"):
-            export_window(
-                engine,
-                storage,
+            export_feedback_window(
+                resources,
                 since=W2[0] - timedelta(days=1),
                 until=W2[1],
+                options=fast,
                 on_progress=lambda n: _kill_stream(killer),
                 progress_every=50,
-                batch_size=20,
-                retry_delay_s=0,
             )
         assert len(_files(engine)) == 1 and repo.get_watermark(engine).position == W1[1]
     finally:
-        engine.dispose()
+        resources.close()
         killer.dispose()
 
 
-def test_two_exports_at_once_never_double_export(engine: Engine, storage: Storage) -> None:
+def test_two_exports_at_once_never_double_export(
+    resources: Resources, engine: Engine, storage: Storage
+) -> None:
     logs = Logs(engine)
     for i in range(20):
         logs.add(W1[0] + timedelta(minutes=i), prompt=f"q{i}")
@@ -390,7 +423,11 @@ def test_two_exports_at_once_never_double_export(engine: Engine, storage: Storag
 
     def run() -> None:
         try:
-            results.append(export_window(engine, storage, since=W1[0], until=W1[1], lock_wait_s=30))
+            results.append(
+                export_feedback_window(
+                    resources, since=W1[0], until=W1[1], options=ExportOptions(lock_wait_s=30)
+                )
+            )
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -404,32 +441,45 @@ def test_two_exports_at_once_never_double_export(engine: Engine, storage: Storag
     assert len(_files(engine)) == 1
 
 
-def test_selection_options_reach_the_export(engine: Engine, storage: Storage) -> None:
+def test_selection_options_reach_the_export(resources: Resources, engine: Engine, storage: Storage) -> None:
     logs = Logs(engine)
     ids = logs.add(W1[0] + timedelta(hours=1), rating="neutral")
     with engine.begin() as conn:
         conn.execute(FB_T.update().where(FB_T.c.id == ids["feedback"]).values(notes="useful"))
     opts = SelectionOptions(include_neutral_with_notes=True, system_prompts={"market": "Market analyst."})
-    result = export_window(engine, storage, since=W1[0], until=W1[1], options=opts)
+    result = export_feedback_window(
+        resources, since=W1[0], until=W1[1], options=ExportOptions(selection=opts)
+    )
     assert result.examples == 1
     data = json.loads(Path(result.training_file_uri or "").read_text())
     assert data["conversations"][0]["training_pairs"][0]["system_prompt"] == "Market analyst."
 
 
-def test_earlier_files_are_scanned_once_per_machine(tmp_path: Path, storage: Storage) -> None:
-    engine = open_registry_url(f"sqlite:///{tmp_path / 'r.db'}", auto_upgrade=True)
-    logs = Logs(engine)
-    cache = tmp_path / "cache"
-    logs.add(W1[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
-    first = export_window(engine, storage, since=W1[0], until=W1[1], cache_dir=cache)
-    logs.add(W2[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
-    logs.add(W2[0] + timedelta(hours=2), prompt="New question", output={"a": 2})
-    export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True, cache_dir=cache)
-    assert (cache / f"{first.sha256}.pickle").is_file()
-    Path(first.training_file_uri or "").unlink()  # the object is gone; the keys are cached
-    cached = export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True, cache_dir=cache)
-    assert cached.stats.deduped[Dup.earlier_training] + cached.stats.deduped[Dup.validation_split] == 1
-    assert cached.examples == 1
-    with pytest.raises(ExportError, match="cannot read earlier training file"):
-        export_window(engine, storage, since=W2[0], until=W2[1], dry_run=True)
-    engine.dispose()
+def test_earlier_files_are_scanned_once_per_machine(tmp_path: Path) -> None:
+    with make_resources(tmp_path, f"sqlite:///{tmp_path / 'r.db'}") as resources:
+        logs = Logs(resources.registry)
+        cache = resources.settings.cache_dir / "feedback-dedup"
+        logs.add(W1[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
+        first = export_feedback_window(resources, since=W1[0], until=W1[1])
+        logs.add(W2[0] + timedelta(hours=1), prompt="Kept question", output={"a": 1})
+        logs.add(W2[0] + timedelta(hours=2), prompt="New question", output={"a": 2})
+        # A dry run reads the earlier file but writes nothing, not even the cache.
+        export_feedback_window(resources, since=W2[0], until=W2[1], dry_run=True)
+        assert not cache.exists()
+        second = export_feedback_window(resources, since=W2[0], until=W2[1])
+        assert second.earlier.files == 1 and second.earlier.cached_files == 0
+        assert (cache / f"{first.sha256}.pickle").is_file()
+        Path(first.training_file_uri or "").unlink()  # the object is gone; the keys are cached
+        # A rerun of the window sees what its first run saw: the first file, from the cache.
+        cached = export_feedback_window(resources, since=W2[0], until=W2[1], dry_run=True)
+        assert cached.earlier.cached_files == 1
+        assert cached.stats.deduped == {Dup.earlier_training: 1}
+        assert cached.examples == 1 and cached.sha256 == second.sha256
+        with pytest.raises(ExportError, match="cannot read earlier training file"):
+            export_feedback_window(
+                resources,
+                since=W2[0],
+                until=W2[1],
+                dry_run=True,
+                options=ExportOptions(cache_earlier_keys=False),
+            )

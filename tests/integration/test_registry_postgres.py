@@ -30,8 +30,10 @@ from tests.unit.test_registry import (  # noqa: F401
     test_concurrent_artifact_registrations_leave_one_row,
     test_events_append_and_dedup_by_source_key,
     test_every_status_transition_allowed_or_refused,
+    test_history_ingested_three_times_lands_once,
     test_job_lifecycle_fields,
     test_metrics_batch_merges_and_is_idempotent,
+    test_the_database_refuses_two_production_adapters_for_one_base_model,
     test_training_files_idempotent_and_dedup_sources,
     test_watermark_only_moves_forward,
 )

@@ -149,7 +149,7 @@ def test_training_in_each_topology(
     from brightrun.resources import Resources
     from brightrun.storage import open_storage
     from cli.training import demo_params
-    from flows.reap_pods import reap_with_resources
+    from flows.reap_pods import reap_pods_with
     from flows.train_adapter import train_adapter
 
     # S3 credentials always; the endpoint under one variable only.
@@ -221,7 +221,7 @@ def test_training_in_each_topology(
         # No signature anywhere in the registry.
         assert "Signature" not in _registry_text(resources.registry)
         # The reaper reads this job's own storage and finds nothing to terminate.
-        assert reap_with_resources(resources, dry_run=True) == []
+        assert reap_pods_with(resources, dry_run=True) == []
 
     if topology.dataset == "https":
         logs = _flow_run_logs(state.state_details.flow_run_id)

@@ -25,6 +25,7 @@ from tests.fixtures.training import (
     run_trainer,
     small_spec,
 )
+from trainer.run import job_workdir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,9 +77,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_adapter(
     storage = job_storage(scenario.killed)
     committed = int(storage.get_bytes(layout.LATEST).decode())
     assert 3 <= committed <= scenario.kill_step
+    # A SIGKILL leaves the scratch directory behind; the next attempt reuses it, then removes it.
+    work = job_workdir("killed", storage.url)
+    assert work.is_dir()
+    assert not job_workdir("ref", job_storage(scenario.reference).url).exists()  # completed: removed
 
     proc = run_trainer(scenario.killed)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not work.exists()
 
     resumed = events(storage, "resumed")
     assert [e["payload"]["from_step"] for e in resumed] == [committed]

@@ -135,9 +135,34 @@ def test_prepare_prints_summary_and_writes_report(
 def test_invalid_option_is_an_input_error(
     tiny_model: Path, sample_dataset: Path, tmp_path: Path, brightrun_home: Path
 ) -> None:
-    result = run_prepare(tiny_model, sample_dataset, tmp_path / "o", "--val-fraction", "1.5")
-    assert result.exit_code == 2 and "val_fraction" in result.output
+    result = run_prepare(tiny_model, sample_dataset, tmp_path / "o", "--validation-fraction", "1.5")
+    assert result.exit_code == 2 and "--validation-fraction" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_never_imports_torch(
+    tiny_model: Path, sample_dataset: Path, tmp_path: Path, brightrun_home: Path
+) -> None:
+    """The orchestrator side stays light (issue 16): a whole `brightrun prepare` process runs
+    without importing torch (nor Prefect)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cli.main import app\n"
+        "try:\n"
+        f"    app(['prepare', {str(sample_dataset)!r}, '--tokenizer', {str(tiny_model)!r},"
+        f" '--out', {str(tmp_path / 'out')!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('loaded:', sorted(m for m in ('torch', 'prefect') if m in sys.modules))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout
+    assert (tmp_path / "out" / prepared.META).is_file()
 
 
 def test_missing_dataset_file(tiny_model: Path, tmp_path: Path, brightrun_home: Path) -> None:

@@ -31,7 +31,14 @@ def test_prepared_directory_follows_the_contract(
 ) -> None:
     out, report = sample_prepared
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [prepared.META, prepared.TRAIN, prepared.VALIDATION, prepared.PROMPTS, prepared.REPORT]
+        [
+            prepared.META,
+            prepared.TRAIN,
+            prepared.VALIDATION,
+            prepared.PROMPTS,
+            prepared.REPORT,
+            prepared.SPLITS,
+        ]
     )
     meta = prepared.read_meta(out)
     assert meta.source_sha256 == load_and_validate(sample_dataset).sha256
@@ -89,17 +96,17 @@ def test_prepare_is_deterministic(
 def test_rerun_replaces_output_atomically(tiny_model: Path, tmp_path: Path) -> None:
     src = write(tmp_path, make_file([make_conversation(f"c{i}", 3) for i in range(4)]))
     out = tmp_path / "out"
-    prepare_dataset(src, tiny_model, out, PrepareOptions(val_fraction=0.0))
+    prepare_dataset(src, tiny_model, out, PrepareOptions(validation_fraction=0.0))
     first = prepared.read_meta(out)
     assert first.validation_examples == 0
-    prepare_dataset(src, tiny_model, out, PrepareOptions(val_fraction=0.5, seed=1))
+    prepare_dataset(src, tiny_model, out, PrepareOptions(validation_fraction=0.5, seed=1))
     assert prepared.read_meta(out).validation_examples > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "out"]
 
 
 def test_small_file_still_gets_a_validation_conversation(tiny_model: Path, tmp_path: Path) -> None:
     src = write(tmp_path, make_file([make_conversation(f"c{i}", 2) for i in range(3)]))
-    report = prepare_dataset(src, tiny_model, tmp_path / "out", PrepareOptions(val_fraction=0.01))
+    report = prepare_dataset(src, tiny_model, tmp_path / "out", PrepareOptions(validation_fraction=0.01))
     assert report.validation.conversations == 1 and report.train.conversations == 2
     val = list(prepared.iter_examples(tmp_path / "out" / prepared.VALIDATION))
     train = list(prepared.iter_examples(tmp_path / "out" / prepared.TRAIN))
@@ -139,15 +146,15 @@ def test_load_and_validate_raises_with_every_problem(tmp_path: Path) -> None:
     assert "conversation c2, pair c2-p2 (#1) turn 2, field training_metadata.quality_score" in str(info.value)
 
 
-def test_validation_rule_for_known_ids_matches_what_prepare_did(
-    sample_prepared: tuple[Path, DatasetReport],
-) -> None:
-    """The export dedups against earlier files by this rule; it must be prepare's own split."""
-    from tasks.dataset import PrepareOptions, validation_conversation_ids
-    from tasks.job import prepared_conversation_splits
-
+def test_the_recorded_split_is_what_the_writer_wrote(sample_prepared: tuple[Path, DatasetReport]) -> None:
+    """splits.json is the one record of the split: every conversation, in the file it went to."""
     out, report = sample_prepared
-    splits = prepared_conversation_splits(out)
-    expected = {cid for cid, split in splits.items() if split == "validation"}
-    assert expected and validation_conversation_ids(sorted(splits), report.options) == expected
+    splits = prepared.read_splits(out)
+    in_files = {
+        name: {e.conversation_id for e in prepared.iter_examples(out / f)}
+        for name, f in (("train", prepared.TRAIN), ("validation", prepared.VALIDATION))
+    }
+    assert in_files["validation"] and set(splits.validation) >= in_files["validation"]
+    assert set(splits.train) >= in_files["train"] and not set(splits.train) & set(splits.validation)
+    assert len(splits.train) + len(splits.validation) == report.conversations
     assert report.options == PrepareOptions()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.dataset_schema import validate_dataset
+from tasks.dataset.schema import validate_dataset
 
 SYSTEM = "You are a kind financial planning assistant."
 
@@ -242,7 +242,7 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 
 def test_validator_imports_without_torch_transformers_or_prefect() -> None:
     code = (
-        "import sys, tasks.dataset, tasks.dataset_schema;"
+        "import sys, tasks.dataset, tasks.dataset.schema;"
         "bad=[m for m in ('torch','transformers','prefect') if m in sys.modules];"
         "assert not bad, bad"
     )

@@ -8,7 +8,7 @@ from prefect.states import Failed
 from brightrun.errors import InputError
 from brightrun.registry.db import DatabaseUnavailable
 from brightrun.storage import StorageError
-from tasks.feedback import ExportBusy, ExportError, _transient_failure
+from tasks.feedback import ExportBusy, ExportError, transient_failure
 
 
 @pytest.mark.parametrize(
@@ -23,4 +23,4 @@ from tasks.feedback import ExportBusy, ExportError, _transient_failure
     ],
 )
 def test_only_transient_failures_are_retried(error: BaseException, retry: bool) -> None:
-    assert _transient_failure(None, None, Failed(data=error)) is retry
+    assert transient_failure(None, None, Failed(data=error)) is retry

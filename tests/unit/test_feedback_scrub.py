@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tasks.feedback_scrub import CARD, EMAIL, IP, PHONE, USER_ID, Scrubber, luhn_valid
+from tasks.feedback.scrub import CARD, EMAIL, IP, PHONE, USER_ID, Scrubber, luhn_valid
 
 
 def test_luhn() -> None:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dataset_schema import validate_dataset
+from tasks.dataset.schema import validate_dataset
 from tasks.feedback import ExportStats, process_rows
-from tasks.feedback_select import (
-    Deduper,
-    Dup,
-    LogRow,
+from tasks.feedback.dedup import Deduper, Dup, normalize_text
+from tasks.feedback.read import LogRow
+from tasks.feedback.select import (
     PreferencePairs,
     Rating,
     SelectionOptions,
@@ -22,9 +21,8 @@ from tasks.feedback_select import (
     build_example,
     canonical_json,
     decide,
-    normalize_text,
 )
-from tasks.feedback_write import ExportWriter, FileOptions
+from tasks.feedback.write import ExportWriter, FileOptions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 USER = "0f9a8b7c-1111-2222-3333-444455556666"

@@ -141,7 +141,9 @@ def test_estimated_total_steps_follows_max_steps_or_epochs_over_batches() -> Non
         base_model="m",
         training={"batch_size": 4, "gradient_accumulation_steps": 2, "epochs": 2.0},
     )
-    assert estimated_total_steps(spec, 100) == 26  # ceil(100 / 8) = 13 steps per epoch, 2 epochs
-    assert estimated_total_steps(spec, 1) == 2
+    # The trainer's own plan (brightrun.steps): ceil(100 / 4) = 25 micro-batches per epoch, 50 in
+    # 2 epochs, 2 per step = 25 steps; 1 example: 2 micro-batches = 1 step.
+    assert estimated_total_steps(spec, 100) == 25
+    assert estimated_total_steps(spec, 1) == 1
     capped = spec.model_copy(update={"training": spec.training.model_copy(update={"max_steps": 7})})
     assert estimated_total_steps(capped, 100) == 7

@@ -101,14 +101,27 @@ def test_job_lifecycle_fields(engine: Engine) -> None:
     assert repo.create_job(engine, job_id=job.id, job_name="again", base_model="m").job_name == "j"
     job = repo.transition_job(engine, job.id, "preprocessing")
     assert job.started_at is not None
-    job = repo.update_job_progress(engine, job.id, current_step=5, total_steps=20, current_loss=1.5)
+    eta = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    job = repo.update_job_progress(
+        engine, job.id, current_step=5, total_steps=20, current_loss=1.5,
+        metrics={"loss": 1.5, "learning_rate": 1e-4}, estimated_completion_at=eta,
+    )  # fmt: skip
     assert (job.current_step, job.progress_percent, job.current_loss) == (5, 25.0, 1.5)
+    assert (job.metrics, job.estimated_completion_at) == ({"loss": 1.5, "learning_rate": 1e-4}, eta)
+    job = repo.update_job_progress(engine, job.id, current_step=6, metrics={"loss": 1.4, "grad_norm": None})
+    assert job.metrics == {"loss": 1.4, "learning_rate": 1e-4}  # the latest value of each, merged
     assert repo.increment_retry_count(engine, job.id) == 1
     assert repo.increment_retry_count(engine, job.id) == 2
     job = repo.set_job_cost(engine, job.id, actual_cost_usd=1.25, gpu_hours=0.5)
     assert (job.actual_cost_usd, job.gpu_hours, job.retry_count) == (1.25, 0.5, 2)
-    job = repo.update_job(engine, job.id, pod_id="pod-1", gpu_type="A100")
-    assert (job.pod_id, job.gpu_type) == ("pod-1", "A100")
+    job = repo.update_job(
+        engine, job.id, runpod_pod_id="pod-1", gpu_type="A100", training_log_path="s3://b/jobs/x/train.log"
+    )
+    assert (job.runpod_pod_id, job.gpu_type, job.training_log_path) == (
+        "pod-1",
+        "A100",
+        "s3://b/jobs/x/train.log",
+    )
     assert job.updated_at >= job.created_at
     with pytest.raises(ValueError, match="cannot set"):
         repo.update_job(engine, job.id, status="completed")
@@ -146,6 +159,61 @@ def test_events_append_and_dedup_by_source_key(engine: Engine) -> None:
     assert events[0].payload == {"step": 4} and events[2].payload == {"pod_id": "p1"}
 
 
+def test_history_ingested_three_times_lands_once(engine: Engine) -> None:
+    """A resumed flow re-reads every trainer event and metric file: each record lands once.
+
+    The keys: an event's `source_key` (the trainer's event object key), a metric's
+    (job, attempt, step); both are unique in the database, inserts skip or merge on them.
+    """
+    job = repo.create_job(engine, job_name="x3", base_model="m")
+    events = [
+        repo.NewEvent(
+            job.id, "checkpoint_committed", attempt=0, payload={"step": s}, source_key=f"events/0-{s}.json"
+        )
+        for s in (4, 8, 12)
+    ]
+    metrics = [{"step": s, "attempt": 0, "loss": 1.0 / s, "learning_rate": 1e-4} for s in range(1, 13)]
+    inserted = []
+    for _ in range(3):
+        inserted.append(repo.add_events(engine, events))
+        repo.add_metrics(engine, job.id, metrics)
+    assert inserted == [3, 0, 0]
+    committed = repo.list_events(engine, job.id, type="checkpoint_committed")
+    assert [e.payload["step"] for e in committed] == [4, 8, 12]
+    points = repo.list_metrics(engine, job.id)
+    assert [(p.attempt, p.step) for p in points] == [(0, s) for s in range(1, 13)]
+    assert points[3].loss == 0.25
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM training_metrics_history")).scalar() == 12
+        assert conn.execute(sa.text("SELECT count(*) FROM training_job_events")).scalar() == 3
+
+
+def test_the_database_refuses_two_production_adapters_for_one_base_model(engine: Engine) -> None:
+    ids = []
+    for name in ("a", "b"):
+        job = repo.create_job(engine, job_name=name, base_model="llama")
+        ids.append(
+            repo.register_artifact(
+                engine, training_job_id=job.id, storage_path=f"/{name}", base_model="llama"
+            ).id
+        )
+
+    def set_status(conn: sa.Connection, artifact_id: str, status: str) -> None:
+        table = repo.artifacts_t
+        conn.execute(
+            sa.update(table).where(table.c.id == uuid.UUID(artifact_id)).values(deployment_status=status)
+        )
+
+    with engine.begin() as conn:
+        set_status(conn, ids[0], "production")
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        set_status(conn, ids[1], "production")
+    with engine.begin() as conn:  # archive first, then promote: the way promotion.py does it
+        set_status(conn, ids[0], "archived")
+        set_status(conn, ids[1], "production")
+    assert [a.id for a in repo.list_artifacts(engine, deployment_status="production")] == [ids[1]]
+
+
 def test_concurrent_artifact_registrations_leave_one_row(engine: Engine) -> None:
     job = repo.create_job(engine, job_name="a", base_model="m")
     barrier = threading.Barrier(6)
@@ -155,7 +223,10 @@ def test_concurrent_artifact_registrations_leave_one_row(engine: Engine) -> None
         try:
             barrier.wait()
             repo.register_artifact(
-                engine, job_id=job.id, storage_path=f"s3://b/jobs/{job.id}/adapter", size_bytes=100 + i
+                engine,
+                training_job_id=job.id,
+                storage_path=f"s3://b/jobs/{job.id}/adapter",
+                file_size_bytes=100 + i,
             )
         except BaseException as exc:
             errors.append(exc)
@@ -166,7 +237,7 @@ def test_concurrent_artifact_registrations_leave_one_row(engine: Engine) -> None
     for t in threads:
         t.join()
     assert errors == []
-    artifacts = repo.list_artifacts(engine, job_id=job.id)
+    artifacts = repo.list_artifacts(engine, training_job_id=job.id)
     assert len(artifacts) == 1
     assert artifacts[0].deployment_status == "stored"
     assert repo.get_job(engine, job.id).lora_artifact_path == f"s3://b/jobs/{job.id}/adapter"
@@ -180,16 +251,16 @@ def test_training_files_idempotent_and_dedup_sources(engine: Engine) -> None:
         repo.ConversationRef("c2", "validation", "resp-2"),
     ]
     tf, created = repo.register_training_file(
-        engine, name="f1", storage_path="/s/f1.json", sha256="a" * 64, source="feedback_export",
+        engine, name="f1", json_file_path="/s/f1.json", sha256="a" * 64, source="feedback_export",
         examples=2, conversation_refs=refs,
     )  # fmt: skip
     assert created
     again, created = repo.register_training_file(
-        engine, name="other name", storage_path="/s/x.json", sha256="a" * 64
+        engine, name="other name", json_file_path="/s/x.json", sha256="a" * 64
     )
     assert (created, again.id, again.name) == (False, tf.id, "f1")
     repo.register_training_file(
-        engine, name="f2", storage_path="/s/f2.json", sha256="b" * 64,
+        engine, name="f2", json_file_path="/s/f2.json", sha256="b" * 64,
         conversation_refs=[repo.ConversationRef("c2", "train", "resp-2")],
     )  # fmt: skip
     seen = repo.exported_conversations(engine)
@@ -306,7 +377,9 @@ def test_cli_lists_and_shows_jobs(brightrun_home: Path) -> None:
     engine = open_registry(load_settings())
     job = repo.create_job(engine, job_name="cli-job", base_model="tiny")
     repo.add_event(engine, job.id, "pod_requested", gpu="A40")
-    repo.register_artifact(engine, job_id=job.id, storage_path="/tmp/adapter", perplexity=3.5)
+    repo.register_artifact(
+        engine, training_job_id=job.id, storage_path="/tmp/adapter", validation_perplexity=3.5
+    )
     engine.dispose()
     runner = CliRunner()
     listed = runner.invoke(app, ["jobs", "list", "--json"])
@@ -314,7 +387,9 @@ def test_cli_lists_and_shows_jobs(brightrun_home: Path) -> None:
     assert [j["job_name"] for j in json.loads(listed.stdout)] == ["cli-job"]
     shown = runner.invoke(app, ["jobs", "show", job.id, "--json"])
     data = json.loads(shown.stdout)
-    assert data["events"][0]["type"] == "pod_requested" and data["artifacts"][0]["perplexity"] == 3.5
+    assert (
+        data["events"][0]["type"] == "pod_requested" and data["artifacts"][0]["validation_perplexity"] == 3.5
+    )
     table = runner.invoke(app, ["artifacts", "list"], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "lora_adapter" in table.stdout
     current = runner.invoke(app, ["db", "current", "--json"])
@@ -339,3 +414,169 @@ def test_two_processes_opening_a_fresh_sqlite_registry_at_once_both_succeed(tmp_
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in results]
+
+
+def test_sqlite_registry_made_by_the_previous_schema_upgrades_with_its_rows(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    upgrade(engine, "0001")
+    job_id, file_id = uuid.uuid4().hex, uuid.uuid4().hex
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO training_files (id, name, storage_path, sha256, training_pairs) "
+                "VALUES (:id, 'f', '/data/f.json', :sha, 7)"
+            ),
+            {"id": file_id, "sha": "e" * 64},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO training_jobs (id, job_name, base_model, pod_id, training_file_id) "
+                "VALUES (:id, 'old', 'm', 'pod-7', :f)"
+            ),
+            {"id": job_id, "f": file_id},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO model_artifacts (id, job_id, storage_path, size_bytes, perplexity, "
+                "deployment_status) VALUES (:id, :j, '/a', 99, 3.25, 'deploying')"
+            ),
+            {"id": uuid.uuid4().hex, "j": job_id},
+        )
+        for n, created in enumerate(("2026-01-01", "2026-02-01")):  # two `deployed` of one base model
+            other = uuid.uuid4().hex
+            conn.execute(
+                sa.text("INSERT INTO training_jobs (id, job_name, base_model) VALUES (:id, :name, 'llama')"),
+                {"id": other, "name": f"d{n}"},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO model_artifacts (id, job_id, storage_path, base_model, deployment_status, "
+                    "created_at) VALUES (:id, :j, :path, 'llama', 'deployed', :created)"
+                ),
+                {"id": uuid.uuid4().hex, "j": other, "path": f"/d{n}", "created": created},
+            )
+        conn.execute(
+            sa.text("INSERT INTO training_metrics_history (id, job_id, step, loss) VALUES (:id, :j, 3, 0.5)"),
+            {"id": uuid.uuid4().hex, "j": job_id},
+        )
+    assert upgrade(engine) == head_revision()
+    job = repo.get_job(engine, job_id)
+    assert (job.runpod_pod_id, job.training_file_id, job.metrics, job.created_by) == (
+        "pod-7", str(uuid.UUID(file_id)), {}, None
+    )  # fmt: skip
+    (artifact,) = repo.list_artifacts(engine, training_job_id=job_id)
+    assert (artifact.file_size_bytes, artifact.validation_perplexity, artifact.deployment_status) == (
+        99, 3.25, "testing"
+    )  # fmt: skip
+    tf = repo.get_training_file(engine, file_id)
+    assert (tf.json_file_path, tf.total_training_pairs, tf.sha256) == ("/data/f.json", 7, "e" * 64)
+    llama = repo.list_artifacts(engine, training_job_id=None)
+    assert sorted((a.storage_path, a.deployment_status) for a in llama if a.base_model == "llama") == [
+        ("/d0", "archived"),  # only the newest stays production: one per base model
+        ("/d1", "production"),
+    ]
+    assert [(p.step, p.loss) for p in repo.list_metrics(engine, job_id)] == [(3, 0.5)]
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # the seed's values only now
+        conn.execute(sa.text("UPDATE model_artifacts SET deployment_status = 'deployed'"))
+    engine.dispose()
+
+
+def test_training_file_location_resolves_the_apps_relative_paths() -> None:
+    assert repo.training_file_location("u1/set.json") == "s3://training-files/u1/set.json"
+    assert repo.training_file_location("training-files/u1/set.json") == "s3://training-files/u1/set.json"
+    assert repo.training_file_location("u1/set.json", "s3://other/prefix/") == "s3://other/prefix/u1/set.json"
+    for own in ("s3://bucket/datasets/a.json", "/data/a.json", "https://h/a.json?sig=1"):
+        assert repo.training_file_location(own) == own
+    with pytest.raises(repo.InputError):
+        repo.training_file_location("  ")
+
+
+def test_retry_patience_bounds_the_waits() -> None:
+    from brightrun.registry import db
+
+    assert list(db.retry_delays(None)) == list(db.RETRY_DELAYS)
+    waits = list(db.retry_delays(300))
+    assert sum(waits) == pytest.approx(300) and max(waits) == db.MAX_RETRY_DELAY
+    assert waits[: len(db.RETRY_DELAYS)] == list(db.RETRY_DELAYS)
+    assert list(db.retry_delays(0)) == []
+
+
+def test_sqlite_migration_lock_sits_next_to_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    open_registry_url("sqlite:///data/registry.db").dispose()  # a relative path, from `work`
+    assert sorted(p.name for p in (work / "data").iterdir() if "lock" in p.name) == [
+        "registry.db.migrate.lock"
+    ]
+    assert [p.name for p in work.iterdir()] == ["data"]
+
+
+def test_read_only_commands_create_no_registry(brightrun_home: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["jobs", "list"])
+    assert listed.exit_code == 0 and "no jobs yet" in listed.output
+    assert json.loads(runner.invoke(app, ["jobs", "list", "--json"]).stdout) == []
+    assert runner.invoke(app, ["artifacts", "list"]).exit_code == 0
+    shown = runner.invoke(app, ["jobs", "show", str(uuid.uuid4())])
+    assert shown.exit_code == 1 and "no jobs yet" in shown.output
+    current = runner.invoke(app, ["db", "current", "--json"])
+    assert current.exit_code == 0 and json.loads(current.stdout)["current"] is None
+    assert not brightrun_home.exists() or not any(brightrun_home.rglob("registry.db*"))
+
+
+def test_unknown_status_or_type_lists_the_allowed_values(brightrun_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner(env={"COLUMNS": "300"})  # Typer boxes the message; keep it on one line
+    bad_status = runner.invoke(app, ["jobs", "list", "--status", "running"])
+    assert bad_status.exit_code == 2
+    assert (
+        "'running'" in bad_status.output
+        and "queued, preprocessing, model_loaded, training" in bad_status.output
+    )
+    bad_type = runner.invoke(app, ["artifacts", "list", "--type", "adapter"])
+    assert bad_type.exit_code == 2 and "lora_adapter, merged_model, checkpoint" in bad_type.output
+
+
+def test_jobs_show_has_eta_and_who_started_it(brightrun_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from brightrun.settings import load_settings
+    from cli.main import app
+
+    user = str(uuid.uuid4())
+    engine = open_registry(load_settings())
+    job = repo.create_job(engine, job_name="eta", base_model="tiny", created_by=user)
+    repo.update_job_progress(
+        engine,
+        job.id,
+        current_step=3,
+        total_steps=10,
+        estimated_completion_at=datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC),
+    )
+    engine.dispose()
+    shown = CliRunner().invoke(app, ["jobs", "show", job.id], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "estimated_completion_at (ETA)" in shown.output and "2031-05-06 07:08:09" in shown.output
+    assert user in shown.output
+
+
+def test_db_upgrade_on_sqlite_says_the_lexybrain_objects_are_postgres_only(brightrun_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "get_lexybrain_feedback_stats are Postgres objects" in result.output

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -17,6 +20,7 @@ from brightrun.compute.runpod_client import (
     RemotePod,
     RunPodAuthError,
     RunPodCapacityError,
+    RunPodCreateUncertain,
     RunPodError,
     RunPodUnavailableError,
     classify,
@@ -131,44 +135,75 @@ def test_pod_names_round_trip() -> None:
     assert job_id_of("brightrun-job-ax") is None
 
 
-def test_start_command_runs_the_trainer_under_a_deadline_then_removes_the_pod() -> None:
+def _image_argv(docker_args: str) -> list[str]:
+    """What RunPod runs for a pod of the trainer image: its ENTRYPOINT + the start command."""
+    from tests.fake_runpod.server import TRAINER_DOCKERFILE, parse_image
+
+    return parse_image(TRAINER_DOCKERFILE).argv(docker_args)
+
+
+def test_start_command_is_the_arguments_of_the_images_entrypoint() -> None:
     uri = "s3://bucket/jobs/it's/spec.json"
-    argv = shlex.split(start_command("python -m trainer", uri, 3600))
-    assert argv[:2] == ["bash", "-c"]
-    script = argv[2]
-    inner = shlex.split(script.split(" & ")[0])
-    assert inner[:6] == ["timeout", "--signal=TERM", "--kill-after=30", "3600", "python", "-m"]
-    assert inner[-2:] == ["--spec", uri]
-    assert "runpodctl remove pod" in script
+    argv = _image_argv(start_command("python -m trainer", uri, 3600))
+    assert argv == [
+        "python", "-m", "brightrun.compute.pod_supervisor",
+        "--deadline-seconds", "3600", "--grace-seconds", "30",
+        "--", "python", "-m", "trainer", "--spec", uri,
+    ]  # fmt: skip
 
 
-def test_start_command_passes_the_spot_warning_to_the_trainer(tmp_path: Path) -> None:
-    """RunPod's stop signal reaches PID 1 (the shell) alone; the trainer must still get it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    marker = tmp_path / "got-sigterm"
+def _run_pod(tmp_path: Path, trainer_body: str, deadline: int, grace: int = 30) -> subprocess.Popen[str]:
+    """The image's program as a container runtime runs it: its own session, no RunPod env."""
     trainer = tmp_path / "trainer.py"
-    trainer.write_text(
+    trainer.write_text(trainer_body)
+    argv = _image_argv(start_command(f"{sys.executable} {trainer}", "s3://b/spec.json", deadline, grace))
+    argv[0] = sys.executable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    return subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_the_pod_passes_the_spot_warning_to_the_trainer(tmp_path: Path) -> None:
+    """RunPod's stop signal reaches PID 1 (the supervisor) alone; the trainer must still get it."""
+    marker = tmp_path / "got-sigterm"
+    pod = _run_pod(
+        tmp_path,
         "import signal, sys, time\n"
         f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
         "print('ready', flush=True)\n"
-        "time.sleep(30)\n"
+        "time.sleep(30)\n",
+        deadline=60,
     )
-    argv = shlex.split(start_command(f"{sys.executable} {trainer}", "s3://b/spec.json", 60))
-    pod = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
         assert pod.stdout is not None and pod.stdout.readline().strip() == "ready"
-        os.kill(pod.pid, signal.SIGTERM)  # to the shell only, as `docker stop` does
-        assert pod.wait(timeout=10) == 0
-        time.sleep(0.1)
+        os.kill(pod.pid, signal.SIGTERM)  # to PID 1 only, as `docker stop` does
+        assert pod.wait(timeout=20) == 0
     finally:
         if pod.poll() is None:
             os.killpg(pod.pid, signal.SIGKILL)
     assert marker.exists()
+
+
+def test_the_pod_stops_a_trainer_that_ignores_its_deadline(tmp_path: Path) -> None:
+    pod = _run_pod(
+        tmp_path,
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n",
+        deadline=1,
+        grace=1,
+    )
+    try:
+        assert pod.stdout is not None and pod.stdout.readline().strip() == "ready"
+        assert pod.wait(timeout=30) == 128 + signal.SIGKILL  # SIGTERM ignored: killed after the grace
+    finally:
+        if pod.poll() is None:
+            os.killpg(pod.pid, signal.SIGKILL)
+
+
+def test_self_destruct_outside_a_pod_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from brightrun.compute.self_destruct import remove_this_pod
+
+    monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
+    assert remove_this_pod() is False
 
 
 def _remote(status: str, uptime: float | None) -> RemotePod:
@@ -191,3 +226,176 @@ def test_pod_states(status: str, uptime: float | None, state: PodState) -> None:
 
 def test_gone_pod_is_terminated() -> None:
     assert pod_state(None) == PodState.terminated
+
+
+def test_a_create_that_may_have_reached_runpod_is_not_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise httpx.ReadTimeout("no answer in time", request=request)
+
+    with pytest.raises(RunPodCreateUncertain, match="may exist"):
+        _client(handler).create_pod(PodCreate(name="n", image="i", docker_args="", gpu_type="A40"))
+    assert len(calls) == 1
+
+
+def test_a_create_refused_before_connecting_is_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(RunPodUnavailableError) as info:
+        _client(handler, max_attempts=3).create_pod(
+            PodCreate(name="n", image="i", docker_args="", gpu_type="A40")
+        )
+    assert not isinstance(info.value, RunPodCreateUncertain) and len(calls) == 3
+
+
+class MemoryApi:
+    """A `RunPodApi` in memory: `lost_answers` creations make the pod but raise as a timeout."""
+
+    def __init__(self, lost_answers: int = 0, *, made_on_loss: bool = True) -> None:
+        self.pods: dict[str, RemotePod] = {}
+        self.lost_answers, self.made_on_loss = lost_answers, made_on_loss
+        self.creates = 0
+        self.terminate_fails = 0
+        self.stays_alive = False
+
+    def _make(self, name: str) -> RemotePod:
+        pod = RemotePod(f"p{len(self.pods) + 1}", name, "RUNNING", 0.4, 1.0, "A40", "i", "", ())
+        self.pods[pod.id] = pod
+        return pod
+
+    def create_pod(self, request: PodCreate) -> RemotePod:
+        self.creates += 1
+        if self.lost_answers:
+            self.lost_answers -= 1
+            if self.made_on_loss:
+                self._make(request.name)
+            raise RunPodCreateUncertain("read timeout; the pod may exist")
+        return self._make(request.name)
+
+    def get_pod(self, pod_id: str) -> RemotePod | None:
+        return self.pods.get(pod_id)
+
+    def list_pods(self) -> list[RemotePod]:
+        return list(self.pods.values())
+
+    def stop_pod(self, pod_id: str) -> None:
+        raise NotImplementedError
+
+    def terminate_pod(self, pod_id: str) -> None:
+        if self.terminate_fails:
+            self.terminate_fails -= 1
+            raise RunPodUnavailableError("RunPod pod termination: HTTP 500 after 5 attempts")
+        if not self.stays_alive:
+            self.pods.pop(pod_id, None)
+
+    def gpu_prices(self, gpu_count: int = 1) -> list:
+        return []
+
+
+def _start(api: MemoryApi):
+    from brightrun.compute import PodRequest
+    from brightrun.compute.runpod import RunPodCompute
+
+    compute = RunPodCompute(api)  # type: ignore[arg-type]
+    return compute, compute.start(
+        PodRequest(job_id="j", attempt=2, spec_uri="s3://b/spec.json", gpu_type="A40")
+    )
+
+
+def test_a_create_answered_late_is_found_by_name_not_made_twice() -> None:
+    api = MemoryApi(lost_answers=1)
+    _, pod = _start(api)
+    assert api.creates == 1 and list(api.pods) == [pod.pod_id]
+    assert api.pods[pod.pod_id].name == pod_name("j", 2) and pod.duplicates_terminated == ()
+
+
+def test_a_create_that_made_nothing_is_tried_again() -> None:
+    api = MemoryApi(lost_answers=1, made_on_loss=False)
+    _, pod = _start(api)
+    assert api.creates == 2 and list(api.pods) == [pod.pod_id]
+
+
+def test_a_second_pod_of_the_same_attempt_is_terminated_and_reported() -> None:
+    api = MemoryApi()
+    api._make(pod_name("j", 2))
+    api._make(pod_name("j", 2))  # two pods of one attempt (an earlier lost create, seen late)
+    api.lost_answers, api.made_on_loss = 1, False
+    _, pod = _start(api)
+    assert pod.pod_id == "p1" and pod.duplicates_terminated == ("p2",)
+    assert list(api.pods) == ["p1"]
+
+
+def test_terminate_is_confirmed_by_reading_the_pod_back() -> None:
+    from brightrun.compute import PodTerminationError
+
+    api = MemoryApi()
+    compute, pod = _start(api)
+    api.stays_alive = True
+    with pytest.raises(PodTerminationError, match=f"{pod.pod_id}: still RUNNING") as info:
+        compute.terminate(pod.pod_id)
+    assert info.value.pod_id == pod.pod_id
+    api.terminate_fails = 1
+    with pytest.raises(PodTerminationError, match="termination not confirmed"):
+        compute.terminate(pod.pod_id)
+    api.stays_alive = False
+    compute.terminate(pod.pod_id)
+    compute.terminate(pod.pod_id)  # a gone pod: idempotent
+    assert api.pods == {}
+
+
+def test_terminate_with_patience_waits_out_an_outage_then_gives_up_naming_the_pod() -> None:
+    from brightrun.compute import PodTerminationError, terminate_with_patience
+
+    api = MemoryApi()
+    compute, pod = _start(api)
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    api.terminate_fails = 3
+    tries = terminate_with_patience(
+        compute, pod.pod_id, patience_seconds=60, sleep=sleep, clock=lambda: now[0]
+    )
+    assert tries == 4 and sleeps == [2.0, 4.0, 8.0] and api.pods == {}
+
+    _, other = _start(api)
+    api.terminate_fails = 1000
+    with pytest.raises(PodTerminationError, match=f"pod {other.pod_id} .*could not be terminated") as info:
+        terminate_with_patience(compute, other.pod_id, patience_seconds=60, sleep=sleep, clock=lambda: now[0])
+    assert info.value.pod_id == other.pod_id and "brightrun reap" in str(info.value)
+    api.terminate_fails = 0
+
+
+def test_status_change_time_is_parsed() -> None:
+    from brightrun.compute.runpod_client import parse_status_change
+
+    assert parse_status_change(
+        "Rented by User: Sun Nov 29 2026 20:22:56 GMT+0000 (Coordinated Universal Time)"
+    ) == (1795983776.0)
+    assert parse_status_change("Exited by Runpod: Fri Jan 02 2026 01:00:00 GMT+0100 (CET)") == 1767312000.0
+    assert parse_status_change(None) is None and parse_status_change("something else") is None
+
+
+def test_the_fake_reads_an_image_as_a_container_runtime_does(tmp_path: Path) -> None:
+    from tests.fake_runpod.server import parse_image
+
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        'FROM base AS build\nENTRYPOINT ["build-only"]\n'
+        'FROM runtime\nCMD ["python", "-m", "x"]\n'
+        'ENTRYPOINT ["tini", \\\n  "--"]\nCMD ["serve", "--port", "1"]\n'
+    )
+    image = parse_image(dockerfile)
+    assert image.argv("") == ["tini", "--", "serve", "--port", "1"]  # no start command: CMD
+    assert image.argv("bash -c 'echo hi'") == ["tini", "--", "bash", "-c", "echo hi"]  # it replaces CMD
+    dockerfile.write_text("FROM x\nENTRYPOINT python -m trainer\n")
+    assert parse_image(dockerfile).argv("--spec s") == ["/bin/sh", "-c", "python -m trainer"]  # shell form

@@ -70,3 +70,11 @@ def test_uncommitted_upload_is_not_a_candidate_and_gets_discarded(
 
 def test_no_latest_means_start_from_scratch(storage: LocalStorage, tmp_path: Path) -> None:
     assert checkpoints.fetch_latest_valid(storage, tmp_path / "restore") is None
+
+
+def test_pruning_a_local_storage_leaves_no_empty_directories(storage: LocalStorage, tmp_path: Path) -> None:
+    for step in (3, 6, 9):
+        checkpoints.commit(storage, _local_checkpoint(tmp_path, step), step, keep_last=1)
+    checkpoints.discard_after(storage, 9)
+    step_dirs = sorted(p.name for p in (storage.root / layout.CHECKPOINTS_DIR).iterdir() if p.is_dir())
+    assert step_dirs == ["00000009"]

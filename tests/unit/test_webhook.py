@@ -35,8 +35,23 @@ def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
         "lora_artifact_path",
         "error_message",
         "timestamp",
+        "estimated_completion_at",
     }
     assert payload["metrics"] == {"loss": 1.5, "learning_rate": None, "grad_norm": None, "epoch": None}
+    assert payload["estimated_completion_at"] is None  # no step rate yet
+
+
+def test_payload_carries_the_estimated_completion_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.reporting import estimate_completion
+
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    eta = estimate_completion(10, 40, start, start + timedelta(minutes=5))  # 2 steps a minute
+    payload = json.loads(
+        encode(build_payload("j", "training", step=10, total_steps=40, estimated_completion_at=eta))
+    )
+    assert datetime.fromisoformat(payload["estimated_completion_at"]) == start + timedelta(minutes=20)
 
 
 def test_throttle_passes_status_changes_and_spaces_progress() -> None:

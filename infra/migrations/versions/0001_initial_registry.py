@@ -1,6 +1,9 @@
 """Initial registry schema: jobs, training files, artifacts, metrics, events, watermarks,
 and LexyHub's lexybrain_* tables where the LexyHub app has not made them already.
 
+`training_files` too is made only where absent: on the customer's Supabase database it is
+the app's own table (0002 adds the pipeline's columns beside the app's, nullable).
+
 Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
@@ -58,6 +61,17 @@ def upgrade() -> None:
     bind = op.get_bind()
     existing = set(sa.inspect(bind).get_table_names())
 
+    if "training_files" not in existing:
+        _create_training_files()
+    _create_pipeline_tables()
+    _create_lexybrain_tables(existing)
+    if bind.dialect.name == "postgresql":
+        _create_updated_at_triggers(
+            [t for t in UPDATED_AT_TABLES if t != "training_files" or "training_files" not in existing]
+        )
+
+
+def _create_training_files() -> None:
     op.create_table(
         "training_files",
         _id(),
@@ -81,6 +95,8 @@ def upgrade() -> None:
     op.create_index("ix_training_files_created_at", "training_files", ["created_at"])
     op.create_index("ix_training_files_source_window_end", "training_files", ["source", "window_end"])
 
+
+def _create_pipeline_tables() -> None:
     op.create_table(
         "training_file_conversations",
         sa.Column(
@@ -216,6 +232,8 @@ def upgrade() -> None:
         _created("updated_at"),
     )
 
+
+def _create_lexybrain_tables(existing: set[str]) -> None:
     # LexyHub's tables: in production the LexyHub app owns them; never touch existing ones.
     if "lexybrain_requests" not in existing:
         op.create_table(
@@ -260,28 +278,38 @@ def upgrade() -> None:
         op.create_index("ix_lexybrain_feedback_response_id", "lexybrain_feedback", ["response_id"])
         op.create_index("ix_lexybrain_feedback_created_at", "lexybrain_feedback", ["created_at"])
 
-    if bind.dialect.name == "postgresql":
-        # updated_at also moves when the dashboard or plain SQL updates a row.
+
+def _create_updated_at_triggers(tables: Sequence[str]) -> None:
+    # updated_at also moves when the dashboard or plain SQL updates a row. Never on the
+    # app's own training_files: its updates are the app's business.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION brightrun_set_updated_at() RETURNS trigger AS $$
+        BEGIN
+            NEW.updated_at = now();
+            RETURN NEW;
+        END;
+        $$ LANGUAGE plpgsql
+        """
+    )
+    for table in tables:
         op.execute(
-            """
-            CREATE OR REPLACE FUNCTION brightrun_set_updated_at() RETURNS trigger AS $$
-            BEGIN
-                NEW.updated_at = now();
-                RETURN NEW;
-            END;
-            $$ LANGUAGE plpgsql
-            """
+            f"CREATE TRIGGER trg_{table}_updated_at BEFORE UPDATE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION brightrun_set_updated_at()"
         )
-        for table in UPDATED_AT_TABLES:
-            op.execute(
-                f"CREATE TRIGGER trg_{table}_updated_at BEFORE UPDATE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION brightrun_set_updated_at()"
-            )
+
+
+def _training_files_is_ours() -> bool:
+    """True when this migration made `training_files` (its sha256 is NOT NULL only then)."""
+    columns = {c["name"]: c for c in sa.inspect(op.get_bind()).get_columns("training_files")}
+    return "sha256" in columns and not columns["sha256"]["nullable"]
 
 
 def downgrade() -> None:
-    # The lexybrain_* tables stay: they may be LexyHub's, and their rows are user data.
+    # The lexybrain_* tables stay: they may be LexyHub's, and their rows are user data; so
+    # does the app's own training_files.
     bind = op.get_bind()
+    ours = _training_files_is_ours()
     if bind.dialect.name == "postgresql":
         for table in UPDATED_AT_TABLES:
             op.execute(f"DROP TRIGGER IF EXISTS trg_{table}_updated_at ON {table}")
@@ -293,6 +321,6 @@ def downgrade() -> None:
         "model_artifacts",
         "training_jobs",
         "training_file_conversations",
-        "training_files",
+        *(("training_files",) if ours else ()),
     ):
         op.drop_table(table)

@@ -1,0 +1,250 @@
+"""The feedback export's reads and writes of the registry (DESIGN.md §6).
+
+Everything the export runs against registry tables lives here, so the export package
+(`tasks/feedback/`) holds no SQL: the exporters' lock, the recorded train/validation split
+of earlier training files, and the registration of a new file together with its
+conversations (bulk-loaded with COPY on Postgres) and the watermark, in one transaction.
+
+Like `repository`, functions take an Engine or a Connection first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, case, exc, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from brightrun.errors import BrightrunError
+from brightrun.registry import repository as repo
+from brightrun.registry.db import is_sqlite, retry_on_disconnect
+from brightrun.registry.models import Split, TrainingFileConversation, TrainingFileSource
+
+Bind = Engine | Connection
+
+#: The watermark row the export advances.
+WATERMARK = "feedback_export"
+# Any 64-bit constant, fixed forever: every exporter must take the same advisory lock.
+ADVISORY_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"brightrun.export_feedback").digest()[:8], "big", signed=True
+)
+
+_convs = TrainingFileConversation.__table__
+
+
+class ExportBusy(BrightrunError):
+    """Another export holds the lock."""
+
+    exit_code = 3
+
+
+# ---------------------------------------------------------------- the exporters' lock
+
+
+def _sqlite_lock_path(engine: Engine) -> Path:
+    database = engine.url.database
+    if database and database != ":memory:":
+        return Path(database).expanduser().with_suffix(".export_feedback.lock")
+    return Path(tempfile.gettempdir()) / "brightrun.export_feedback.lock"
+
+
+@contextlib.contextmanager
+def export_lock(engine: Engine, *, wait_s: float = 0.0, poll_s: float = 0.5) -> Iterator[None]:
+    """Hold the exporters' lock for the block, or raise ExportBusy after `wait_s`.
+
+    Postgres: a session advisory lock on a dedicated connection (released when that
+    connection ends, so a crashed exporter never leaves it held). SQLite: an flock on a
+    file beside the database (released by the OS when the process dies)."""
+    deadline = time.monotonic() + wait_s
+    if is_sqlite(engine):
+        path = _sqlite_lock_path(engine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ExportBusy(f"another export holds {path}; try again when it finishes") from None
+                    time.sleep(poll_s)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
+            if time.monotonic() >= deadline:
+                raise ExportBusy(
+                    "another export holds the registry's export lock; try again when it finishes"
+                )
+            time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(exc.DBAPIError):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+
+
+# ---------------------------------------------------------------- recorded splits
+
+
+@contextlib.contextmanager
+def _connect(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            yield conn
+    else:
+        yield bind
+
+
+@contextlib.contextmanager
+def _begin(bind: Bind) -> Iterator[Connection]:
+    """A transaction of its own from an Engine; the caller's from a Connection."""
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            yield conn
+    elif bind.in_transaction():
+        yield bind
+    else:
+        with bind.begin():
+            yield bind
+
+
+@retry_on_disconnect
+def recorded_splits(bind: Bind, file_ids: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+    """The split each training file recorded for its conversations: file id -> {conversation
+    id -> train | validation}. A file registered without its split has no entry.
+
+    Per file, not per conversation id: two uploaded files may both hold a `conv_001`."""
+    stmt = select(_convs.c.training_file_id, _convs.c.conversation_id, _convs.c.split)
+    if file_ids is not None:
+        wanted = [uuid.UUID(str(f)) for f in file_ids]
+        if not wanted:
+            return {}
+        stmt = stmt.where(_convs.c.training_file_id.in_(wanted))
+    out: dict[str, dict[str, str]] = {}
+    with _connect(bind) as conn:
+        for fid, cid, split in conn.execute(stmt):
+            out.setdefault(str(fid), {})[cid] = split
+    return out
+
+
+# ---------------------------------------------------------------- registration
+
+
+def record_conversations(
+    conn: Connection, training_file_id: str, refs: Sequence[repo.ConversationRef]
+) -> None:
+    """Record a file's conversations inside the caller's transaction. Postgres gets COPY: a
+    100k-example export would spend seconds in INSERTs otherwise."""
+    unique = list({r.conversation_id: r for r in refs}.values())
+    if not unique:
+        return
+    fid = uuid.UUID(str(training_file_id))
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        columns = "training_file_id, conversation_id, split, source_ref"
+        with raw.cursor() as cur, cur.copy(f"COPY {_convs.name} ({columns}) FROM STDIN") as copy:
+            for ref in unique:
+                copy.write_row((fid, ref.conversation_id, Split(ref.split).value, ref.source_ref))
+        return
+    conn.execute(
+        insert(_convs),
+        [
+            {
+                "training_file_id": fid,
+                "conversation_id": r.conversation_id,
+                "split": Split(r.split).value,
+                "source_ref": r.source_ref,
+            }
+            for r in unique
+        ],
+    )
+
+
+@retry_on_disconnect
+def record_split(bind: Bind, training_file_id: str, refs: Sequence[repo.ConversationRef]) -> int:
+    """Record the split a job trained a file with, over what was recorded before (the export
+    records its files' conversations as `train`; a job that trains on such a file, or a
+    second job with another split, finds the file already registered). A conversation ever
+    held out for validation stays validation. Returns the number of conversations written."""
+    unique = list({r.conversation_id: r for r in refs}.values())
+    if not unique:
+        return 0
+    fid = uuid.UUID(str(training_file_id))
+    with _begin(bind) as conn:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(_convs)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["training_file_id", "conversation_id"],
+            set_={
+                "split": case(
+                    (stmt.excluded.split == Split.validation.value, Split.validation.value),
+                    else_=_convs.c.split,
+                ),
+                "source_ref": func.coalesce(_convs.c.source_ref, stmt.excluded.source_ref),
+            },
+        )
+        conn.execute(
+            stmt,
+            [
+                {
+                    "training_file_id": fid,
+                    "conversation_id": r.conversation_id,
+                    "split": Split(r.split).value,
+                    "source_ref": r.source_ref,
+                }
+                for r in unique
+            ],
+        )
+    return len(unique)
+
+
+def register_export(
+    engine: Engine,
+    *,
+    name: str,
+    uri: str,
+    sha256: str,
+    size_bytes: int,
+    examples: int,
+    window_start: datetime,
+    window_end: datetime,
+    metadata: Mapping[str, Any],
+    refs: Sequence[repo.ConversationRef],
+    watermark: str = WATERMARK,
+) -> tuple[repo.TrainingFileView, bool]:
+    """Register an exported training file, its conversations and the advanced watermark in
+    one transaction: either all three are there afterwards or none. Idempotent on the
+    file's sha256 (a rerun of a window returns the first row, created=False)."""
+    with engine.begin() as conn:
+        tf, created = repo.register_training_file(
+            conn,
+            name=name,
+            json_file_path=uri,
+            sha256=sha256,
+            source=TrainingFileSource.feedback_export.value,
+            size_bytes=size_bytes,
+            conversations=examples,
+            total_training_pairs=examples,
+            examples=examples,
+            window_start=window_start,
+            window_end=window_end,
+            metadata=metadata,
+        )
+        if created:
+            record_conversations(conn, tf.id, refs)
+        repo.advance_watermark(conn, watermark, position=window_end, training_file_id=tf.id)
+    return tf, created

@@ -1,0 +1,411 @@
+"""After training, from the shell: generate, chat, serve, eval, promote, rollback, download,
+export (merged) and feedback-stats (issue 14).
+
+ARTIFACT is an artifact id, a job id (its adapter), or `production` (the production adapter;
+`--base-model` picks one when several base models have one). The work is in tasks/adapters.py;
+torch is imported only by the commands that load a model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from brightrun.errors import InputError
+
+if TYPE_CHECKING:
+    from brightrun.resources import Resources
+
+ArtifactArg = Annotated[str, typer.Argument(help="Artifact id, job id, or `production`")]
+BaseModelOpt = Annotated[
+    str | None,
+    typer.Option("--base-model", help="Which base model's production adapter; or another copy of the base"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, max=32768, help="Reply length cap")]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", min=0.0, max=5.0, help="0 (default): greedy, deterministic")
+]
+
+
+def _resources() -> Resources:
+    from brightrun.resources import Resources
+
+    return Resources.from_settings()
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, default=str, indent=2))
+
+
+def _quiet_libraries(*, required: bool = True) -> None:
+    """Library noise off; with `required`, a missing `train` extra is a clear error."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "bitsandbytes", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        if required:
+            raise InputError(
+                "this command loads a model: install the `train` extra (torch, transformers, peft)"
+            ) from None
+
+
+def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    out = [{"role": "system", "content": system}] if system else []
+    return [*out, {"role": "user", "content": prompt}]
+
+
+# ---------------------------------------------------------------- talking to an adapter
+
+
+def generate(
+    artifact: ArtifactArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="The user's message")],
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt")] = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    base_model: BaseModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One reply from base + adapter, with the chat template it was trained with."""
+    _quiet_libraries()
+    from tasks.adapters import load_for_chat
+    from trainer.inference import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature)
+    with _resources() as resources:
+        chat = load_for_chat(resources, artifact, base_model=base_model)
+        result = chat.generate(_messages(prompt, system), options)
+    if as_json:
+        _print_json({"artifact_id": chat.name, "text": result.text, "tokens": result.tokens})
+    else:
+        typer.echo(result.text)
+
+
+def chat(
+    artifact: ArtifactArg,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt")] = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    base_model: BaseModelOpt = None,
+) -> None:
+    """Talk to an adapter in the terminal: replies stream as generated; /reset, /exit."""
+    _quiet_libraries()
+    from tasks.adapters import load_for_chat
+    from trainer.inference import Generation, GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature)
+    with _resources() as resources:
+        model = load_for_chat(resources, artifact, base_model=base_model)
+    typer.echo(f"chatting with {model.name} — /reset clears the history, /exit (or Ctrl-D) quits")
+    history: list[dict[str, str]] = _messages("", system)[:-1]
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history = _messages("", system)[:-1]
+            typer.echo("(history cleared)")
+            continue
+        turn = [*history, {"role": "user", "content": text}]
+        sys.stdout.write("assistant> ")
+        sys.stdout.flush()
+        reply = ""
+        for piece in model.stream(turn, options):
+            if isinstance(piece, Generation):
+                reply = piece.text
+            else:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        history = [*turn, {"role": "assistant", "content": reply}]
+
+
+def serve(
+    artifact: ArtifactArg,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Loopback by default: there is no authentication")] = (
+        "127.0.0.1"
+    ),
+    base_model: BaseModelOpt = None,
+) -> None:
+    """An OpenAI-compatible endpoint: /v1/models, /v1/chat/completions (streaming too)."""
+    from cli.serve_openai import serve as run_server
+    from tasks.adapters import load_for_chat
+
+    _quiet_libraries()
+    with _resources() as resources:
+        model = load_for_chat(resources, artifact, base_model=base_model)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: serving on {host} without authentication", fg="yellow", err=True)
+    typer.echo(f"serving {model.name} as model {model.name!r} (also {artifact!r}) on http://{host}:{port}/v1")
+    run_server(model, [model.name, artifact], host, port)
+
+
+# ---------------------------------------------------------------- compare and promote
+
+
+def eval_command(
+    artifact: ArtifactArg,
+    against: Annotated[
+        str, typer.Option("--against", help="An artifact, `production` (default) or `base`")
+    ] = "production",
+    eval_set: Annotated[
+        Path | None,
+        typer.Option("--eval-set", help="Prepared dir, prepared .jsonl or brightrun-lora-v4 .json"),
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, max=20, help="Side-by-side replies")] = 3,
+    base_model: BaseModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Both models on the same held-out conversations: loss, perplexity, wins, sample replies."""
+    from tasks.adapters import evaluate, evaluation_json, evaluation_markdown
+
+    _quiet_libraries()
+    with _resources() as resources:
+        record = evaluate(
+            resources, artifact, against, eval_set=eval_set, base_model=base_model, samples=samples
+        )
+    if as_json:
+        _print_json(evaluation_json(record))
+    else:
+        typer.echo(evaluation_markdown(record))
+
+
+def promote(
+    artifact: ArtifactArg,
+    to: Annotated[str, typer.Option("--to", help="testing or production")],
+    force: Annotated[bool, typer.Option("--force", help="Skip the loss gate (needs --reason)")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Recorded with the promotion")] = None,
+    eval_set: Annotated[
+        Path | None, typer.Option("--eval-set", help="Evaluate on this set instead of the candidate's split")
+    ] = None,
+    webhook_url: Annotated[str | None, typer.Option("--webhook-url", help="POST each change here")] = None,
+    base_model: BaseModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an adapter to testing or production (one production adapter per base model).
+
+    Production is refused when the candidate's validation loss is worse than the current
+    production adapter's on the same held-out set (evaluated first when not yet recorded).
+    """
+    from tasks.adapters import promote as do_promote
+
+    if to not in ("testing", "production"):
+        raise InputError(f"--to must be testing or production, not {to!r}")
+    _quiet_libraries(required=False)
+    with _resources() as resources:
+        result, record = do_promote(
+            resources,
+            artifact,
+            to,
+            force=force,
+            reason=reason,
+            base_model=base_model,
+            eval_set=eval_set,
+            webhook_url=webhook_url,
+        )
+    if as_json:
+        _print_json(_lifecycle_json(result, record))
+        return
+    if record is not None:
+        typer.echo(
+            f"evaluated on {record.conversations} conversations: candidate loss {record.candidate.loss:.4f}, "
+            f"production {record.against.loss:.4f}"
+        )
+    for change in result.changes:
+        typer.echo(f"{change.artifact.id}: {change.previous_status} → {change.artifact.deployment_status}")
+    typer.echo(result.message)
+
+
+def rollback(
+    base_model: BaseModelOpt = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Recorded with the rollback")] = None,
+    webhook_url: Annotated[str | None, typer.Option("--webhook-url", help="POST each change here")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Archive the production adapter and restore the one that was production before it."""
+    from tasks.adapters import rollback as do_rollback
+
+    with _resources() as resources:
+        result = do_rollback(resources, base_model, reason=reason, webhook_url=webhook_url)
+    if as_json:
+        _print_json(_lifecycle_json(result, None))
+        return
+    for change in result.changes:
+        typer.echo(f"{change.artifact.id}: {change.previous_status} → {change.artifact.deployment_status}")
+    typer.echo(result.message)
+
+
+def _lifecycle_json(result: Any, record: Any) -> dict[str, Any]:
+    return {
+        "artifact_id": result.artifact.id,
+        "deployment_status": result.artifact.deployment_status,
+        "deployed_at": result.artifact.deployed_at,
+        "changes": [
+            {
+                "artifact_id": c.artifact.id,
+                "from": c.previous_status,
+                "to": c.artifact.deployment_status,
+                "event": c.event,
+            }
+            for c in result.changes
+        ],
+        "evaluation": record.model_dump(mode="json", exclude={"per_conversation"}) if record else None,
+        "message": result.message,
+    }
+
+
+# ---------------------------------------------------------------- files
+
+
+def download(
+    artifact: ArtifactArg,
+    out: Annotated[Path | None, typer.Option("--out", help="A new or empty directory")] = None,
+    url: Annotated[bool, typer.Option("--url", help="Print time-limited signed URLs instead (S3)")] = False,
+    expires: Annotated[int, typer.Option("--expires", help="Seconds the URLs stay valid")] = 3600,
+    base_model: BaseModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The adapter's files, verified against its manifest (or signed URLs to them on S3)."""
+    from brightrun.registry.promotion import resolve_artifact
+    from tasks.adapters import download_adapter, presigned_urls
+
+    if (out is None) == (not url):
+        raise InputError("give either --out DIR or --url")
+    with _resources() as resources:
+        found = resolve_artifact(resources.registry, artifact, base_model=base_model)
+        if url:
+            urls = presigned_urls(resources, found, expires)
+            if as_json:
+                _print_json({"artifact_id": found.id, "expires_in": expires, "files": urls})
+            else:
+                for rel, link in urls.items():
+                    typer.echo(f"{rel}\t{link}")
+            return
+        assert out is not None
+        manifest = download_adapter(resources, found, out)
+    if as_json:
+        _print_json({"artifact_id": found.id, "out": str(out), "files": sorted(manifest.files)})
+    else:
+        typer.echo(f"{len(manifest.files)} files of {found.id} verified and written to {out}")
+
+
+def export(
+    artifact: ArtifactArg,
+    out: Annotated[Path, typer.Option("--out", help="A new or empty directory")],
+    format: Annotated[str, typer.Option("--format", help="merged: adapter merged into the base")] = "merged",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="auto (the base checkpoint's), float32, bfloat16, float16")
+    ] = "auto",
+    register: Annotated[
+        bool, typer.Option("--register/--no-register", help="Upload and register as a merged_model")
+    ] = True,
+) -> None:
+    """The adapter merged into its full-precision base: safetensors + tokenizer + chat template."""
+    from tasks.adapters import export_merged
+
+    if format != "merged":
+        raise InputError(f"--format {format!r}: only `merged` is supported")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise InputError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    _quiet_libraries()
+    with _resources() as resources:
+        path, registered = export_merged(resources, artifact, out, dtype=dtype, register=register)
+    typer.echo(f"merged model written to {path}")
+    if registered is not None:
+        typer.echo(f"registered merged_model {registered.id} at {registered.storage_path}")
+
+
+# ---------------------------------------------------------------- A/B by model version
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{option} {value!r} is not an ISO 8601 date or time, e.g. 2026-03-01") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def feedback_stats(
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Users' ratings per model version: rated responses, positive rate, 95% Wilson interval."""
+    from tasks.adapters import feedback_stats as stats_of
+
+    start, end = _when(since, "--since"), _when(until, "--until")
+    with _resources() as resources:
+        stats = stats_of(resources.registry, start, end)
+    rows = []
+    for s in stats:
+        low_high = s.interval()
+        rows.append(
+            {
+                "model_version": s.model_version,
+                "rated_responses": s.rated_responses,
+                "ratings": s.ratings,
+                "positive": s.positive,
+                "negative": s.negative,
+                "neutral": s.neutral,
+                "positive_rate": s.positive_rate,
+                "ci95_low": low_high[0] if low_high else None,
+                "ci95_high": low_high[1] if low_high else None,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo("no rated responses in this window")
+        return
+    typer.echo(
+        f"{'model_version':<32} {'rated':>6} {'ratings':>7} {'+':>5} {'-':>5} {'=':>5} "
+        f"{'positive':>9}  95% CI"
+    )
+    for r in rows:
+        rate = f"{r['positive_rate']:.1%}" if r["positive_rate"] is not None else "-"
+        ci = f"{r['ci95_low']:.1%}–{r['ci95_high']:.1%}" if r["ci95_low"] is not None else "-"
+        typer.echo(
+            f"{str(r['model_version'] or '(none)'):<32} {r['rated_responses']:>6} {r['ratings']:>7} "
+            f"{r['positive']:>5} {r['negative']:>5} {r['neutral']:>5} {rate:>9}  {ci}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the `brightrun` app."""
+    app.command("generate")(generate)
+    app.command("chat")(chat)
+    app.command("serve")(serve)
+    app.command("eval")(eval_command)
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("download")(download)
+    app.command("export")(export)
+    app.command("feedback-stats")(feedback_stats)

@@ -1,0 +1,42 @@
+"""The dataset stage as a Prefect task, for the flow (retries in the decorator).
+
+Bad input (`InputError`) is not retried: the same file fails the same way. Storage and
+registry hiccups are; every step of the stage is idempotent (content-addressed source,
+cached preparation, overwritten upload, registration keyed on the file's sha256).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from brightrun.errors import InputError
+from brightrun.resources import Resources
+from brightrun.spec import JobSpec
+from brightrun.storage import Storage
+from tasks.dataset.stage import PreparedJobDataset, prepare_job_dataset
+
+
+def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="prepare-dataset",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,  # the stage caches by content itself; its inputs hold live clients
+)
+def prepare_job_dataset_task(
+    resources: Resources, *, job_id: str, dataset: str, spec: JobSpec, storage: Storage
+) -> PreparedJobDataset:
+    return prepare_job_dataset(resources, job_id=job_id, dataset=dataset, spec=spec, storage=storage)

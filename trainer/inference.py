@@ -1,0 +1,428 @@
+"""Talking to an adapter: base model + LoRA loading, chat generation, held-out losses, merge.
+
+The torch side of issue 14. The CLI, the OpenAI-compatible server and the evaluation stage
+import this lazily (the orchestrator must import without torch). Never imports Prefect.
+
+Loading follows the trainer exactly (trainer/run.py `_setup_model`): the same base model and
+revision, the same 4-bit NF4 settings when the job trained on 4-bit weights, and the same
+CPU weight layout, so replies and losses here are the ones the trainer measured. The
+tokenizer and chat template are the adapter's own copies (saved beside it by the trainer),
+so a prompt is rendered exactly as the training data was.
+
+Merging is the exception: it needs the base in full precision (merging into 4-bit weights
+would round the LoRA update away), so `merge_adapter` always loads the plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from brightrun.errors import BrightrunError, InputError
+from brightrun.prepared import IGNORE_INDEX, PreparedExample
+from brightrun.spec import QuantizationSettings
+
+log = logging.getLogger("brightrun.inference")
+
+Message = Mapping[str, str]
+
+
+class BaseModelMismatch(InputError):
+    """The adapter's weights do not fit the base model it is being loaded onto."""
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Which base model an adapter runs on, and how it is loaded (as the job trained it)."""
+
+    name: str  # hub id or local path
+    revision: str | None = None
+    quantization: QuantizationSettings = field(
+        default_factory=lambda: QuantizationSettings(load_in_4bit=False)
+    )
+
+    def full_precision(self) -> BaseModelSpec:
+        return BaseModelSpec(self.name, self.revision, QuantizationSettings(load_in_4bit=False))
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(base: BaseModelSpec, dev: torch.device | None = None, dtype: str | None = None) -> Any:
+    """The base model, loaded as the trainer loads it (4-bit NF4 or plain), in eval mode.
+
+    `dtype` (plain loading only): `auto` keeps the checkpoint's own dtype; default fp32 on the
+    CPU (bf16 matmuls are slow there) and the compute dtype on a GPU, as the trainer does.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dev = dev or device()
+    q = base.quantization
+    compute_dtype = getattr(torch, q.compute_dtype)
+    kwargs: dict[str, Any] = {"revision": base.revision}
+    if q.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+        kwargs["dtype"] = compute_dtype
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+    elif dtype == "auto":
+        kwargs["dtype"] = "auto"
+    elif dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype)
+    else:
+        kwargs["dtype"] = compute_dtype if dev.type == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.name, **kwargs)
+    except OSError as exc:
+        raise InputError(f"cannot load the base model {base.name!r}: {exc}") from exc
+    if not q.load_in_4bit:
+        model.to(dev)
+    else:
+        from trainer.run import keep_cpu_weight_layout
+
+        keep_cpu_weight_layout(model)  # the trainer's numerics (see its docstring)
+    model.eval()
+    return model
+
+
+def attach_adapter(model: Any, adapter_dir: Path, adapter_name: str = "default") -> Any:
+    """`PeftModel.from_pretrained` (or one more adapter on a PeftModel); a shape mismatch
+    with the base model becomes a clear `BaseModelMismatch`."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+            return model
+        peft_model = PeftModel.from_pretrained(
+            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False
+        )
+    except (RuntimeError, ValueError, KeyError) as exc:
+        text = str(exc)
+        if "size mismatch" in text or "shape" in text or "Target modules" in text or "not found" in text:
+            raise BaseModelMismatch(
+                f"the adapter in {adapter_dir} does not fit the base model "
+                f"{getattr(model.config, '_name_or_path', '?')}: {text.splitlines()[0][:300]}"
+            ) from exc
+        raise
+    peft_model.eval()
+    return peft_model
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy (deterministic)
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise InputError(f"temperature must be between 0 and 5, not {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: list[int]  # the generated token ids (no prompt)
+    prompt_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length"
+
+
+def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Chat messages as the template expects them; every problem named at once."""
+    problems = []
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant"):
+            problems.append(f"messages[{i}].role: {role!r} is not system, user or assistant")
+        if not isinstance(content, str):
+            problems.append(f"messages[{i}].content: must be a string")
+        out.append({"role": str(role), "content": content if isinstance(content, str) else ""})
+    if not out:
+        problems.append("messages: at least one message is needed")
+    elif out[-1]["role"] != "user":
+        problems.append("messages: the last message must be the user's")
+    if problems:
+        raise InputError("the conversation cannot be sent to the model", problems)
+    return out
+
+
+class ChatModel:
+    """Base + adapter (or a merged model), its tokenizer and chat template, one lock.
+
+    One generation at a time: a model is not safe to run from several threads at once, and
+    the server answers requests from a thread pool.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, dev: torch.device | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = dev or device()
+        self.lock = threading.Lock()
+        self.max_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.stop_ids = stop_token_ids(tokenizer)
+
+    def prompt_ids(self, messages: Sequence[Message], max_new_tokens: int) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            validate_messages(messages), tokenize=False, add_generation_prompt=True
+        )
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.max_length and len(ids) + max_new_tokens > self.max_length:
+            # Keep the newest context, as the trainer's sample replies do.
+            ids = ids[-max(1, self.max_length - max_new_tokens) :]
+        return ids
+
+    def _generate_kwargs(self, ids: list[int], options: GenerationOptions) -> dict[str, Any]:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": options.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.stop_ids,
+        }
+        if options.temperature > 0:
+            kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def _finish(self, ids: list[int], generated: list[int], options: GenerationOptions) -> Generation:
+        stopped = bool(generated) and generated[-1] in self.stop_ids
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        return Generation(
+            text=text.strip(),
+            tokens=generated,
+            prompt_tokens=len(ids),
+            finish_reason="stop" if stopped or len(generated) < options.max_new_tokens else "length",
+        )
+
+    @torch.no_grad()
+    def generate(self, messages: Sequence[Message], options: GenerationOptions | None = None) -> Generation:
+        options = options or GenerationOptions()
+        ids = self.prompt_ids(messages, options.max_new_tokens)
+        with self.lock:
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            output = self.model.generate(**self._generate_kwargs(ids, options))
+        return self._finish(ids, output[0, len(ids) :].tolist(), options)
+
+    def stream(
+        self, messages: Sequence[Message], options: GenerationOptions | None = None
+    ) -> Iterator[str | Generation]:
+        """Text pieces as they are generated, then the whole `Generation` last."""
+        from transformers import TextIteratorStreamer
+
+        options = options or GenerationOptions()
+        ids = self.prompt_ids(messages, options.max_new_tokens)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self.lock, torch.no_grad():
+                    if options.seed is not None:
+                        torch.manual_seed(options.seed)
+                    out = self.model.generate(**self._generate_kwargs(ids, options), streamer=streamer)
+                result["tokens"] = out[0, len(ids) :].tolist()
+            except BaseException as exc:  # surfaced to the reader below
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="brightrun-generate", daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if "error" in result:
+            raise BrightrunError(f"generation failed: {result['error']}") from result["error"]
+        yield self._finish(ids, result["tokens"], options)
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """End of turn and end of text: a chat reply stops at either."""
+    ids = []
+    for token in (tokenizer.eos_token, "<|eot_id|>", "<|end_of_text|>"):
+        if token is None:
+            continue
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(tid)
+    return ids
+
+
+def load_chat_model(base: BaseModelSpec, adapter_dir: Path | None, name: str) -> ChatModel:
+    """Base + adapter as trained; `adapter_dir=None` is the base model alone. The tokenizer
+    (with the chat template the adapter was trained with) comes from the adapter."""
+    dev = device()
+    tokenizer = load_tokenizer(adapter_dir or base.name, None if adapter_dir else base.revision)
+    model = load_base(base, dev)
+    if adapter_dir is not None:
+        model = attach_adapter(model, adapter_dir)
+    return ChatModel(model, tokenizer, name, dev)
+
+
+def load_merged_model(directory: Path, name: str) -> ChatModel:
+    dev = device()
+    tokenizer = load_tokenizer(directory)
+    model = load_base(BaseModelSpec(str(directory)), dev)
+    return ChatModel(model, tokenizer, name, dev)
+
+
+# ---------------------------------------------------------------- held-out losses
+
+
+@dataclass(frozen=True)
+class ExampleLoss:
+    conversation_id: str
+    loss_sum: float  # summed next-token cross-entropy over trained tokens
+    tokens: int  # trained tokens
+
+
+def _examples_for_eval(examples: Sequence[PreparedExample], max_length: int | None) -> list[PreparedExample]:
+    out = []
+    for e in examples:
+        if len(e.input_ids) != len(e.labels):
+            raise InputError(
+                f"eval set: an example of conversation {e.conversation_id} has {len(e.input_ids)} "
+                f"input ids but {len(e.labels)} labels"
+            )
+        if max_length and len(e.input_ids) > max_length:
+            e = e.model_copy(update={"input_ids": e.input_ids[:max_length], "labels": e.labels[:max_length]})
+        out.append(e)
+    return out
+
+
+@torch.no_grad()
+def example_losses(
+    model: Any,
+    examples: Sequence[PreparedExample],
+    pad_token_id: int,
+    *,
+    batch_size: int = 4,
+    max_length: int | None = None,
+    dev: torch.device | None = None,
+) -> list[ExampleLoss]:
+    """Per-example summed loss on trained tokens (labels != -100), in fp32, in input order.
+
+    The same loss the trainer reports (trainer/evaluate.py), kept per example so two models
+    can be compared conversation by conversation.
+    """
+    dev = dev or device()
+    items = _examples_for_eval(examples, max_length)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    results: dict[int, ExampleLoss] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(items[i].input_ids) for i in chunk)
+        ids = [items[i].input_ids + [pad_token_id] * (width - len(items[i].input_ids)) for i in chunk]
+        labels = [items[i].labels + [IGNORE_INDEX] * (width - len(items[i].labels)) for i in chunk]
+        mask = [[1] * len(items[i].input_ids) + [0] * (width - len(items[i].input_ids)) for i in chunk]
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        label_t = torch.tensor(labels, dtype=torch.long, device=dev)
+        logits = (
+            model(
+                input_ids=input_ids,
+                attention_mask=torch.tensor(mask, dtype=torch.long, device=dev),
+                use_cache=False,
+            )
+            .logits[:, :-1, :]
+            .float()
+        )
+        target = label_t[:, 1:]
+        losses = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(target.shape)
+        trained = (target != IGNORE_INDEX).sum(dim=1)
+        for row, i in enumerate(chunk):
+            results[i] = ExampleLoss(items[i].conversation_id, float(losses[row].sum()), int(trained[row]))
+    return [results[i] for i in range(len(items))]
+
+
+def mean_loss(losses: Sequence[ExampleLoss]) -> float:
+    tokens = sum(x.tokens for x in losses)
+    return sum(x.loss_sum for x in losses) / tokens if tokens else float("nan")
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
+
+
+# ---------------------------------------------------------------- merge
+
+
+def merge_adapter(
+    base: BaseModelSpec,
+    adapter_dir: Path,
+    out_dir: Path,
+    *,
+    dtype: str = "auto",
+    on_progress: Callable[[str], None] | None = None,
+) -> Path:
+    """The adapter merged into the full-precision base, saved as a plain transformers model.
+
+    `out_dir` gets safetensors weights, config, generation config, the adapter's tokenizer
+    and chat template. Written to a temp dir beside it and renamed, so a failed merge leaves
+    nothing at `out_dir`. `dtype`: `auto` keeps the base checkpoint's own dtype.
+    """
+    say = on_progress or log.info
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir} exists and is not empty; choose a new --out directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        say(f"loading {base.name} in full precision")
+        model = load_base(base.full_precision(), torch.device("cpu"), dtype=dtype)
+        model = attach_adapter(model, adapter_dir)
+        say("merging the adapter into the base weights")
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer = load_tokenizer(adapter_dir)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"merged model written to {out_dir}")
+    return out_dir

@@ -51,9 +51,6 @@ _LAZY = {
     "prepare_job_dataset": "tasks.dataset.stage",
     "PreparedJobDataset": "tasks.dataset.stage",
     "prepare_job_dataset_task": "tasks.dataset.task",
-    # TEMPORARY, until the flow calls the door (see legacy.py).
-    "fetch_dataset_task": "tasks.dataset.legacy",
-    "prepare_dataset_cached": "tasks.dataset.legacy",
 }
 
 

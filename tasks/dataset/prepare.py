@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from brightrun import prepared
 from brightrun.errors import InputError
@@ -43,16 +43,6 @@ class PrepareOptions(PreprocessingSettings):
 
     max_seq_length: int = Field(default=2048, ge=16)
     seed: int = 42
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_name(cls, data: Any) -> Any:
-        # TEMPORARY: the flow still says `val_fraction` until it calls `prepare_job_dataset`;
-        # remove with tasks/dataset/legacy.py.
-        if isinstance(data, dict) and "val_fraction" in data:
-            data = {**data, "validation_fraction": data["val_fraction"]}
-            del data["val_fraction"]
-        return data
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> PrepareOptions:

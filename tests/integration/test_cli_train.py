@@ -31,3 +31,44 @@ def test_train_on_a_bad_file_exits_2_naming_every_problem(
     assert "training_file_metadata.format_spec" in done.stderr
     assert "conversations: is empty" in done.stderr
     assert not list((brightrun_home / "storage").glob("jobs/*/spec.json"))
+
+
+def test_estimate_prints_ranges_and_rents_nothing(brightrun_home: Path, tiny_model: Path) -> None:
+    """`--estimate` prepares the data for real counts, prints time and cost per GPU type, exits 0,
+    and creates no job, registry or pod. A 70B model on 48 GB GPUs says it does not fit."""
+    env = {**os.environ, "BRIGHTRUN_HOME": str(brightrun_home), "HF_HUB_OFFLINE": "1"}
+    sample = REPO / "examples" / "brightrun-sample.json"
+    small = subprocess.run(
+        [sys.executable, "-m", "cli", "train", str(sample), "--base-model", str(tiny_model), "--estimate"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert "NVIDIA H100 PCIe" in small.stdout and "on-demand" in small.stdout
+    assert not (brightrun_home / "registry.db").exists()
+    big = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "train",
+            str(sample),
+            "--base-model",
+            "meta-llama/Meta-Llama-3-70B-Instruct",
+            "--estimate",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert big.returncode == 0, big.stderr[-2000:]
+    a6000 = next(line for line in big.stdout.splitlines() if line.startswith("NVIDIA RTX A6000"))
+    assert " NO " in a6000
+    assert "sharded training (FSDP) is not supported yet" in big.stdout
+    assert "approximate" in big.stdout  # no hub here: counted with the tiny tokenizer, and said so
+    assert not (brightrun_home / "registry.db").exists()

@@ -197,7 +197,9 @@ def test_runpod_with_key_and_s3_storage_passes(
 
 
 def test_spec_without_preset_has_only_defaults_and_names() -> None:
-    spec = build_job_spec(TrainRequest(dataset="s3://b/x/feedback-2024.json", base_model="org/m", preset=None))
+    spec = build_job_spec(
+        TrainRequest(dataset="s3://b/x/feedback-2024.json", base_model="org/m", preset=None)
+    )
     assert spec.base_model == "org/m"
     assert spec.training == TrainingSettings()
     assert dataset_display_name("s3://b/x/feedback-2024.json") == "feedback-2024"

@@ -218,9 +218,12 @@ def _terminate_pods(
         log.warning("job %s: could not check for leftover pods (%s); the reaper will", spec.job_id, exc)
         return [], []
     done, failed = [], []
+    # An API outage is waited out, bounded (the monitor may already have waited its patience),
+    # then the pod is named in the job's error and the reaper takes over.
+    patience = min(300.0, spec.provisioning.api_outage_patience_seconds)
     for pod in pods:
-        try:  # an API outage is waited out (bounded), then the reaper takes over
-            terminate_with_patience(compute, pod.pod_id, patience_seconds=300.0)
+        try:
+            terminate_with_patience(compute, pod.pod_id, patience_seconds=patience)
             done.append(pod.pod_id)
         except PodTerminationError as exc:
             log.error("job %s: %s", spec.job_id, exc)

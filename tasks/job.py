@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -288,36 +287,6 @@ class JobRecorder:
         self.notifier.close()
 
 
-def create_job_record(
-    engine: Engine,
-    *,
-    job_id: str,
-    job_name: str,
-    base_model: str,
-    preset: str | None,
-    hyperparameters: Mapping[str, Any],
-    compute_backend: str,
-    storage_prefix: str,
-    flow_run_id: str | None,
-    metadata: Mapping[str, Any],
-) -> Any:
-    """The `queued` row; idempotent for a retried flow (same job id returns the same row)."""
-    from brightrun.registry import repository as repo
-
-    return repo.create_job(
-        engine,
-        job_id=job_id,
-        job_name=job_name,
-        base_model=base_model,
-        preset=preset,
-        hyperparameters=dict(hyperparameters),
-        compute_backend=compute_backend,
-        storage_prefix=storage_prefix,
-        flow_run_id=flow_run_id,
-        metadata=dict(metadata),
-    )
-
-
 def request_cancel(engine: Engine, job_id: str) -> Any:
     """Flag a job for cancellation (the flow's monitor sees it within a poll)."""
     from brightrun.registry import repository as repo
@@ -330,6 +299,7 @@ def request_cancel(engine: Engine, job_id: str) -> Any:
 
 def finish_cancel(resources: Any, job: Any) -> None:
     """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
+    from brightrun.compute import PodTerminationError, terminate_with_patience
     from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
     from brightrun.storage import StorageError
@@ -340,60 +310,21 @@ def finish_cancel(resources: Any, job: Any) -> None:
     except StorageError as exc:
         log.warning("job %s: could not write the cancel marker: %s", job.id, exc)
     compute = resources.compute(job.compute_backend)
-    pods = [p for p in compute.list_pods(job.id) if p.state.value != "terminated"]
-    for pod in pods:
-        compute.terminate(pod.pod_id)
-    if pods:
-        repo.add_event(engine, job.id, "pod_terminated", pods=[p.pod_id for p in pods], reason="cancelled")
-    repo.transition_job(engine, job.id, "cancelled", error_message="cancelled")
-
-
-def prepared_conversation_splits(prepared_dir: Path) -> dict[str, str]:
-    """conversation_id -> "train" | "validation", as the dataset stage actually split them."""
-    import json
-
-    from brightrun import prepared
-
-    splits: dict[str, str] = {}
-    for split, name in (("train", prepared.TRAIN), ("validation", prepared.VALIDATION)):
-        with open(prepared_dir / name, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    splits[json.loads(line)["conversation_id"]] = split
-    return splits
-
-
-def register_job_training_file(
-    engine: Engine,
-    job_id: str,
-    *,
-    name: str,
-    storage_path: str,
-    source_sha256: str,
-    pairs: int,
-    examples: int,
-    prepared_dir: Path,
-) -> str:
-    """Record the job's dataset as a `training_files` row with its real train/validation split,
-    so a later feedback export never puts this job's evaluation data into training."""
-    from brightrun.registry import repository as repo
-
-    splits = prepared_conversation_splits(prepared_dir)
-    training_file, _ = repo.register_training_file(
-        engine,
-        name=name,
-        json_file_path=storage_path,
-        sha256=source_sha256,
-        source="upload",
-        conversations=len(splits),
-        total_training_pairs=pairs,
-        examples=examples,
-        conversation_refs=[
-            repo.ConversationRef(conversation_id=cid, split=split) for cid, split in sorted(splits.items())
-        ],
-    )
-    repo.update_job(engine, job_id, training_file_id=training_file.id)
-    return str(training_file.id)
+    terminated, failed = [], []
+    for pod in (p for p in compute.list_pods(job.id) if p.state.value != "terminated"):
+        try:
+            terminate_with_patience(compute, pod.pod_id, patience_seconds=120)
+            terminated.append(pod.pod_id)
+        except PodTerminationError as exc:
+            log.error("job %s: %s", job.id, exc)
+            failed.append(pod.pod_id)
+    if terminated:
+        repo.add_event(engine, job.id, "pod_terminated", pods=terminated, reason="cancelled")
+    if failed:
+        # The truth: RunPod did not confirm. The reaper retries these; the job says which.
+        repo.add_event(engine, job.id, "pod_termination_failed", pods=failed, reason="cancelled")
+    message = "cancelled" if not failed else f"cancelled; pods {', '.join(failed)} not confirmed terminated"
+    repo.transition_job(engine, job.id, "cancelled", error_message=message)
 
 
 # ---------------------------------------------------------------- resume (issue 15)

@@ -377,7 +377,7 @@ def next_commands(summary: RunSummary) -> list[str]:
     """What to type next to try the adapter (issue 14's commands), or to look closer."""
     if summary.status == "completed" and summary.adapter_uri:
         return [
-            f'brightrun generate {summary.job_id} "How do I ask for a raise?"',
+            f'brightrun generate {summary.job_id} --prompt "How do I ask for a raise?"',
             f"brightrun chat {summary.job_id}",
             f"brightrun jobs show {summary.job_id}",
         ]

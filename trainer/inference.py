@@ -74,21 +74,16 @@ def load_base(base: BaseModelSpec, dev: torch.device | None = None, dtype: str |
     `dtype` (plain loading only): `auto` keeps the checkpoint's own dtype; default fp32 on the
     CPU (bf16 matmuls are slow there) and the compute dtype on a GPU, as the trainer does.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     dev = dev or device()
     q = base.quantization
     compute_dtype = getattr(torch, q.compute_dtype)
     kwargs: dict[str, Any] = {"revision": base.revision}
     if q.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=q.quant_type,
-            bnb_4bit_use_double_quant=q.double_quant,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-        kwargs["dtype"] = compute_dtype
-        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+        from trainer.run import four_bit_load_kwargs
+
+        kwargs.update(four_bit_load_kwargs(q, dev))
     elif dtype == "auto":
         kwargs["dtype"] = "auto"
     elif dtype is not None:

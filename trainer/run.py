@@ -38,7 +38,7 @@ from typing import Any
 from brightrun import layout, prepared
 from brightrun.errors import BrightrunError
 from brightrun.protocol import MetricRecord, TrainerPhase, TrainerResult
-from brightrun.spec import JobSpec, parse_spec
+from brightrun.spec import JobSpec, QuantizationSettings, parse_spec
 from brightrun.storage import Storage, open_storage, split_uri
 from trainer import distributed
 from trainer.distributed import World
@@ -201,6 +201,25 @@ def _setup_tokenizer(spec: JobSpec) -> Any:
     return tokenizer
 
 
+def four_bit_load_kwargs(q: QuantizationSettings, device: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments of a 4-bit NF4 base, the same for training and inference
+    (an adapter only reproduces its training numbers on the base quantized the same way)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute_dtype = getattr(torch, q.compute_dtype)
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+        ),
+        "dtype": compute_dtype,
+        "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+    }
+
+
 def _setup_model(spec: JobSpec, device: Any) -> Any:
     """Base model (4-bit NF4 or plain), LoRA on top, trainable weights pinned to adapter_dtype.
 
@@ -213,7 +232,7 @@ def _setup_model(spec: JobSpec, device: Any) -> Any:
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
+    from transformers import AutoModelForCausalLM, set_seed
 
     q = spec.quantization
     compute_dtype = getattr(torch, q.compute_dtype)
@@ -222,14 +241,7 @@ def _setup_model(spec: JobSpec, device: Any) -> Any:
         "attn_implementation": attention_implementation(device),
     }
     if q.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=q.quant_type,
-            bnb_4bit_use_double_quant=q.double_quant,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-        kwargs["dtype"] = compute_dtype
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+        kwargs.update(four_bit_load_kwargs(q, device))
     else:
         # Plain LoRA: half precision on a GPU, fp32 on the CPU (bf16 matmuls are slow there).
         kwargs["dtype"] = compute_dtype if device.type == "cuda" else torch.float32

@@ -108,19 +108,6 @@ def _connect(bind: Bind) -> Iterator[Connection]:
         yield bind
 
 
-@contextlib.contextmanager
-def _begin(bind: Bind) -> Iterator[Connection]:
-    """A transaction of its own from an Engine; the caller's from a Connection."""
-    if isinstance(bind, Engine):
-        with bind.begin() as conn:
-            yield conn
-    elif bind.in_transaction():
-        yield bind
-    else:
-        with bind.begin():
-            yield bind
-
-
 @retry_on_disconnect
 def recorded_splits(bind: Bind, file_ids: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
     """The split each training file recorded for its conversations: file id -> {conversation
@@ -184,7 +171,7 @@ def record_split(bind: Bind, training_file_id: str, refs: Sequence[repo.Conversa
     if not unique:
         return 0
     fid = uuid.UUID(str(training_file_id))
-    with _begin(bind) as conn:
+    with repo._tx(bind) as conn:  # its own transaction, or the caller's
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         stmt = dialect_insert(_convs)
         stmt = stmt.on_conflict_do_update(

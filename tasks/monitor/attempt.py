@@ -191,9 +191,10 @@ class JobContext:
                 now = self.clock()
                 outage = provider_unreachable(exc)
                 within = self.provider.failed(exc, now, attempt) if outage else False
-                # An outage is waited out within the patience; anything else (the pod still
-                # reads alive) gets a few quick tries.
-                if (patience and within) or ((not patience or not outage) and tries < CLEANUP_TRIES):
+                # An outage is waited out within the patience (past it, or without patience,
+                # the reaper takes over at once: each try already spent the client's retries);
+                # anything else (the pod still reads alive) gets a few quick tries.
+                if (patience and within) or (not outage and tries < CLEANUP_TRIES):
                     self.trainer_log.poll()
                     self.recorder.flush()
                     self.wait(

@@ -49,12 +49,19 @@ def test_task_prepares_in_a_flow_and_does_not_retry_bad_input(
                 resources, job_id=job_id, dataset=dataset, spec=spec, storage=resources.storage
             )
 
-        result = dataset_stage(jobs[0], str(sample_dataset))
+        good_state = dataset_stage(jobs[0], str(sample_dataset), return_state=True)
+        result = good_state.result()
         assert isinstance(result, PreparedJobDataset) and result.report.conversations == 12
+        bad_state = dataset_stage(jobs[1], str(bad), return_state=True)
         with pytest.raises(InputError, match="conversations"):
-            dataset_stage(jobs[1], str(bad))
+            bad_state.result()
 
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_task_runs() if r.name.startswith("prepare-dataset")]
+    ours = {good_state.state_details.flow_run_id, bad_state.state_details.flow_run_id}
+    with get_client(sync_client=True) as client:  # the harness is shared: only this test's runs
+        runs = [
+            r
+            for r in client.read_task_runs()
+            if r.name.startswith("prepare-dataset") and r.flow_run_id in ours
+        ]
     assert len(runs) == 2
     assert sorted((r.state_type.value, r.run_count) for r in runs) == [("COMPLETED", 1), ("FAILED", 1)]

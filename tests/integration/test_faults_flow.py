@@ -75,7 +75,7 @@ def test_a_job_whose_trainer_completed_during_an_api_outage_is_completed_and_bil
     def api_outage() -> None:
         wait_for(lambda: _step(s3_storage, job_id) >= 2, timeout=240, interval=0.1)
         outage["start"] = time.monotonic()
-        fake.fail_for(60, status=500)  # 60 s of HTTP 500 on every call; the poll is 1 s
+        fake.fail_for(25, status=500)  # 25 s of HTTP 500 on every call; the poll is 1 s
 
     threading.Thread(target=api_outage, daemon=True).start()
     state = train_adapter(

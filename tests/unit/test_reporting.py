@@ -271,18 +271,25 @@ def test_heartbeat_gives_the_eta_and_tells_the_sink() -> None:
     assert any(what == "summary" for what, _ in reporter.puts)
 
 
-def test_log_sink_writes_a_line_only_when_the_step_changes(caplog: Any) -> None:
+def test_log_sink_writes_a_line_only_when_the_step_changes() -> None:
     import logging
 
+    # A logger of its own with a handler that keeps every record it is given: what the sink
+    # emits, independent of which handlers other tests left on the shared loggers.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(f"test.progress.{id(records)}")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
     clock = [0.0]
-    sink = LogProgressSink(every_s=10.0, clock=lambda: clock[0])
-    with caplog.at_level(logging.INFO, logger="brightrun.progress"):
-        for t, step in [(0, 1), (1, 1), (11, 1), (12, 2), (15, 3), (23, 4), (24, 50)]:
-            clock[0] = t
-            sink.on_progress(
-                ProgressView(job_id="j", status="training", phase="training", step=step, total_steps=50)
-            )
-    steps = [re.search(r"step (\d+)/", r.getMessage()).group(1) for r in caplog.records]  # type: ignore[union-attr]
+    sink = LogProgressSink(every_s=10.0, clock=lambda: clock[0], logger=logger)
+    for t, step in [(0, 1), (1, 1), (11, 1), (12, 2), (15, 3), (23, 4), (24, 50)]:
+        clock[0] = t
+        sink.on_progress(
+            ProgressView(job_id="j", status="training", phase="training", step=step, total_steps=50)
+        )
+    steps = [re.search(r"step (\d+)/", r.getMessage()).group(1) for r in records]  # type: ignore[union-attr]
     assert steps == ["1", "2", "4", "50"]  # same step never twice; at most one per 10 s; the last step always
 
 

@@ -333,6 +333,9 @@ def prepare_dataset(
         dataset=_dataset_source(resources, resolved.request),
         spec=spec,
         storage=storage,
+        training_file_id=str(resolved.request.training_file_id)
+        if resolved.request.training_file_id
+        else None,
     )
     recorder.reporter.dataset_report(dataset.report_markdown)
     recorder.event(

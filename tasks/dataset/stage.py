@@ -99,11 +99,20 @@ def _store_source(storage: Storage, source: SourceFile) -> str:
 
 
 def prepare_job_dataset(
-    resources: Resources, *, job_id: str, dataset: str, spec: JobSpec, storage: Storage
+    resources: Resources,
+    *,
+    job_id: str,
+    dataset: str,
+    spec: JobSpec,
+    storage: Storage,
+    training_file_id: str | None = None,
 ) -> PreparedJobDataset:
     """Fetch, store, prepare, upload and record job `job_id`'s dataset (`dataset`: a path,
     `file://`, `s3://` or http(s) URL). Raises `InputError` for a file that cannot train,
-    naming every problem; nothing is uploaded or recorded then."""
+    naming every problem; nothing is uploaded or recorded then.
+
+    With `training_file_id` (a job started from the app's `training_files` row) the job keeps
+    that row, and this job's split is recorded over it; the app's columns are not touched."""
     settings = resources.settings
     source = fetch_source(dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage)
     options = PrepareOptions.from_spec(spec)
@@ -118,6 +127,19 @@ def prepare_job_dataset(
         repo.ConversationRef(conversation_id=cid, split=split)
         for cid, split in sorted(splits.by_conversation().items())
     ]
+    if training_file_id is not None:
+        feedback_rows.record_split(resources.registry, training_file_id, refs)
+        repo.update_job(resources.registry, job_id, training_file_id=training_file_id)
+        return PreparedJobDataset(
+            source_uri=source_uri,
+            sha256=source.sha256,
+            display_name=source.display_name,
+            training_file_id=str(training_file_id),
+            report=report,
+            train_examples=report.train.examples,
+            validation_examples=report.validation.examples,
+            report_markdown=render_report_markdown(report),
+        )
     training_file, created = repo.register_training_file(
         resources.registry,
         name=source.display_name,

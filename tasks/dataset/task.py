@@ -37,6 +37,19 @@ def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,  # the stage caches by content itself; its inputs hold live clients
 )
 def prepare_job_dataset_task(
-    resources: Resources, *, job_id: str, dataset: str, spec: JobSpec, storage: Storage
+    resources: Resources,
+    *,
+    job_id: str,
+    dataset: str,
+    spec: JobSpec,
+    storage: Storage,
+    training_file_id: str | None = None,
 ) -> PreparedJobDataset:
-    return prepare_job_dataset(resources, job_id=job_id, dataset=dataset, spec=spec, storage=storage)
+    return prepare_job_dataset(
+        resources,
+        job_id=job_id,
+        dataset=dataset,
+        spec=spec,
+        storage=storage,
+        training_file_id=training_file_id,
+    )

@@ -235,3 +235,60 @@ def _flow_run_logs(flow_run_id: object) -> str:
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join(log.message for log in logs)
+
+
+def test_a_job_started_from_the_apps_training_file_row(
+    prefect_harness: str,
+    brightrun_home: Path,
+    seaweed: SeaweedS3,
+    supabase_url: str,
+    tiny_model: Path,
+    sample_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The roadmap's start-job: the app's `training_files` row names `json_file_path` in its
+    training-files bucket; the job reads it from there, keeps that row as its training file,
+    records its split over it, and leaves the app's columns as they were."""
+    from brightrun.registry import open_registry_url
+    from brightrun.registry import repository as repo
+    from brightrun.resources import Resources
+    from cli.training import demo_params
+    from flows.train_adapter import train_adapter
+    from tests.fixtures.postgres import APP_TRAINING_FILE, SUPABASE_USER, dump_app_tables
+
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    run_id = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("BRIGHTRUN_STORAGE_URL", seaweed.storage_url(f"app-{run_id}/pipeline"))
+    bucket = seaweed.storage_url(f"app-{run_id}/training-files")
+    monkeypatch.setenv("BRIGHTRUN_TRAINING_FILES_URL", bucket)
+    open_registry_url(supabase_url, auto_upgrade=True).dispose()  # `brightrun db upgrade`
+    monkeypatch.setenv("BRIGHTRUN_DATABASE_URL", supabase_url)
+    before = dump_app_tables(supabase_url)
+    assert before["public.training_files:rows"]  # the app's rows are there to be kept
+    with Resources.from_settings() as resources:  # the app uploaded the file to its bucket
+        resources.open_storage(bucket).put_file(f"{SUPABASE_USER}/coaching-v1.json", sample_dataset)
+
+    params = demo_params(tiny_model, max_steps=2)
+    del params["dataset"]
+    params["training_file_id"] = APP_TRAINING_FILE
+    params["evaluation"] = {"sample_generations": 0, "max_new_tokens": 4}
+    result = train_adapter(**params, return_state=True).result(raise_on_failure=False)
+    assert not isinstance(result, BaseException), result
+    assert result["status"] == "completed"
+
+    with Resources.from_settings() as resources:
+        job = repo.get_job(resources.registry, result["job_id"])
+        assert str(job.training_file_id) == APP_TRAINING_FILE
+        assert job.lora_artifact_path and job.current_step == 2
+        (artifact,) = repo.list_artifacts(resources.registry, training_job_id=job.id)
+        assert artifact.deployment_status == "stored" and artifact.file_size_bytes
+        splits = repo.exported_conversations(resources.registry)
+        assert splits  # this job's split, recorded over the app's row
+    after = dump_app_tables(
+        supabase_url,
+        {k[: -len(":column_names")]: v for k, v in before.items() if k.endswith(":column_names")},
+    )
+    assert {k: v for k, v in after.items() if k.startswith("public.training_files:rows")} == {
+        k: v for k, v in before.items() if k.startswith("public.training_files:rows")
+    }

@@ -3,7 +3,6 @@ called once, its result typed; bad input fails without retries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,8 @@ from brightrun.spec import JobSpec
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_task_prepares_in_a_flow_and_does_not_retry_bad_input(
-    prefect_harness: None, brightrun_home: Path, tiny_model: Path, sample_dataset: Path, tmp_path: Path
+    prefect_harness: str, brightrun_home: Path, tiny_model: Path, sample_dataset: Path, tmp_path: Path
 ) -> None:
     from prefect import flow
     from prefect.client.orchestration import get_client

@@ -4,7 +4,6 @@ limit and the automatic `train_adapter` run started through its deployment."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,12 +19,11 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+@pytest.fixture
+def prefect_api(prefect_harness: str) -> str:
+    """The session's Prefect test harness (a second harness would leave Prefect's events
+    worker bound to a server that is gone)."""
+    return prefect_harness
 
 
 def _seed(db: Path, n: int) -> None:

@@ -27,8 +27,6 @@ from tasks.reporting import RunReporter
 
 log = logging.getLogger("brightrun.job")
 
-TABLE_REFRESH_S = 5.0
-PROGRESS_LOG_S = 5.0
 RECENT_METRICS = 200
 
 
@@ -119,8 +117,6 @@ class JobRecorder:
     # reads it. The flow sets it from the monitor's outcome; an exception is an orchestration one.
     failure_kind: str | None = None
     eta: Any = None  # datetime of the estimated completion (tasks/reporting.py), None until known
-    _table_at: float = 0.0
-    _logged_at: float = 0.0
     _cancel_checked_at: float = 0.0
     cancel_check_interval_s: float = 2.0
 

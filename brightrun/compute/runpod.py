@@ -29,7 +29,6 @@ from brightrun.compute.runpod_client import (
     RunPodCreateUncertain,
     RunPodError,
     RunPodUnavailableError,
-    client_from_env,
 )
 from brightrun.spec import ProvisioningPolicy
 
@@ -104,10 +103,6 @@ class RunPodCompute(Compute):
         self.trainer_command = trainer_command
         self.create_attempts = create_attempts
         self._spot: dict[str, bool] = {}
-
-    @classmethod
-    def from_env(cls, policy: ProvisioningPolicy | None = None, **kwargs: str) -> RunPodCompute:
-        return cls(client_from_env(), policy, **kwargs)
 
     def _info(self, pod: RemotePod | None, pod_id: str) -> PodInfo:
         if pod is None:

@@ -6,8 +6,14 @@ Save: every file is written to a local directory, uploaded under
 older ones are deleted only after the new LATEST is written.
 
 Resume: the committed steps (LATEST and any older step with a manifest) are tried
-newest first; a checkpoint whose manifest is unreadable, lacks a file, or whose file
-size or sha256 differs is rejected and the previous one is tried.
+newest first; a checkpoint whose manifest is unreadable, lacks a file, whose file size or
+sha256 differs, or whose files are not plain tensor data is rejected and the previous one
+is tried.
+
+Nothing read from storage may run code: the manifest sits in the same bucket as the files
+it describes, so a matching sha256 proves integrity, not origin. Every `.pt` file is read
+with `torch.load(weights_only=True)` (tensors and plain containers only), the adapter with
+safetensors and the trainer state as JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -141,15 +148,59 @@ def save_local(
     (directory / STATE_FILE).write_text(state.model_dump_json(indent=2))
 
 
-def load_local(
-    directory: Path,
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """A checkpoint directory read back safely; nothing in it has touched the model yet."""
+
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    state: TrainerState
+
+
+def load_tensor_file(path: Path, located_as: str) -> Any:
+    """`torch.load` restricted to tensors and plain containers. A file that needs anything
+    else (a pickled object whose loading would run code) is refused, naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointRejected(
+            f"{located_as}: refused: not plain tensor data, so it was not loaded "
+            f"(a file that needs more could run code on load): {first}"
+        ) from exc
+
+
+def read_local(directory: Path, located_as: str | None = None) -> CheckpointFiles:
+    """Read a checkpoint directory without executing anything it holds."""
+    where = located_as or str(directory)
+    try:
+        adapter = load_file(str(directory / ADAPTER_FILE))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointRejected(f"{where}/{ADAPTER_FILE}: not a safetensors file ({exc})") from exc
+    optimizer = load_tensor_file(directory / OPTIMIZER_FILE, f"{where}/{OPTIMIZER_FILE}")
+    scheduler = load_tensor_file(directory / SCHEDULER_FILE, f"{where}/{SCHEDULER_FILE}")
+    rng = load_tensor_file(directory / RNG_FILE, f"{where}/{RNG_FILE}")
+    for name, value in ((OPTIMIZER_FILE, optimizer), (SCHEDULER_FILE, scheduler), (RNG_FILE, rng)):
+        if not isinstance(value, dict):
+            raise CheckpointRejected(f"{where}/{name}: expected a dict, found {type(value).__name__}")
+    try:
+        state = TrainerState.model_validate_json((directory / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointRejected(f"{where}/{STATE_FILE}: unreadable ({exc})") from exc
+    return CheckpointFiles(adapter, optimizer, scheduler, rng, state)
+
+
+def apply_local(
+    files: CheckpointFiles,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     adapter_dtype: torch.dtype,
 ) -> TrainerState:
-    """Restore everything saved by `save_local` into freshly built objects."""
-    weights = load_file(str(directory / ADAPTER_FILE))
+    """Restore a safely read checkpoint into freshly built objects."""
+    weights = files.adapter
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
         missing = sorted(set(params) - set(weights))[:3]
@@ -163,11 +214,21 @@ def load_local(
             # Pin the dtype: whatever the checkpoint holds, the weights live in adapter_dtype, exactly
             # as in an uninterrupted run (the TRL/PEFT resume path silently switched bf16 -> fp32).
             param.data = weights[name].to(device=param.device, dtype=adapter_dtype)
-    # Our own files, verified against the manifest's sha256 before we get here.
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, map_location="cpu", weights_only=False))
-    restore_rng_state(torch.load(directory / RNG_FILE, map_location="cpu", weights_only=False))
-    return TrainerState.model_validate_json((directory / STATE_FILE).read_text())
+    optimizer.load_state_dict(files.optimizer)
+    scheduler.load_state_dict(files.scheduler)
+    restore_rng_state(files.rng)
+    return files.state
+
+
+def load_local(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    adapter_dtype: torch.dtype,
+) -> TrainerState:
+    """Restore everything saved by `save_local` into freshly built objects."""
+    return apply_local(read_local(directory), model, optimizer, scheduler, adapter_dtype)
 
 
 def build_manifest(directory: Path, step: int | None = None) -> Manifest:
@@ -256,6 +317,7 @@ class Restorable:
     step: int
     directory: Path
     rejected: list[tuple[int, str]]
+    files: CheckpointFiles | None = None  # read safely; None when no checkpoint verified
 
 
 def fetch_latest_valid(storage: Storage, work: Path) -> Restorable | None:
@@ -264,11 +326,12 @@ def fetch_latest_valid(storage: Storage, work: Path) -> Restorable | None:
     for step in committed_steps(storage):
         try:
             directory = download_verified(storage, step, work / f"{step:08d}")
+            files = read_local(directory, layout.checkpoint_dir(step))
         except CheckpointRejected as exc:
             log.warning("checkpoint %d rejected: %s", step, exc)
             rejected.append((step, str(exc)))
             continue
-        return Restorable(step, directory, rejected)
+        return Restorable(step, directory, rejected, files)
     if rejected:
         return Restorable(-1, work, rejected)
     return None

@@ -485,8 +485,9 @@ class Run:
             checkpoints.discard_after(self.storage, -1)
             self.storage.delete(layout.LATEST)
             return None
-        state = checkpoints.load_local(
-            restorable.directory,
+        assert restorable.files is not None  # a verified step is always read
+        state = checkpoints.apply_local(
+            restorable.files,
             self.model,
             self.optimizer,
             self.scheduler,

@@ -160,7 +160,19 @@ def upload_killed(
     return uri
 
 
-@pytest.mark.parametrize("damage", ["none", "flip_bytes", "delete_file", "truncate_manifest"])
+class _RunsCode:
+    """An object whose unpickling writes `marker`: the attacker's payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path, str]]:
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize(
+    "damage", ["none", "flip_bytes", "delete_file", "truncate_manifest", "crafted_pickle"]
+)
 def test_damaged_or_half_written_checkpoints_are_never_loaded(
     damage: str, upload_killed: str, lora_runs: Scenario, tmp_path: Path
 ) -> None:
@@ -177,13 +189,29 @@ def test_damaged_or_half_written_checkpoints_are_never_loaded(
     elif damage == "truncate_manifest":
         manifest = six / layout.MANIFEST
         manifest.write_bytes(manifest.read_bytes()[:40])
+    elif damage == "crafted_pickle":
+        # The bucket holds the manifest too: a planted file comes with a matching sha256.
+        import torch
+
+        from trainer import checkpoints
+
+        local = tmp_path / "planted"
+        storage.get_dir(layout.checkpoint_dir(6), local)
+        torch.save({"torch": _RunsCode(tmp_path / "marker")}, local / "rng.pt")
+        (local / layout.MANIFEST).unlink()
+        storage.put_file(f"{layout.checkpoint_dir(6)}/rng.pt", local / "rng.pt")
+        manifest_bytes = checkpoints.build_manifest(local, 6).model_dump_json().encode()
+        storage.put_bytes(layout.checkpoint_manifest(6), manifest_bytes)
 
     proc = run_trainer(uri)
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected_from = 6 if damage == "none" else 3
     assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [expected_from]
-    rejected = [e["payload"]["step"] for e in events(storage, "checkpoint_rejected")]
-    assert rejected == ([] if damage == "none" else [6])
+    rejected = [e["payload"] for e in events(storage, "checkpoint_rejected")]
+    assert [r["step"] for r in rejected] == ([] if damage == "none" else [6])
+    if damage == "crafted_pickle":
+        assert not (tmp_path / "marker").exists()
+        assert "checkpoints/00000006/rng.pt: refused" in rejected[0]["reason"]
     diff = max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), adapter_tensors(storage))
     assert diff <= EXACT
 

@@ -411,7 +411,7 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
             "lora_artifact_path": existing.lora_artifact_path,
         }
     if status == "queued":
-        recorder.notifier.status_changed(recorder._payload("queued"))
+        recorder.announce("queued")
 
     final_status, error_message, bad_input = "failed", None, False
     try:

@@ -139,6 +139,11 @@ class JobRecorder:
 
     # -- lifecycle (the flow)
 
+    def announce(self, status: str) -> None:
+        """Tell the webhook the job is at `status` without a registry change: the flow's first
+        `queued`, which `create_job` already recorded."""
+        self.notifier.status_changed(self._payload(status))
+
     def transition(self, status: str, *, error_message: str | None = None) -> None:
         """Move the job to `status` (a no-op when it is already there)."""
         from brightrun.registry import repository as repo

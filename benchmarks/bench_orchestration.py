@@ -79,7 +79,7 @@ def main() -> None:
         from tasks.job import JobRecorder
         from tasks.monitor import _Ingest, _read_status
         from tasks.notify import WebhookNotifier
-        from tasks.reporting import RunReporter
+        from tasks.reporting.prefect_artifacts import RunReporter
 
         settings = load_settings()
         storage = open_storage(settings.resolved_storage_url)

@@ -2,7 +2,7 @@
 
 `brightrun train`, `resume` and `demo` run the flow in this process; they wrap it in
 `with terminal_progress():`, which installs a `TerminalProgress` as the progress sink of
-tasks/reporting.py. On a terminal it is one rich live display (bar, step/total, epoch, loss,
+tasks/reporting/progress.py. On a terminal it is one rich live display (bar, step/total, epoch, loss,
 eval loss, tokens/s, elapsed, ETA); elsewhere (CI, a pipe, a log file) it prints one plain
 line each time the step changes. At the end it prints what a person asks after a run: eval
 loss and perplexity (and how far they moved from the step-0 baseline), time, cost,
@@ -23,17 +23,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tasks.reporting import (
-    ProgressView,
-    RunSummary,
-    eval_loss_text,
-    format_duration,
-    next_commands,
-    perplexity_text,
-    progress_line,
-    short_id,
-    use_progress_sink,
-)
+from tasks.reporting.names import short_id
+from tasks.reporting.progress import ProgressView, format_duration, progress_line, use_progress_sink
+from tasks.reporting.summary import RunSummary, eval_loss_text, next_commands, perplexity_text
 
 
 def summary_lines(summary: RunSummary) -> list[str]:

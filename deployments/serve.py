@@ -19,12 +19,12 @@ REAP_INTERVAL_S = 300
 
 def build_deployments(include_scheduled: bool = True) -> list[Any]:
     """RunnerDeployments for `serve`: training on demand, the export and the reaper on schedules."""
+    from deployments.run_form import with_run_form_schema
     from flows.evaluate_adapter import evaluate_adapter
     from flows.export_feedback import export_feedback
     from flows.promote_adapter import promote_adapter
     from flows.reap_pods import reap_pods
     from flows.train_adapter import train_adapter
-    from tasks.reporting import with_run_form_schema
 
     deployments = [
         # The UI's run form from the flow's typed parameters, without 'Property is type None'.

@@ -11,7 +11,6 @@ Start it from the Prefect UI (a deployment), a schedule, Python (`train_adapter(
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -23,7 +22,6 @@ from pydantic import SecretStr
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.layout import JobLayout
-from brightrun.protocol import TrainerResult
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
 from brightrun.settings import ComputeBackend
@@ -38,7 +36,7 @@ from brightrun.spec import (
     QuantizationSettings,
     TrainingSettings,
 )
-from brightrun.storage import ObjectNotFound, Storage, StorageError
+from brightrun.storage import Storage, StorageError
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
 from tasks.artifacts import publish_adapter
 from tasks.dataset import prepare_job_dataset_task
@@ -53,23 +51,13 @@ from tasks.job import (
 )
 from tasks.monitor import Outcome, run_job
 from tasks.notify import WebhookNotifier
-from tasks.reporting import (
-    RunReporter,
-    RunSummary,
-    TrainerLogForwarder,
-    attach_library_loggers,
-    baseline_eval_loss,
-    curve_points,
-    forward_trainer_logs,
-    loss_curve_svg,
-    render_summary_markdown,
-    run_name,
-)
+from tasks.reporting.job_summary import publish_job_summary
+from tasks.reporting.names import run_name
+from tasks.reporting.prefect_artifacts import RunReporter
+from tasks.reporting.run_logs import attach_library_loggers, forward_trainer_logs
 
 log = logging.getLogger("flows.train_adapter")
 
-LOSS_CURVE = "loss_curve.svg"
-SUMMARY = "summary.md"
 LIVE_STATUSES = ["queued", "preprocessing", "model_loaded", "training"]
 
 
@@ -229,84 +217,6 @@ def _terminate_pods(
             log.error("job %s: %s", spec.job_id, exc)
             failed.append(pod.pod_id)
     return done, failed
-
-
-def _publish_loss_curve(recorder: JobRecorder, storage: Storage, layout: JobLayout) -> tuple[str, list[Any]]:
-    """`loss_curve.svg` beside the adapter; returns (SVG, the metric records it was drawn from)."""
-    records = [
-        {"step": p.step, "loss": p.loss, "eval_loss": p.eval_loss, "attempt": p.attempt}
-        for p in repo.list_metrics(recorder.engine, recorder.job_id)
-    ]
-    train_points, evals = curve_points(records)
-    svg = loss_curve_svg(train_points, evals, title=f"Loss of job {recorder.job_id}")
-    storage.put_bytes(layout.key(LOSS_CURVE), svg.encode())
-    return svg, records
-
-
-def _read_optional_json(storage: Storage, key: str) -> dict[str, Any]:
-    try:
-        return dict(storage.get_json(key))
-    except ObjectNotFound:
-        return {}
-
-
-def _read_train_seconds(storage: Storage, layout: JobLayout) -> float | None:
-    """Training time from the trainer's result.json (absent when the job did not finish)."""
-    try:
-        return TrainerResult.model_validate_json(storage.get_bytes(layout.result)).train_seconds
-    except ObjectNotFound:
-        return None
-
-
-def _finish_report(
-    recorder: JobRecorder,
-    resolved: ResolvedRequest,
-    storage: Storage,
-    layout: JobLayout,
-    status: str,
-    error_message: str | None,
-) -> str:
-    """The run's summary: `summary.md`, the summary artifact (with the loss curve), the
-    terminal's last words; and the whole trainer log as `training.log` (on every exit path)."""
-    svg, records, loss_curve_uri = None, [], None
-    try:
-        svg, records = _publish_loss_curve(recorder, storage, layout)
-        loss_curve_uri = storage.uri(layout.key(LOSS_CURVE))
-        recorder.reporter.loss_curve(loss_curve_uri, create=False)
-    except StorageError as exc:
-        log.warning("job %s: no loss curve (%s)", recorder.job_id, exc)
-    training_log_uri = TrainerLogForwarder(storage, recorder.job_id).publish()
-    if training_log_uri:
-        repo.update_job(recorder.engine, recorder.job_id, training_log_path=training_log_uri)
-    evaluation = _read_optional_json(storage, layout.eval)
-    job = repo.get_job(recorder.engine, recorder.job_id)
-    summary = RunSummary(
-        job_id=recorder.job_id,
-        status=status,
-        base_model=resolved.spec.base_model,
-        dataset=resolved.dataset_name,
-        steps=job.current_step,
-        eval_loss=evaluation.get("eval_loss"),
-        perplexity=evaluation.get("perplexity"),
-        baseline_eval_loss=baseline_eval_loss(records),
-        samples=evaluation.get("samples") or [],
-        cost_usd=job.actual_cost_usd,
-        interruptions=max(recorder.interruptions, job.retry_count),
-        train_seconds=_read_train_seconds(storage, layout),
-        adapter_uri=job.lora_artifact_path,
-        summary_uri=storage.uri(layout.key(SUMMARY)),
-        loss_curve_uri=loss_curve_uri,
-        training_log_uri=training_log_uri,
-        error_message=error_message,
-    )
-    markdown = render_summary_markdown(summary, loss_curve=svg)
-    try:
-        storage.put_bytes(layout.key(SUMMARY), markdown.encode())
-    except StorageError as exc:
-        log.warning("job %s: summary not stored (%s)", recorder.job_id, exc)
-        summary = dataclasses.replace(summary, summary_uri=None)
-    recorder.reporter.finish(summary, loss_curve=svg)
-    return markdown
 
 
 def _dataset_source(resources: Resources, request: TrainRequest) -> str:
@@ -501,7 +411,7 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
             "lora_artifact_path": existing.lora_artifact_path,
         }
     if status == "queued":
-        recorder.notifier.status_changed(recorder._payload("queued"))
+        recorder.announce("queued")
 
     final_status, error_message, bad_input = "failed", None, False
     try:
@@ -602,7 +512,14 @@ def _end(
     except Exception as exc:
         logger.error("job %s: could not record status %s: %s", recorder.job_id, status, exc)
     try:
-        _finish_report(recorder, resolved, storage, layout, status, error_message)
+        publish_job_summary(
+            recorder,
+            storage,
+            base_model=resolved.spec.base_model,
+            dataset=resolved.dataset_name,
+            status=status,
+            error_message=error_message,
+        )
     except Exception as exc:
         logger.warning("job %s: no summary (%s)", recorder.job_id, exc)
     recorder.flush()

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from brightrun.protocol import MetricRecord, TrainerStatus
 from tasks.notify import WebhookNotifier, build_payload
-from tasks.reporting import RunReporter
+from tasks.reporting.prefect_artifacts import RunReporter
 
 log = logging.getLogger("brightrun.job")
 
@@ -116,7 +116,7 @@ class JobRecorder:
     # Why the job failed (tasks.monitor.FailureKind), written with `failed`; `brightrun resume`
     # reads it. The flow sets it from the monitor's outcome; an exception is an orchestration one.
     failure_kind: str | None = None
-    eta: Any = None  # datetime of the estimated completion (tasks/reporting.py), None until known
+    eta: Any = None  # datetime of the estimated completion (tasks/reporting/progress.py), None until known
     _cancel_checked_at: float = 0.0
     cancel_check_interval_s: float = 2.0
 
@@ -138,6 +138,11 @@ class JobRecorder:
         )
 
     # -- lifecycle (the flow)
+
+    def announce(self, status: str) -> None:
+        """Tell the webhook the job is at `status` without a registry change: the flow's first
+        `queued`, which `create_job` already recorded."""
+        self.notifier.status_changed(self._payload(status))
 
     def transition(self, status: str, *, error_message: str | None = None) -> None:
         """Move the job to `status` (a no-op when it is already there)."""

@@ -6,7 +6,7 @@ On every status change, and at most every `progress_interval_s` of progress, POS
      lora_artifact_path, error_message, timestamp, estimated_completion_at}
 
 with `X-Webhook-Signature: hex(HMAC-SHA256(secret, raw body))`. `estimated_completion_at` (ISO
-time, or null until a step rate is known; tasks/reporting.py `estimate_completion`) is an
+time, or null until a step rate is known; tasks/reporting/progress.py `estimate_completion`) is an
 addition to DESIGN.md §7: a receiver that ignores unknown keys is unaffected. Deliveries run on a
 background thread in order, so a slow or dead endpoint never stalls the monitor loop; each
 is retried with exponential backoff and a failure is logged, never raised.

@@ -181,10 +181,12 @@ def test_the_ui_run_form_has_a_type_default_and_description_for_every_field() ->
     """The UI builds its run form from the served deployment's schema: an optional field with a
     null branch renders as 'Property is type "None"'; one without a description is a bare name.
     (tests/integration/test_prefect_ui.py looks at the rendered form in Chromium.)"""
+    from deployments.run_form import deployment_run_form
     from deployments.serve import build_deployments
 
     deployment = next(d for d in build_deployments(include_scheduled=False) if d.name == "serve")
-    schema = deployment._parameter_openapi_schema.model_dump_for_openapi()
+    schema = deployment_run_form(deployment)
+    assert schema is not None
     problems = []
     for name, prop in schema["properties"].items():
         if not prop.get("description"):

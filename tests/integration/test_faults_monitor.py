@@ -137,7 +137,7 @@ def drive(db_url: str, root: str, job_id: str, spec_uri: str, fake_url: str, api
     from brightrun.registry import open_registry_url
     from tasks.job import JobRecorder
     from tasks.notify import WebhookNotifier
-    from tasks.reporting import RunReporter
+    from tasks.reporting.prefect_artifacts import RunReporter
 
     engine = open_registry_url(db_url)
     policy = fast_policy(poll_interval_seconds=0.3)

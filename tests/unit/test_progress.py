@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from brightrun.protocol import TrainerPhase, TrainerStatus
 from cli.progress import TerminalProgress, summary_lines, terminal_progress
-from tasks.reporting import RunReporter, RunSummary, current_progress_sink
+from tasks.reporting.prefect_artifacts import RunReporter
+from tasks.reporting.progress import current_progress_sink
+from tasks.reporting.summary import RunSummary
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 JOB = "1a2b3c4d-aaaa-bbbb-cccc-1234567890ab"

@@ -6,14 +6,11 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from tasks.reporting import (
-    artifact_key,
-    loss_curve_svg,
-    metrics_table,
-    progress_percent,
-    run_name,
-    summary_markdown,
-)
+from tasks.reporting.loss_curve import loss_curve_svg
+from tasks.reporting.metrics_table import metrics_table
+from tasks.reporting.names import artifact_key, run_name
+from tasks.reporting.progress import progress_percent
+from tasks.reporting.summary import RunSummary, render_summary_markdown
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -67,19 +64,21 @@ def test_metrics_table_newest_first_and_bounded() -> None:
 
 
 def test_summary_markdown_has_what_a_user_asks_after() -> None:
-    text = summary_markdown(
-        job_id="j1",
-        status="completed",
-        base_model="org/m",
-        dataset="sample",
-        steps=12,
-        eval_loss=2.5,
-        perplexity=math.exp(2.5),
-        samples=[{"prompt": "hi", "reference": "hello", "generated": "hey"}],
-        cost_usd=0.0123,
-        interruptions=2,
-        adapter_uri="s3://b/jobs/j1/adapter",
-        loss_curve_uri="s3://b/jobs/j1/loss_curve.svg",
+    text = render_summary_markdown(
+        RunSummary(
+            job_id="j1",
+            status="completed",
+            base_model="org/m",
+            dataset="sample",
+            steps=12,
+            eval_loss=2.5,
+            perplexity=math.exp(2.5),
+            samples=[{"prompt": "hi", "reference": "hello", "generated": "hey"}],
+            cost_usd=0.0123,
+            interruptions=2,
+            adapter_uri="s3://b/jobs/j1/adapter",
+            loss_curve_uri="s3://b/jobs/j1/loss_curve.svg",
+        )
     )
     for expected in (
         "completed",
@@ -112,19 +111,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from brightrun.protocol import TrainerPhase, TrainerStatus  # noqa: E402
-from tasks.reporting import (  # noqa: E402
-    PUBLISH_POINTS,
-    LogProgressSink,
-    ProgressView,
-    RunReporter,
-    RunSummary,
-    curve_points,
-    estimate_completion,
-    loss_curve_markdown,
-    progress_line,
-    render_summary_markdown,
-    short_id,
-)
+from tasks.reporting.loss_curve import curve_points, loss_curve_markdown  # noqa: E402
+from tasks.reporting.names import short_id  # noqa: E402
+from tasks.reporting.prefect_artifacts import PUBLISH_POINTS, RunReporter  # noqa: E402
+from tasks.reporting.progress import LogProgressSink, ProgressView, estimate_completion, progress_line  # noqa: E402
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -317,7 +307,7 @@ def test_trainer_log_lines_travel_through_storage(tmp_path: Path, caplog: Any) -
 
     from brightrun.storage import LocalStorage
     from brightrun.trainer_logs import StorageLogHandler
-    from tasks.reporting import TrainerLogForwarder
+    from tasks.reporting.run_logs import TrainerLogForwarder
 
     root = LocalStorage(tmp_path / "store")
     job_storage = LocalStorage(tmp_path / "store" / "jobs" / "j1")  # the trainer's view: its job prefix
@@ -347,3 +337,18 @@ def test_trainer_log_lines_travel_through_storage(tmp_path: Path, caplog: Any) -
     assert uri is not None and uri.endswith("jobs/j1/training.log")
     text = (tmp_path / "store" / "jobs" / "j1" / "training.log").read_text()
     assert text.index("step 1/4") < text.index("bad batch") < text.index("after the failure")
+
+
+def test_the_pure_renderers_import_without_prefect() -> None:
+    """The names, progress and renderer modules are plain functions: a script or the terminal
+    can draw a summary or a loss curve without loading Prefect."""
+    import subprocess
+    import sys
+
+    modules = ["names", "progress", "loss_curve", "metrics_table", "summary"]
+    code = "; ".join(
+        ["import sys", *(f"import tasks.reporting.{m}" for m in modules), "print('prefect' in sys.modules)"]
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

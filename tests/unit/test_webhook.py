@@ -44,7 +44,7 @@ def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
 def test_payload_carries_the_estimated_completion_time() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from tasks.reporting import estimate_completion
+    from tasks.reporting.progress import estimate_completion
 
     start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     eta = estimate_completion(10, 40, start, start + timedelta(minutes=5))  # 2 steps a minute

@@ -59,3 +59,22 @@ def test_a_whole_model_error_uses_the_empty_name_or_the_message_alone() -> None:
     error = {"loc": (), "msg": "bad", "type": "value_error"}
     assert validation_problems([error], empty="spec") == ["spec: bad"]
     assert validation_problems([error], empty=None) == ["bad"]
+
+
+def test_a_date_option_is_read_as_utc_unless_zoned() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from cli.options import parse_when
+
+    assert parse_when("2026-03-01", "--since") == datetime(2026, 3, 1, tzinfo=UTC)
+    zoned = parse_when("2026-03-01T12:00:00+02:00", "--since")
+    assert zoned is not None and zoned.utcoffset() == timezone(timedelta(hours=2)).utcoffset(None)
+    assert parse_when(None, "--since") is None
+
+
+def test_a_bad_date_names_its_option() -> None:
+    from brightrun.errors import InputError
+    from cli.options import parse_when
+
+    with pytest.raises(InputError, match=r"--until 'yesterday' is not a date or time; use ISO 8601"):
+        parse_when("yesterday", "--until")

@@ -12,18 +12,12 @@ door; registry SQL lives in `brightrun.registry.feedback_rows`. `task` holds the
 Prefect tasks (the flow imports them from there), so the package imports without Prefect.
 """
 
-from tasks.feedback.export import (
-    EarlierCorpus,
-    ExportBusy,
-    ExportError,
-    ExportOptions,
-    ExportResult,
-    ExportStats,
-    ExportStatus,
-    export_feedback_window,
-    export_lock,
-    process_rows,
-)
+# Each name from the module it is defined in (the lock is registry SQL, the errors their own).
+from brightrun.registry.feedback_rows import ExportBusy, export_lock
+from tasks.feedback.dedup import EarlierCorpus
+from tasks.feedback.errors import ExportError
+from tasks.feedback.export import ExportOptions, export_feedback_window, process_rows
+from tasks.feedback.result import ExportResult, ExportStats, ExportStatus
 from tasks.feedback.select import SelectionOptions
 from tasks.feedback.write import FileOptions
 

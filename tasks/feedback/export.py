@@ -34,8 +34,8 @@ from sqlalchemy import Engine, exc
 
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
-from brightrun.registry.feedback_rows import WATERMARK, ExportBusy, export_lock
-from tasks.feedback.dedup import Deduper, EarlierCorpus, load_earlier
+from brightrun.registry.feedback_rows import WATERMARK, export_lock
+from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text
 from tasks.feedback.register import existing_export, publish
@@ -305,17 +305,3 @@ def export_feedback_window(
             return _finish(result)
         publish(resources.storage, engine, result, written, writer.refs, existing)
         return _finish(result)
-
-
-__all__ = [
-    "EarlierCorpus",
-    "ExportBusy",
-    "ExportError",
-    "ExportOptions",
-    "ExportResult",
-    "ExportStats",
-    "ExportStatus",
-    "export_feedback_window",
-    "export_lock",
-    "process_rows",
-]

@@ -16,7 +16,8 @@ from brightrun.registry.db import DatabaseUnavailable
 from brightrun.registry.feedback_rows import ExportBusy
 from brightrun.resources import Resources
 from brightrun.storage import StorageError
-from tasks.feedback.export import ExportOptions, ExportResult, export_feedback_window
+from tasks.feedback.export import ExportOptions, export_feedback_window
+from tasks.feedback.result import ExportResult
 
 
 def transient_failure(task: Any, task_run: Any, state: Any) -> bool:

@@ -55,10 +55,6 @@ class Resources:
 
     # storage ----------------------------------------------------------------------------
     @property
-    def s3_endpoint_url(self) -> str | None:
-        return self.settings.resolved_s3_endpoint_url
-
-    @property
     def storage_url(self) -> str:
         return self.settings.resolved_storage_url
 
@@ -72,7 +68,7 @@ class Resources:
         one object per URL for the life of these resources."""
         key = url.rstrip("/") or "/"
         if key not in self._storage:
-            self._storage[key] = open_storage(key, endpoint_url=self.s3_endpoint_url)
+            self._storage[key] = open_storage(key, endpoint_url=self.settings.resolved_s3_endpoint_url)
         return self._storage[key]
 
     def job_storage(self, job: Any) -> Storage:
@@ -140,9 +136,9 @@ class Resources:
         """What a trainer needs to reach its storage and the hub: the endpoint, the AWS keys
         and HF_TOKEN. Goes into the pod's environment only."""
         env: dict[str, str] = {"BRIGHTRUN_STORAGE_URL": storage_url}
-        if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL"] = self.s3_endpoint_url
-            env["BRIGHTRUN_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        if self.settings.resolved_s3_endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.settings.resolved_s3_endpoint_url
+            env["BRIGHTRUN_S3_ENDPOINT_URL"] = self.settings.resolved_s3_endpoint_url
         for name in _AWS_CREDENTIALS:
             if os.environ.get(name):
                 env[name] = os.environ[name]

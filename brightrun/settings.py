@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from brightrun.storage import resolve_s3_endpoint
+
 
 class ComputeBackend(StrEnum):
     local = "local"
@@ -121,11 +123,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_s3_endpoint_url(self) -> str | None:
-        return (
-            self.s3_endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-        )
+        return resolve_s3_endpoint(self.s3_endpoint_url)
 
 
 def load_settings(**overrides: Any) -> Settings:

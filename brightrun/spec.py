@@ -229,17 +229,14 @@ def parse_spec(data: dict[str, object] | str | bytes) -> JobSpec:
     """
     from pydantic import ValidationError
 
-    from brightrun.errors import InputError
+    from brightrun.errors import InputError, validation_problems
 
     try:
         if isinstance(data, str | bytes):
             return JobSpec.model_validate_json(data)
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "spec"
-            problems.append(f"{where}: {error['msg']}")
+        problems = validation_problems(exc.errors(), empty="spec")
         raise InputError(
             f"the job spec has {len(problems)} problem(s); fix them and submit it again", problems
         ) from None

@@ -56,6 +56,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def resolve_s3_endpoint(configured: str | None = None) -> str | None:
+    """The S3 endpoint: the configured one, else boto3's own variables (`AWS_ENDPOINT_URL_S3`
+    before `AWS_ENDPOINT_URL`, the order boto3 reads them); None means AWS itself."""
+    return configured or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -417,8 +423,7 @@ def open_storage(url: str, *, endpoint_url: str | None = None) -> Storage:
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise StorageError(f"{url!r}: an s3:// URL needs a bucket name")
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return S3Storage(bucket, prefix, endpoint_url=endpoint)
+        return S3Storage(bucket, prefix, endpoint_url=resolve_s3_endpoint(endpoint_url))
     if url.startswith("file://"):
         url = url[len("file://") :]
     if "://" in url:

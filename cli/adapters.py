@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from brightrun.errors import InputError
+from cli.options import parse_when
 
 if TYPE_CHECKING:
     from brightrun.resources import Resources
@@ -342,16 +342,6 @@ def export(
 # ---------------------------------------------------------------- A/B by model version
 
 
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(f"{option} {value!r} is not an ISO 8601 date or time, e.g. 2026-03-01") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def feedback_stats(
     since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive")] = None,
@@ -360,7 +350,7 @@ def feedback_stats(
     """Users' ratings per model version: rated responses, positive rate, 95% Wilson interval."""
     from tasks.adapters import feedback_stats as stats_of
 
-    start, end = _when(since, "--since"), _when(until, "--until")
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
     with _resources() as resources:
         stats = stats_of(resources.registry, start, end)
     rows = []

@@ -37,7 +37,7 @@ def prepare(
     """Validate, convert and tokenize a brightrun-lora-v4 file; write DIR and DIR/report.json."""
     from pydantic import ValidationError
 
-    from brightrun.errors import InputError
+    from brightrun.errors import InputError, validation_problems
     from brightrun.resources import Resources
     from tasks.dataset.fetch import fetch_source
     from tasks.dataset.prepare import PrepareOptions, prepare_dataset
@@ -55,7 +55,7 @@ def prepare(
         except ValidationError as exc:
             raise InputError(
                 "invalid options",
-                [f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()],
+                validation_problems(exc.errors(), as_option=True),
             ) from exc
         resources = Resources.from_settings()
         source = fetch_source(dataset, resources.settings.cache_dir / "datasets", resources.open_storage)

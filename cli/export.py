@@ -6,24 +6,12 @@ lock, so it never races a scheduled run), without starting a training.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
 from brightrun.errors import InputError
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(
-            f"{option} {value!r} is not a date or time; use ISO 8601, e.g. 2026-03-01 or 2026-03-01T12:00:00Z"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+from cli.options import parse_when
 
 
 def export_feedback_command(
@@ -46,7 +34,7 @@ def export_feedback_command(
     from brightrun.resources import Resources
     from tasks.feedback import ExportOptions, SelectionOptions, export_feedback_window
 
-    start, end = _when(since, "--since"), _when(until, "--until")
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
     if start is not None and end is not None and end <= start:
         raise InputError(f"--until {until} must be after --since {since}")
     options = ExportOptions(

@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from brightrun.errors import BrightrunError, InputError
+from brightrun.errors import BrightrunError, InputError, validation_problems
 
 DEMO_MAX_STEPS = 12
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +89,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         try:
             model.model_validate(data[key], strict=True)
         except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(p) for p in (key, *error["loc"]))
-                problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+            problems += validation_problems(exc.errors(), within=(key,), show_input=True)
     if problems:
         raise InputError(f"--config {path}: {len(problems)} problem(s)", problems)
     return data

@@ -21,7 +21,8 @@ from pydantic import Field
 
 from brightrun.errors import InputError
 from brightrun.resources import Resources
-from tasks.feedback import ExportOptions, FileOptions, SelectionOptions, export_window_task, start_training
+from tasks.feedback import ExportOptions, FileOptions, SelectionOptions
+from tasks.feedback.task import export_window_task, start_training
 
 CONCURRENCY_LIMIT = "export-feedback"
 DEFAULT_TRAIN_DEPLOYMENT = "train_adapter/local"

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from brightrun.errors import InputError
+from brightrun.errors import VALUE_ERRORS, InputError, validation_problems
 from brightrun.settings import ComputeBackend, Settings
 from brightrun.spec import (
     CheckpointSettings,
@@ -118,29 +118,8 @@ class ResolvedRequest(BaseModel):
     dataset_name: str
 
 
-def _loc(error: Any) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "parameters"
-
-
-def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
-    out = []
-    for error in exc.errors():
-        where = _loc(error)
-        msg = error["msg"]
-        if error["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        if error["type"] in (
-            "int_parsing",
-            "float_parsing",
-            "bool_parsing",
-            "int_type",
-            "float_type",
-            "enum",
-            "literal_error",
-        ):
-            msg = f"{msg} (got {error.get('input')!r})"
-        out.append(f"{prefix}{where}: {msg}" if where != "parameters" else f"{prefix}{msg}")
-    return out
+def _problems(exc: ValidationError) -> list[str]:
+    return validation_problems(exc.errors(), empty=None, show_input=VALUE_ERRORS, plain_value_errors=True)
 
 
 def without_query(uri: str) -> str:

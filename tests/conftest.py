@@ -20,4 +20,5 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.training",
     "tests.fixtures.docker_api",
+    "tests.fixtures.http",
 ]

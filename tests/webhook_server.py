@@ -7,10 +7,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tasks.notify import SIGNATURE_HEADER, verify
+from tests.fixtures.http import serve_http
 
 
 @dataclass
@@ -54,12 +55,6 @@ def webhook_receiver(secret: str, fail_first: int = 0) -> Iterator[WebhookReceiv
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
+    with serve_http(Handler) as base:
+        receiver.url = f"{base}/hook"
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -48,7 +48,11 @@ class Msg:
 
 
 @dataclass
-class Run:
+class CandidateSequence:
+    """One consistent run of a conversation's pairs (the same system prompt, each pair's
+    history extending the last): the messages of one candidate training sequence. Named
+    apart from the trainer's `Run`, a training run."""
+
     conversation_id: str
     system: str
     messages: list[Msg] = field(default_factory=list)
@@ -84,7 +88,7 @@ def _score_key(score: float) -> str:
     return str(int(score)) if float(score).is_integer() else f"{score:g}"
 
 
-def _history_matches(run: Run, pair: TrainingPair) -> bool:
+def _history_matches(run: CandidateSequence, pair: TrainingPair) -> bool:
     history = pair.conversation_history
     if pair.system_prompt != run.system or len(history) != len(run.messages):
         return False
@@ -96,13 +100,13 @@ def _history_matches(run: Run, pair: TrainingPair) -> bool:
     return True
 
 
-def _fill_pending(run: Run, pair: TrainingPair) -> None:
+def _fill_pending(run: CandidateSequence, pair: TrainingPair) -> None:
     for turn, msg in zip(pair.conversation_history, run.messages, strict=True):
         if msg.content is None:
             msg.content = turn.content
 
 
-def _close(run: Run) -> Run | None:
+def _close(run: CandidateSequence) -> CandidateSequence | None:
     """Drop the untrained tail (nothing learns from it); None when nothing is trained."""
     last = max((i for i, m in enumerate(run.messages) if m.trained), default=-1)
     if last < 0:
@@ -111,11 +115,13 @@ def _close(run: Run) -> Run | None:
     return run
 
 
-def build_runs(conversation: Conversation, min_quality: float, stats: ConversionStats) -> list[Run]:
+def build_runs(
+    conversation: Conversation, min_quality: float, stats: ConversionStats
+) -> list[CandidateSequence]:
     """Consistent runs of one conversation, each a candidate training sequence."""
     cid = conversation.conversation_id
-    runs: list[Run] = []
-    run: Run | None = None
+    runs: list[CandidateSequence] = []
+    run: CandidateSequence | None = None
     for index, pair in enumerate(conversation.training_pairs):
         score = pair.training_metadata.quality_score
         key = _score_key(score)
@@ -133,7 +139,9 @@ def build_runs(conversation: Conversation, min_quality: float, stats: Conversion
                 closed = _close(run)
                 if closed is not None:
                     runs.append(closed)
-            run = Run(cid, pair.system_prompt, [Msg(t.role, t.content) for t in pair.conversation_history])
+            run = CandidateSequence(
+                cid, pair.system_prompt, [Msg(t.role, t.content) for t in pair.conversation_history]
+            )
         run.messages.append(Msg("user", pair.current_user_input))
         target = pair.target_response
         if target is None:
@@ -471,7 +479,7 @@ class Window:
 
 
 def plan_windows(
-    encoder: ChatEncoder, run: Run, max_len: int
+    encoder: ChatEncoder, run: CandidateSequence, max_len: int
 ) -> tuple[list[tuple[str, list[Msg]]], list[Msg]]:
     """Cut an over-long run into windows that fit; also return the targets that cannot fit."""
     msgs = run.messages

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from brightrun.errors import BrightrunError, InputError
-from brightrun.storage import CHUNK, ObjectNotFound, Storage, StorageError, split_uri
+from brightrun.storage import CHUNK, ObjectNotFound, Storage, StorageError, sha256_file, split_uri
 
 #: Opens a storage URL (`Resources.open_storage`: one client per URL, the configured endpoint).
 StorageOpener = Callable[[str], Storage]
@@ -63,20 +63,12 @@ def fetch_source(dataset: str, cache_dir: Path, open_storage: StorageOpener) -> 
     raise InputError(f"dataset {shown(dataset)!r}: use a local path, s3://bucket/key or an https:// URL")
 
 
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _local(dataset: str) -> SourceFile:
     path = Path(dataset.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise InputError(f"dataset {dataset}: no such file (relative paths are from {Path.cwd()})")
     path = path.resolve()
-    return SourceFile(path, _hash_file(path), path.stat().st_size, path.name)
+    return SourceFile(path, sha256_file(path), path.stat().st_size, path.name)
 
 
 def _cached(cache_dir: Path, digest: str) -> Path:

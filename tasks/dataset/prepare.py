@@ -21,10 +21,10 @@ from brightrun.errors import InputError
 from brightrun.spec import JobSpec, PreprocessingSettings
 from brightrun.storage import sha256_file
 from tasks.dataset.convert import (
+    CandidateSequence,
     ChatEncoder,
     ConversionStats,
     Msg,
-    Run,
     TemplateError,
     build_runs,
     plan_windows,
@@ -103,7 +103,7 @@ def _held_out_prompt(conversation: Conversation, min_quality: float) -> dict[str
     return None
 
 
-def _target_label(msg: Msg, run: Run) -> str:
+def _target_label(msg: Msg, run: CandidateSequence) -> str:
     return f"conversation {run.conversation_id}, pair {msg.pair_id}, field target_response"
 
 
@@ -117,7 +117,7 @@ class _Converter:
         self.stats = ConversionStats()
         self.windowed = 0
         self.too_long: list[str] = []
-        self.batch: list[tuple[Conversation, list[Run]]] = []
+        self.batch: list[tuple[Conversation, list[CandidateSequence]]] = []
 
     def add(self, conversation: Conversation) -> None:
         self.batch.append((conversation, build_runs(conversation, self.options.min_quality, self.stats)))

@@ -14,7 +14,8 @@ Rated inference logs of one window `[since, until)` become a new training file:
    one transaction.
 
 Everything comes from the `Resources` handed in (storage with its endpoint, registry);
-the Prefect tasks at the bottom wrap the door for the `export_feedback` flow.
+`tasks/feedback/task.py` wraps the door as Prefect tasks for the `export_feedback` flow,
+so this module (and every other one in the package) imports without Prefect.
 """
 
 from __future__ import annotations
@@ -26,18 +27,15 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, exc
 
 from brightrun.registry import repository as repo
-from brightrun.registry.db import DatabaseUnavailable, is_disconnect
-from brightrun.registry.feedback_rows import WATERMARK, ExportBusy, export_lock
-from brightrun.storage import StorageError
-from tasks.feedback.dedup import Deduper, EarlierCorpus, load_earlier
+from brightrun.registry.db import is_disconnect
+from brightrun.registry.feedback_rows import WATERMARK, export_lock
+from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text
 from tasks.feedback.register import existing_export, publish
@@ -307,83 +305,3 @@ def export_feedback_window(
             return _finish(result)
         publish(resources.storage, engine, result, written, writer.refs, existing)
         return _finish(result)
-
-
-# ---------------------------------------------------------------- Prefect tasks
-
-
-def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the export task only for what a later try can cure (a lost database or
-    object store), never for bad data, a busy lock or a changed window."""
-    error = state.data if isinstance(state.data, BaseException) else None
-    if error is None:
-        try:
-            state.result()
-        except BaseException as raised:
-            error = raised
-    return isinstance(error, DatabaseUnavailable | StorageError) or getattr(error, "transient", False)
-
-
-@task(
-    name="export-feedback-window",
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=transient_failure,
-    # The resources hold an engine and storage clients: nothing to hash or cache.
-    cache_policy=NO_CACHE,
-)
-def export_window_task(
-    resources: Resources,
-    since: datetime | None,
-    until: datetime | None,
-    options: ExportOptions,
-    dry_run: bool,
-) -> ExportResult | None:
-    """The door, as the flow's task: None when another export holds the lock (the flow
-    then ends cleanly). A lost database connection is retried inside (from the window
-    start), and the task retry covers anything else transient."""
-    try:
-        return export_feedback_window(resources, since=since, until=until, options=options, dry_run=dry_run)
-    except ExportBusy as busy:
-        get_run_logger().warning("%s", busy)
-        return None
-
-
-@task(name="start-training")
-def start_training(
-    deployment: str, training_file_uri: str, base_model: str, preset: str | None, job_name: str
-) -> dict[str, Any]:
-    """Start `train_adapter` on the new file without waiting for it (timeout=0); the
-    subflow link makes the training run appear under this export run in the UI."""
-    from prefect.deployments import run_deployment
-
-    run = run_deployment(
-        name=deployment,
-        parameters={
-            "dataset": training_file_uri,
-            "base_model": base_model,
-            "preset": preset,
-            "job_name": job_name,
-        },
-        timeout=0,
-        as_subflow=True,
-        tags=["brightrun", "feedback-export"],
-    )
-    return {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment}
-
-
-__all__ = [
-    "EarlierCorpus",
-    "ExportBusy",
-    "ExportError",
-    "ExportOptions",
-    "ExportResult",
-    "ExportStats",
-    "ExportStatus",
-    "export_feedback_window",
-    "export_lock",
-    "export_window_task",
-    "process_rows",
-    "start_training",
-    "transient_failure",
-]

@@ -9,7 +9,6 @@ database produce the same bytes, which is what makes a rerun idempotent.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
+from brightrun.storage import sha256_file
 from tasks.feedback.errors import ExportError
 from tasks.feedback.select import Example
 
@@ -124,14 +124,6 @@ class WrittenFiles:
     preference_pairs: int
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ExportWriter:
     """Streams examples into `directory`; `finish` produces the final files."""
 
@@ -199,7 +191,7 @@ class ExportWriter:
             training_file=path,
             chat_file=self.chat_path,
             preferences_file=preferences,
-            sha256=_sha256(path),
+            sha256=sha256_file(path),
             size_bytes=path.stat().st_size,
             examples=self.examples,
             preference_pairs=len(pairs),

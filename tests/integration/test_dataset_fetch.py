@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,38 +55,6 @@ def test_s3_missing_object_is_an_input_error(
     with pytest.raises(InputError, match="nope.json"):
         fetch_dataset(s3_storage.uri("nope.json"), tmp_path / "cache", endpoint_url=seaweed.endpoint_url)
     assert list((tmp_path / "cache").iterdir()) == []
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith("/broken"):
-            # Promise more bytes than we send, then hang up: a download that fails midway.
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            self.wfile.write(b'{"partial": ')
-            self.wfile.flush()
-            self.connection.shutdown(2)
-            return
-        super().do_GET()
-
-
-@pytest.fixture
-def http_server(sample_dataset: Path) -> Iterator[str]:
-    def handler(*args: object, **kwargs: object) -> _Handler:
-        return _Handler(*args, directory=str(sample_dataset.parent), **kwargs)  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_http_fetch_and_failed_download_leaves_nothing(

@@ -9,10 +9,8 @@ the job pointing at its training file; the source hashed once.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import logging
 import shutil
-import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +84,7 @@ def hash_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return seen[-1]
 
     monkeypatch.setattr(tasks.dataset.prepare, "sha256_file", counting_file)
+    monkeypatch.setattr(tasks.dataset.fetch, "sha256_file", counting_file)
     return seen
 
 
@@ -189,26 +188,6 @@ def test_absolute_path_reuses_the_cache_and_rebuilds_a_deleted_entry(
     job_e, spec_e = new_job(resources, tiny_model)
     prepare_job_dataset(resources, job_id=job_e, dataset=str(sample_dataset), spec=spec_e, storage=storage)
     assert len(calls) == 3 and storage.exists(f"{JobLayout(job_e).data_dir}/{prepared.TRAIN}")
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_server(sample_dataset: Path) -> Iterator[str]:
-    def handler(*args: object, **kwargs: object) -> _Handler:
-        return _Handler(*args, directory=str(sample_dataset.parent), **kwargs)  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_signed_url_signature_is_stored_nowhere(

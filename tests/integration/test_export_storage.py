@@ -5,9 +5,6 @@ the train/validation split the registry recorded for them."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +21,7 @@ from tasks.feedback import export_feedback_window
 from tasks.feedback.dedup import Dup
 from tasks.feedback.select import Example, Rating, canonical_json
 from tasks.feedback.write import ExportWriter, FileOptions
+from tests.fixtures.http import serve_directory
 from tests.integration.test_export_feedback import W1, Logs, make_resources
 
 pytestmark = pytest.mark.integration
@@ -100,21 +98,6 @@ def test_a_jobs_dataset_in_the_pipelines_storage_is_read_with_its_recorded_split
     assert result.earlier.unsplit_files == 0
 
 
-@contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[str]:
-    """A local HTTP server for `directory` (it ignores a URL's query, as a CDN would not)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
 @pytest.mark.parametrize("given_as", ["relative_path", "signed_url"])
 def test_a_dataset_a_job_trained_on_is_read_by_a_later_export(
     resources: Resources, tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, given_as: str
@@ -137,7 +120,7 @@ def test_a_dataset_a_job_trained_on_is_read_by_a_later_export(
             monkeypatch.chdir(tmp_path)
             dataset = str(path.relative_to(tmp_path))
         else:
-            base = stack.enter_context(http_server(path.parent))
+            base = stack.enter_context(serve_directory(path.parent))
             dataset = f"{base}/{path.name}?X-Amz-Signature=secret-signature&X-Amz-Expires=60"
         done = prepare_job_dataset(
             resources, job_id=job.id, dataset=dataset, spec=spec, storage=resources.storage

@@ -16,7 +16,6 @@ import datetime as dt
 import http.server
 import shutil
 import ssl
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from brightrun.storage import sha256_file
+from tests.fixtures.http import serve_http
 from tests.fixtures.seaweed import SeaweedS3
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -107,18 +107,10 @@ def https_dataset(sample_dataset: Path, tmp_path: Path) -> Iterator[tuple[str, P
                 return str(served / "missing")
             return super().translate_path(path)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"https://127.0.0.1:{server.server_address[1]}/brightrun-sample.json?X-Amz-Expires=600&{SIGNATURE}"
-    try:
-        yield url, cert
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler, tls=context) as base:
+        yield f"{base}/brightrun-sample.json?X-Amz-Expires=600&{SIGNATURE}", cert
 
 
 def _registry_text(engine: object) -> str:

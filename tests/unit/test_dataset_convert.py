@@ -10,10 +10,10 @@ import pytest
 
 from brightrun.prepared import IGNORE_INDEX
 from tasks.dataset.convert import (
+    CandidateSequence,
     ChatEncoder,
     ConversionStats,
     Msg,
-    Run,
     build_runs,
     plan_windows,
 )
@@ -78,7 +78,7 @@ def per_pair_supervision(
     return out
 
 
-def merged_supervision(encoder: ChatEncoder, runs: list[Run]) -> dict[str, list[int]]:
+def merged_supervision(encoder: ChatEncoder, runs: list[CandidateSequence]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for enc in encoder.encode_many([(r.system, r.messages) for r in runs]):
         segments = trained_segments(enc.input_ids, enc.labels)

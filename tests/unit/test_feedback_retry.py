@@ -8,7 +8,8 @@ from prefect.states import Failed
 from brightrun.errors import InputError
 from brightrun.registry.db import DatabaseUnavailable
 from brightrun.storage import StorageError
-from tasks.feedback import ExportBusy, ExportError, transient_failure
+from tasks.feedback import ExportBusy, ExportError
+from tasks.feedback.task import transient_failure
 
 
 @pytest.mark.parametrize(

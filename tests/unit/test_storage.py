@@ -198,3 +198,14 @@ def test_open_storage_resolves_urls(tmp_path: Path) -> None:
         open_storage("gs://x/y")
     with pytest.raises(StorageError, match="bucket"):
         open_storage("s3:///prefix")
+
+
+def test_an_s3_storage_opened_without_an_endpoint_reads_boto3s_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:8333")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:8333")
+    assert storage_mod.open_storage("s3://bucket/p").endpoint_url == "http://s3-only:8333"  # type: ignore[attr-defined]
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert storage_mod.resolve_s3_endpoint() == "http://generic:8333"
+    assert storage_mod.resolve_s3_endpoint("http://configured:1") == "http://configured:1"

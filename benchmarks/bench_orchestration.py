@@ -77,7 +77,7 @@ def main() -> None:
         from brightrun.settings import load_settings
         from brightrun.storage import open_storage
         from tasks.job import JobRecorder
-        from tasks.monitor import _Ingest, _read_status
+        from tasks.monitor import TrainerLog, _read_status
         from tasks.notify import WebhookNotifier
         from tasks.reporting.prefect_artifacts import RunReporter
 
@@ -99,7 +99,7 @@ def main() -> None:
                     update={"step": i % status.total_steps, "phase": TrainerPhase.training}
                 )
                 recorder.status(status)
-            ingest = _Ingest(storage, job, recorder)
+            ingest = TrainerLog(storage, job, recorder)
             ingest.seen.update(storage.list(job.key("events") + "/"))
             ingest.seen.update(storage.list(job.key("metrics") + "/"))
             ingest.poll()  # lists both directories; nothing new to read, as in a steady state

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a registry call keeps retrying, with backoff, while the database is unreachable",
     )
+    pod_termination_patience_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds the end of a job (its flow, `brightrun jobs cancel`) keeps retrying a pod's "
+        "termination while the provider does not confirm it; then the pod is named for the reaper",
+    )
     compute: ComputeBackend = ComputeBackend.local
     training_files_url: str = Field(
         default="s3://training-files",

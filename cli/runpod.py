@@ -23,7 +23,7 @@ def reap_command(
     """Terminate pods (local trainers, and RunPod when a key is set) whose job is terminal,
     unknown, silent, or stuck before it started."""
     from brightrun.resources import Resources
-    from flows.reap_pods import reap_pods_with
+    from tasks.reaper import reap_pods_with
 
     with Resources.from_settings() as resources:
         reaped = reap_pods_with(

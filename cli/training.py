@@ -263,65 +263,18 @@ def train(
 
 
 def estimate_job(params: dict[str, Any]) -> str:
-    """Time and cost ranges of a job before anything is rented: the dataset is prepared here (in
-    a temporary directory) for its real example and token counts, and RunPod's current prices
-    are read when a key is configured."""
-    import tempfile
-
+    """Time and cost ranges of a job before anything is rented (tasks/estimate.py)."""
     from brightrun.resources import Resources
-    from brightrun.settings import ComputeBackend
     from flows.params import resolve_train_request
-    from tasks.cost_model import estimate_table, local_model_config
-    from tasks.dataset import PrepareOptions, prepare_dataset
-    from tasks.dataset.fetch import fetch_source
-    from tasks.dataset.tokenizer import load_tokenizer
-    from tasks.provision import runpod_prices
+    from tasks.estimate import estimate_dataset_file
 
     with Resources.from_settings() as resources:
         resolved = resolve_train_request(params, resources.settings)
-        spec = resolved.spec
         if resolved.request.dataset is None:
             raise InputError("--estimate needs a DATASET file (not --training-file-id)")
-        source = fetch_source(
-            resolved.request.dataset, resources.settings.cache_dir / "datasets", resources.open_storage
+        return estimate_dataset_file(
+            resources, resolved.spec, resolved.request.dataset, sample_dataset=SAMPLE_DATASET
         )
-        note = ""
-        try:
-            tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
-        except InputError:
-            # No hub access here (or a gated model without HF_TOKEN): count with the tiny
-            # model's tokenizer, trained on this kind of data, and say so.
-            from brightrun.tiny_model import ensure_tiny_model
-
-            tiny = resources.settings.home / "models" / "tiny-llama"
-            ensure_tiny_model(tiny, SAMPLE_DATASET)
-            tokenizer = load_tokenizer(tiny)
-            note = (
-                f"\nnote: the tokenizer of {spec.base_model} could not be loaded here; tokens were "
-                "counted with the tiny model's tokenizer, so the time and cost are approximate."
-            )
-        with tempfile.TemporaryDirectory(prefix="brightrun-estimate-") as tmp:
-            report = prepare_dataset(
-                source.path,
-                tokenizer,
-                Path(tmp) / "prepared",
-                PrepareOptions.from_spec(spec),
-                source_sha256=source.sha256,
-                source_name=source.display_name,
-            )
-        prices: dict[str, tuple[float | None, float | None]] = {}
-        if resources.settings.runpod_api_key is not None:
-            prices = runpod_prices(
-                resources.compute(ComputeBackend.runpod, spec.provisioning), spec.provisioning.gpu_count
-            )
-        table = estimate_table(
-            spec,
-            report.train.examples,
-            prices,
-            train_tokens=report.train.tokens,
-            model_config=local_model_config(spec.base_model),
-        )
-        return table + note
 
 
 def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> None:

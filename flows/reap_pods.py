@@ -2,67 +2,15 @@
 
 Runs on a schedule (every 5 minutes, prefect.yaml) as the last line of defence when a
 `train_adapter` flow process died before its own cleanup, or its cleanup could not reach
-the provider (a pod recorded as `pod_termination_failed`).
+the provider (a pod recorded as `pod_termination_failed`). The reaper itself is
+`tasks.reaper.reap_pods_with`, which `brightrun reap` calls without Prefect.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prefect import flow, get_run_logger
 
-from tasks.reaper import DEFAULT_STALE_AFTER_SECONDS, DEFAULT_STARTUP_GRACE_SECONDS
-
-if TYPE_CHECKING:
-    from brightrun.resources import Resources
-
-
-def reap_pods_with(
-    resources: Resources,
-    *,
-    dry_run: bool = False,
-    stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
-    startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
-) -> list[dict[str, str]]:
-    """The reaper over `resources` (the registry, each job's storage, this machine's trainers and
-    the RunPod account when a key is set); one row per pod judged, for people and scripts."""
-    from tasks.reaper import reap_with_resources
-
-    decisions = reap_with_resources(
-        resources,
-        dry_run=dry_run,
-        stale_after_seconds=stale_after_seconds,
-        startup_grace_seconds=startup_grace_seconds,
-    )
-    return [
-        {
-            "pod_id": d.pod.pod_id,
-            "job_id": d.pod.job_id,
-            "reason": d.reason,
-            "result": "would terminate"
-            if dry_run
-            else ("terminated" if d.terminated else f"failed: {d.error}"),
-        }
-        for d in decisions
-    ]
-
-
-def reap_with_settings(
-    *,
-    dry_run: bool = False,
-    stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
-    startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
-) -> list[dict[str, str]]:
-    """`reap_pods_with` on resources built from the settings (for callers without any)."""
-    from brightrun.resources import Resources
-
-    with Resources.from_settings() as resources:
-        return reap_pods_with(
-            resources,
-            dry_run=dry_run,
-            stale_after_seconds=stale_after_seconds,
-            startup_grace_seconds=startup_grace_seconds,
-        )
+from tasks.reaper import DEFAULT_STALE_AFTER_SECONDS, DEFAULT_STARTUP_GRACE_SECONDS, reap_pods_with
 
 
 @flow(name="reap_pods", log_prints=False)

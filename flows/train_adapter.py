@@ -3,7 +3,9 @@
 The body reads top to bottom: resolve the request → create the job (`queued`) → the dataset
 stage (`preprocessing`) → write `spec.json` → train (a pod, watched, interruptions resumed;
 `model_loaded`, `training`) → publish the adapter → end (`completed`, or `failed` with the
-error, or `cancelled`). Every path ends with the job's pods terminated.
+error, or `cancelled`). Every path ends with the job's pods terminated (`tasks.job.end_pods`).
+The body (`run_training_job`) is the list of those calls, each handed the job's `JobRun`; the
+stages' work lives in tasks/ (the cost estimate in tasks/estimate.py).
 
 Start it from the Prefect UI (a deployment), a schedule, Python (`train_adapter(...)` or
 `run_deployment("train_adapter/...")`) or `brightrun train`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -20,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 from pydantic import SecretStr
 
+from brightrun.compute import ComputeError
 from brightrun.errors import BrightrunError, InputError
 from brightrun.layout import JobLayout
 from brightrun.registry import repository as repo
@@ -36,13 +40,15 @@ from brightrun.spec import (
     QuantizationSettings,
     TrainingSettings,
 )
-from brightrun.storage import Storage, StorageError
+from brightrun.storage import Storage
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
 from tasks.artifacts import publish_adapter
-from tasks.dataset import prepare_job_dataset_task
+from tasks.dataset.task import prepare_job_dataset_task
+from tasks.estimate import check_job_cost
 from tasks.job import (
     JobRecorder,
     current_flow_run_id,
+    end_pods,
     finish_cancel,
     new_job_id,
     rename_current_flow_run,
@@ -65,11 +71,32 @@ class JobCancelled(BrightrunError):
     """The job was cancelled while it ran (UI, API or `brightrun jobs cancel`)."""
 
 
+@dataclass
+class JobRun:
+    """One job's handles, passed as one thing through the flow's body: the resources built at
+    the boundary, the validated request, the job's spec (its dataset hash is filled in by the
+    dataset stage), its storage and its recorder."""
+
+    resources: Resources
+    resolved: ResolvedRequest
+    spec: JobSpec
+    storage: Storage
+    recorder: JobRecorder
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    @property
+    def layout(self) -> JobLayout:
+        return JobLayout(self.spec.job_id)
+
+
 # ---------------------------------------------------------------- stages (one task each)
 
 
 @task(name="create-job", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
-def create_job(resources: Resources, resolved: ResolvedRequest, job_id: str, storage: Storage) -> str:
+def queue_job(resources: Resources, resolved: ResolvedRequest, job_id: str, storage: Storage) -> str:
     """The `training_jobs` row (`queued`); an existing row (a resume) is left as it is."""
     request = resolved.request
     job = repo.create_job(
@@ -96,89 +123,52 @@ def create_job(resources: Resources, resolved: ResolvedRequest, job_id: str, sto
 
 
 @task(name="write-spec", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def write_spec(storage: Storage, spec: JobSpec) -> str:
+def write_spec(job: JobRun) -> str:
     """`spec.json` for the trainer. It never holds a secret: credentials reach the trainer
     through its environment only."""
-    key = JobLayout(spec.job_id).spec
-    storage.put_bytes(key, spec.model_dump_json(indent=2).encode())
-    return storage.uri(key)
+    key = job.layout.spec
+    job.storage.put_bytes(key, job.spec.model_dump_json(indent=2).encode())
+    return job.storage.uri(key)
 
 
 @task(name="train", retries=0, cache_policy=NO_CACHE)
-def train(
-    resources: Resources,
-    resolved: ResolvedRequest,
-    spec: JobSpec,
-    storage: Storage,
-    recorder: JobRecorder,
-) -> Outcome:
+def train(job: JobRun) -> Outcome:
     """Provision the trainer and watch it until it ends (a retried training would double-spend:
     interruptions are resumed inside)."""
-    compute = resources.compute(resolved.compute, spec.provisioning)
-    if resolved.compute is ComputeBackend.runpod:
-        _estimate_cost(compute, spec, storage, recorder)
-    policy = monitor_policy(resolved.compute, spec.provisioning, resolved.request)
+    resources, spec, storage = job.resources, job.spec, job.storage
+    compute = resources.compute(job.resolved.compute, spec.provisioning)
+    if job.resolved.compute is ComputeBackend.runpod:
+        check_job_cost(compute, spec, storage, job.recorder, get_run_logger())
+    policy = monitor_policy(job.resolved.compute, spec.provisioning, job.resolved.request)
     # The trainer's log lines (logs/*.jsonl in storage, from any pod) into this run's logs.
     with forward_trainer_logs(storage, spec.job_id, interval_s=max(2.0, policy.poll_interval_seconds)):
         return run_job(
             compute=compute,
             storage=storage,
             job_id=spec.job_id,
-            spec_uri=storage.uri(JobLayout(spec.job_id).spec),
+            spec_uri=storage.uri(job.layout.spec),
             policy=policy,
             env=resources.trainer_env(storage.url),
-            recorder=recorder,
-            cancel=recorder.cancel_requested,
+            recorder=job.recorder,
+            cancel=job.recorder.cancel_requested,
         )
 
 
-def publish(resources: Resources, recorder: JobRecorder, spec: JobSpec, storage: Storage) -> str:
+def publish(job: JobRun) -> str:
     """Verify the adapter the trainer uploaded against its manifest, then register it."""
+    recorder = job.recorder
     # A trainer faster than one poll was never seen loading or training; it did both
     # (result.json says so), so the job passes through those statuses in order.
     for passed in statuses_for_phase("training", recorder.status_value):
         recorder.transition(passed)
-    artifact = publish_adapter(resources.registry, storage, spec.job_id, base_model=spec.base_model)
+    artifact = publish_adapter(
+        job.resources.registry, job.storage, job.job_id, base_model=job.spec.base_model
+    )
     recorder.lora_artifact_path = artifact.storage_path
     return artifact.storage_path
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _estimate_cost(compute: Any, spec: JobSpec, storage: Storage, recorder: JobRecorder) -> None:
-    """Price the job before renting anything; refuse it when the estimate already breaks the cap."""
-    from brightrun import prepared
-    from tasks.cost_model import cap_estimate, check_estimate, estimated_total_steps, local_model_config
-    from tasks.provision import runpod_prices
-
-    layout = JobLayout(spec.job_id)
-    meta = prepared.PreparedMeta.model_validate_json(
-        storage.get_bytes(layout.key(f"{spec.dataset_prefix}/{prepared.META}"))
-    )
-    steps = estimated_total_steps(spec, meta.train_examples)
-    policy = spec.provisioning
-    estimate = cap_estimate(
-        spec,
-        meta.train_examples,
-        runpod_prices(compute, policy.gpu_count),
-        train_tokens=meta.train_tokens,
-        model_config=local_model_config(spec.base_model),
-    )
-    recorder.event(
-        "cost_estimated",
-        0,
-        {
-            "steps": steps,
-            "usd": estimate.usd,
-            "gpu_type": estimate.gpu_type,
-            "spot": estimate.spot,
-            "hours": estimate.hours,
-        },
-    )
-    repo.set_job_cost(recorder.engine, spec.job_id, estimated_cost_usd=estimate.usd)
-    get_run_logger().info("job %s: estimated cost %s for %d steps", spec.job_id, estimate.describe(), steps)
-    check_estimate(estimate, policy)
 
 
 def monitor_policy(
@@ -190,33 +180,6 @@ def monitor_policy(
     if compute is ComputeBackend.local and "poll_interval_seconds" not in chosen:
         return policy.model_copy(update={"poll_interval_seconds": 1.0})
     return policy
-
-
-def _terminate_pods(
-    resources: Resources, resolved: ResolvedRequest, spec: JobSpec
-) -> tuple[list[str], list[str]]:
-    """Belt and braces: whatever happened, no pod of this job keeps running (or billing).
-    Returns (pods the provider confirmed terminated, pods it did not: the reaper's)."""
-    from brightrun.compute import ComputeError, PodTerminationError, terminate_with_patience
-
-    try:
-        compute = resources.compute(resolved.compute, spec.provisioning)
-        pods = [p for p in compute.list_pods(spec.job_id) if p.state.value != "terminated"]
-    except ComputeError as exc:
-        log.warning("job %s: could not check for leftover pods (%s); the reaper will", spec.job_id, exc)
-        return [], []
-    done, failed = [], []
-    # An API outage is waited out, bounded (the monitor may already have waited its patience),
-    # then the pod is named in the job's error and the reaper takes over.
-    patience = min(300.0, spec.provisioning.api_outage_patience_seconds)
-    for pod in pods:
-        try:
-            terminate_with_patience(compute, pod.pod_id, patience_seconds=patience)
-            done.append(pod.pod_id)
-        except PodTerminationError as exc:
-            log.error("job %s: %s", spec.job_id, exc)
-            failed.append(pod.pod_id)
-    return done, failed
 
 
 def _dataset_source(resources: Resources, request: TrainRequest) -> str:
@@ -231,21 +194,18 @@ def _dataset_source(resources: Resources, request: TrainRequest) -> str:
     return uri
 
 
-def prepare_dataset(
-    resources: Resources, resolved: ResolvedRequest, spec: JobSpec, storage: Storage, recorder: JobRecorder
-) -> JobSpec:
+def preprocess(job: JobRun) -> None:
     """The dataset stage (`preprocessing`): one door that fetches the training file once, keeps
     it as `datasets/<sha256>.json`, validates, tokenizes, splits, uploads and records it."""
+    recorder, request = job.recorder, job.resolved.request
     recorder.transition("preprocessing")
     dataset = prepare_job_dataset_task(
-        resources,
-        job_id=spec.job_id,
-        dataset=_dataset_source(resources, resolved.request),
-        spec=spec,
-        storage=storage,
-        training_file_id=str(resolved.request.training_file_id)
-        if resolved.request.training_file_id
-        else None,
+        job.resources,
+        job_id=job.job_id,
+        dataset=_dataset_source(job.resources, request),
+        spec=job.spec,
+        storage=job.storage,
+        training_file_id=str(request.training_file_id) if request.training_file_id else None,
     )
     recorder.reporter.dataset_report(dataset.report_markdown)
     recorder.event(
@@ -262,11 +222,21 @@ def prepare_dataset(
         },
     )
     # A resume refetches from the pipeline's own copy, never from a caller's (signed, expiring) URL.
-    job = repo.get_job(recorder.engine, spec.job_id)
-    params = {**job.metadata.get("params", {}), "dataset": dataset.source_uri}
+    row = repo.get_job(recorder.engine, job.job_id)
+    params = {**row.metadata.get("params", {}), "dataset": dataset.source_uri}
     params.pop("training_file_id", None)
-    repo.update_job(recorder.engine, spec.job_id, metadata={**job.metadata, "params": params})
-    return spec.model_copy(update={"dataset_sha256": dataset.sha256})
+    repo.update_job(recorder.engine, job.job_id, metadata={**row.metadata, "params": params})
+    job.spec = job.spec.model_copy(update={"dataset_sha256": dataset.sha256})
+
+
+def prepare_or_reuse_data(job: JobRun) -> None:
+    """The dataset stage and `spec.json`, unless an earlier run of this job already stored them."""
+    if job.storage.exists(job.layout.spec):
+        get_run_logger().info("job %s: spec.json and data already in storage; resuming", job.job_id)
+        job.spec = JobSpec.model_validate_json(job.storage.get_bytes(job.layout.spec))
+        return
+    preprocess(job)
+    write_spec(job)
 
 
 # ---------------------------------------------------------------- the flow
@@ -344,24 +314,10 @@ def train_adapter(
         created_by: the user who started the job (auth.users id).
         job_id: resume this job (its data and checkpoints are reused).
     """
-    raw = {
-        "dataset": dataset,
-        "training_file_id": training_file_id,
-        "base_model": base_model,
-        "preset": preset,
-        "lora": lora,
-        "quantization": quantization,
-        "training": training,
-        "checkpoint": checkpoint,
-        "evaluation": evaluation,
-        "preprocessing": preprocessing,
-        "provisioning": provisioning,
-        "compute": compute,
-        "storage_url": storage_url,
-        "webhook_url": webhook_url,
-        "job_name": job_name,
-        "created_by": created_by,
-    }
+    # The signature lists TrainRequest's fields (tests/unit/test_flow_params.py compares them):
+    # Prefect builds the deployment's form from the signature, so it stays written out.
+    given = locals()
+    raw = {name: given[name] for name in TrainRequest.model_fields}
     with Resources.from_settings() as resources:
         # Before any row, file or pod exists: every problem at once, then stop.
         resolved = resolve_train_request(raw, resources.settings)
@@ -369,23 +325,55 @@ def train_adapter(
 
 
 def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None) -> Any:
-    """resolve → job → dataset → spec → train → publish → end."""
-    logger = get_run_logger()
+    """job → dataset → spec → train → publish → end."""
     attach_library_loggers()
+    job, ended = open_job(resources, resolved, resume_job_id)
+    if ended is not None:
+        return ended
+    status, error_message, bad_input = "failed", None, False
+    try:
+        prepare_or_reuse_data(job)
+        if job.recorder.cancel_requested():
+            raise JobCancelled(f"job {job.job_id} was cancelled before training")
+        outcome = train(job)
+        raise_unless_completed(job, outcome)
+        publish(job)
+        status = "completed"
+    except JobCancelled as exc:
+        status, error_message = "cancelled", str(exc)
+    except InputError as exc:
+        status, error_message, bad_input = "failed", str(exc), True
+        job.recorder.failure_kind = "input"
+    except BaseException as exc:  # noqa: BLE001  (record it, then let Prefect see it)
+        status, error_message = "failed", f"{type(exc).__name__}: {exc}"
+        if _cancelled_from_prefect(exc, job.recorder):
+            # Cancel in the Prefect UI: `serve` or the worker SIGTERMs this process; the pod
+            # was terminated on the way out of the monitor; the job is cancelled, not failed.
+            status, error_message = "cancelled", f"job {job.job_id} was cancelled from Prefect"
+            get_run_logger().warning("job %s: cancelled from Prefect; terminating its pods", job.job_id)
+        end_job(job, status, error_message)
+        raise
+    end_job(job, status, error_message)
+    return flow_result(job, status, error_message, bad_input)
+
+
+def open_job(
+    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None
+) -> tuple[JobRun, dict[str, Any] | None]:
+    """The job's row (`queued`), the flow run's name, the recorder; a resume takes the job
+    over. Returns the job, and the flow's result when the job had already ended."""
+    logger = get_run_logger()
     job_id = resume_job_id or new_job_id()
     storage = resources.open_storage(resolved.storage_url)
-    layout = JobLayout(job_id)
-    spec = resolved.spec.model_copy(update={"job_id": job_id})
-
-    status = create_job(resources, resolved, job_id, storage)
-    name = run_name(resolved.dataset_name, spec.base_model, job_id)
+    status = queue_job(resources, resolved, job_id, storage)
+    name = run_name(resolved.dataset_name, resolved.spec.base_model, job_id)
     rename_current_flow_run(name)
     logger.info(
         "job %s (%s): %s on %s, compute=%s",
         job_id,
         name,
         resolved.dataset_name,
-        spec.base_model,
+        resolved.spec.base_model,
         resolved.compute.value,
     )
     secret = resources.settings.webhook_secret
@@ -397,67 +385,51 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
         flow_run_id=current_flow_run_id(),
         status_value=status,
     )
+    job = JobRun(resources, resolved, resolved.spec.model_copy(update={"job_id": job_id}), storage, recorder)
     existing = repo.get_job(resources.registry, job_id)
     if resume_job_id is not None:  # refuses a job resume cannot help; crashes the dead flow run
         existing = take_over_job(
-            resources.registry, existing, current_flow_run_id(), trainer_failed=storage.exists(layout.failure)
+            resources.registry,
+            existing,
+            current_flow_run_id(),
+            trainer_failed=storage.exists(job.layout.failure),
         )
         recorder.status_value = existing.status
     if existing.is_terminal:
         logger.info("job %s is already %s; nothing to do", job_id, existing.status)
-        return {
+        return job, {
             "job_id": job_id,
             "status": existing.status,
             "lora_artifact_path": existing.lora_artifact_path,
         }
     if status == "queued":
         recorder.announce("queued")
+    return job, None
 
-    final_status, error_message, bad_input = "failed", None, False
-    try:
-        if storage.exists(layout.spec):
-            logger.info("job %s: spec.json and data already in storage; resuming", job_id)
-            spec = JobSpec.model_validate_json(storage.get_bytes(layout.spec))
-        else:
-            spec = prepare_dataset(resources, resolved, spec, storage, recorder)
-            write_spec(storage, spec)
-        if recorder.cancel_requested():
-            raise JobCancelled(f"job {job_id} was cancelled before training")
-        outcome = train(resources, resolved, spec, storage, recorder)
-        if outcome.kind.value == "cancelled":
-            raise JobCancelled(f"job {job_id} was cancelled ({outcome.reason})")
-        if outcome.kind.value != "completed":
-            recorder.failure_kind = outcome.failure_kind  # `brightrun resume` reads it
-            raise BrightrunError(outcome.reason or f"job {job_id}: {outcome.kind.value}")
-        publish(resources, recorder, spec, storage)
-        final_status = "completed"
-    except JobCancelled as exc:
-        final_status, error_message = "cancelled", str(exc)
-    except InputError as exc:
-        final_status, error_message, bad_input = "failed", str(exc), True
-        recorder.failure_kind = "input"
-    except BaseException as exc:  # noqa: BLE001  (record it, then let Prefect see it)
-        final_status, error_message = "failed", f"{type(exc).__name__}: {exc}"
-        if _cancelled_from_prefect(exc, recorder):
-            # Cancel in the Prefect UI: `serve` or the worker SIGTERMs this process; the pod
-            # was terminated on the way out of the monitor; the job is cancelled, not failed.
-            final_status, error_message = "cancelled", f"job {job_id} was cancelled from Prefect"
-            logger.warning("job %s: cancelled from Prefect; terminating its pods", job_id)
-        _end(resources, resolved, spec, recorder, storage, final_status, error_message)
-        raise
-    _end(resources, resolved, spec, recorder, storage, final_status, error_message)
+
+def raise_unless_completed(job: JobRun, outcome: Outcome) -> None:
+    """The monitor's outcome as the flow's control flow: cancelled and failed end the body."""
+    if outcome.kind.value == "cancelled":
+        raise JobCancelled(f"job {job.job_id} was cancelled ({outcome.reason})")
+    if outcome.kind.value != "completed":
+        job.recorder.failure_kind = outcome.failure_kind  # `brightrun resume` reads it
+        raise BrightrunError(outcome.reason or f"job {job.job_id}: {outcome.kind.value}")
+
+
+def flow_result(job: JobRun, status: str, error_message: str | None, bad_input: bool) -> Any:
+    """What the flow run returns: the result dict, Cancelled, or the failure raised."""
     result = {
-        "job_id": job_id,
-        "status": final_status,
-        "lora_artifact_path": recorder.lora_artifact_path,
+        "job_id": job.job_id,
+        "status": status,
+        "lora_artifact_path": job.recorder.lora_artifact_path,
         "error_message": error_message,
-        "run_name": name,
+        "run_name": run_name(job.resolved.dataset_name, job.spec.base_model, job.job_id),
     }
-    if final_status == "cancelled":
+    if status == "cancelled":
         return Cancelled(message=error_message, data=result)
-    if final_status == "failed":
+    if status == "failed":
         # Bad input keeps its type, so `brightrun train` exits 2 as for any other bad input.
-        raise (InputError if bad_input else BrightrunError)(error_message or f"job {job_id} failed")
+        raise (InputError if bad_input else BrightrunError)(error_message or f"job {job.job_id} failed")
     return result
 
 
@@ -480,47 +452,42 @@ def _cancelled_from_prefect(exc: BaseException, recorder: JobRecorder) -> bool:
     return flow_run_cancel_requested(recorder.flow_run_id)
 
 
-def _end(
-    resources: Resources,
-    resolved: ResolvedRequest,
-    spec: JobSpec,
-    recorder: JobRecorder,
-    storage: Storage,
-    status: str,
-    error_message: str | None,
-) -> None:
+def end_job(job: JobRun, status: str, error_message: str | None) -> None:
     """Terminal bookkeeping: no pod left, the registry row final, the UI and webhook told."""
     logger = get_run_logger()
-    layout = JobLayout(recorder.job_id)
+    recorder = job.recorder
     if status != "completed":
-        if status == "cancelled":
-            try:
-                storage.put_bytes(layout.cancel, b"cancelled\n")  # a local trainer stops at its next step
-            except StorageError as exc:
-                logger.warning("could not write the cancel marker: %s", exc)
-        left, unterminated = _terminate_pods(resources, resolved, spec)
-        if left:
-            recorder.event("pod_terminated", 0, {"pods": left, "reason": status})
-        if unterminated:
-            recorder.event("pod_termination_failed", 0, {"pods": unterminated, "reason": status})
-            error_message = (
-                f"{error_message or status}; pod(s) {', '.join(unterminated)} could not be terminated "
-                "(RunPod did not confirm): the reaper retries them, or run `brightrun reap`"
+        try:
+            ended = end_pods(
+                job.resources,
+                job.job_id,
+                job.resolved.compute,
+                reason=status,
+                policy=job.spec.provisioning,
+                cancel_in=job.storage if status == "cancelled" else None,
             )
+        except ComputeError as exc:
+            log.warning("job %s: could not check for leftover pods (%s); the reaper will", job.job_id, exc)
+        else:
+            if ended.unterminated:
+                error_message = (
+                    f"{error_message or status}; pod(s) {', '.join(ended.unterminated)} could not be "
+                    "terminated (RunPod did not confirm): the reaper retries them, or run `brightrun reap`"
+                )
     try:
         recorder.transition(status, error_message=error_message)
     except Exception as exc:
-        logger.error("job %s: could not record status %s: %s", recorder.job_id, status, exc)
+        logger.error("job %s: could not record status %s: %s", job.job_id, status, exc)
     try:
         publish_job_summary(
-            recorder,
-            storage,
-            base_model=resolved.spec.base_model,
-            dataset=resolved.dataset_name,
+            job.recorder,
+            job.storage,
+            base_model=job.resolved.spec.base_model,
+            dataset=job.resolved.dataset_name,
             status=status,
             error_message=error_message,
         )
     except Exception as exc:
-        logger.warning("job %s: no summary (%s)", recorder.job_id, exc)
+        logger.warning("job %s: no summary (%s)", job.job_id, exc)
     recorder.flush()
-    logger.info("job %s %s%s", recorder.job_id, status, f": {error_message}" if error_message else "")
+    logger.info("job %s %s%s", job.job_id, status, f": {error_message}" if error_message else "")

@@ -34,6 +34,7 @@ from typing import Any
 from brightrun.errors import BrightrunError, InputError
 from brightrun.spec import JobSpec, ProvisioningPolicy
 from brightrun.steps import total_steps as _total_steps
+from tasks.provision import capacity_plan
 
 # GPUs ---------------------------------------------------------------------------------------
 
@@ -394,8 +395,6 @@ class JobEstimate:
     def for_cap(self, policy: ProvisioningPolicy) -> CostEstimate:
         """The first offer the provisioner would try that fits and has a price, at the slow,
         expensive end: what `check_estimate` holds against the job's caps."""
-        from tasks.provision import capacity_plan
-
         rows = {g.gpu_type: g for g in self.gpus}
         for offer in capacity_plan(policy, 0):
             row = rows.get(offer.gpu_type)
@@ -510,13 +509,13 @@ def cap_estimate(
     try:
         shape = model_shape(spec.base_model, model_config)
     except InputError:
-        return estimate_cost(spec.provisioning, estimated_total_steps(spec, train_examples), prices)
+        return model_blind_estimate(spec.provisioning, estimated_total_steps(spec, train_examples), prices)
     estimate = estimate_job(spec, train_examples, prices, shape, train_tokens=train_tokens)
     check_fit(estimate, spec.provisioning)
     return estimate.for_cap(spec.provisioning)
 
 
-# Used only when a caller has no model figures at all: rough 8B seconds per step.
+# For a model of unknown size (no config.json, not in the table): rough 8B seconds per step.
 EIGHT_B_SECONDS_PER_STEP: dict[str, float] = {
     "NVIDIA H100 80GB HBM3": 6.0,
     "NVIDIA A100 80GB PCIe": 11.0,
@@ -529,15 +528,13 @@ STARTUP_SECONDS_NO_VOLUME = 600.0
 STARTUP_SECONDS_WITH_VOLUME = 120.0
 
 
-def estimate_cost(
+def model_blind_estimate(
     policy: ProvisioningPolicy,
     total_steps: int,
     prices: Mapping[str, tuple[float | None, float | None]],
 ) -> CostEstimate:
-    """The older, model-blind estimate (8B seconds per step unless measured): kept for callers
-    that have not moved to `estimate_job(...).for_cap(policy)`, which sizes by the model."""
-    from tasks.provision import capacity_plan
-
+    """The model-blind estimate (8B seconds per step unless measured), for a model whose size is
+    unknown (`cap_estimate` falls back to it); a known model goes through `estimate_job`."""
     for offer in capacity_plan(policy, 0):
         spot_bid, on_demand = prices.get(offer.gpu_type, (None, None))
         per_gpu = (policy.max_bid_per_gpu or spot_bid) if offer.spot else on_demand

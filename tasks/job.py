@@ -3,7 +3,7 @@
 `JobRecorder` is the one place a job's state changes are written: it moves the
 `training_jobs` row through DESIGN.md §3, appends `training_job_events`, stores metrics,
 cost and resumes, and fans each change out to the Prefect UI (`RunReporter`) and the
-webhook (`WebhookNotifier`). The monitor loop (tasks/monitor.py) reports through it; the
+webhook (`WebhookNotifier`). The monitor (tasks/monitor/) reports through it; the
 flow uses it for the stages before and after training.
 
 A registry write is the record of truth and may raise; artifacts and webhooks are views
@@ -140,8 +140,8 @@ class JobRecorder:
     # -- lifecycle (the flow)
 
     def announce(self, status: str) -> None:
-        """Tell the webhook the job is at `status` without a registry change: the flow's first
-        `queued`, which `create_job` already recorded."""
+        """Tell the webhook the job is at `status` without a transition (a new job is born
+        `queued`: no transition announces it)."""
         self.notifier.status_changed(self._payload(status))
 
     def transition(self, status: str, *, error_message: str | None = None) -> None:
@@ -162,7 +162,7 @@ class JobRecorder:
             log.info("job %s: %s%s", self.job_id, status, f" ({error_message})" if error_message else "")
             self.notifier.status_changed(self._payload(status, error_message))
 
-    # -- JobRecorder protocol of tasks/monitor.py
+    # -- the monitor's recorder port (tasks/monitor/recording.py: MonitorRecorder)
 
     def event(
         self, type: str, attempt: int = 0, payload: Mapping[str, Any] | None = None, key: str | None = None
@@ -259,12 +259,6 @@ class JobRecorder:
         while repo.get_job(self.engine, self.job_id).retry_count < count:
             repo.increment_retry_count(self.engine, self.job_id)
 
-    def update(self, **changes: Any) -> None:
-        """Descriptive fields (pod_id, gpu_type...)."""
-        from brightrun.registry import repository as repo
-
-        repo.update_job(self.engine, self.job_id, **changes)
-
     def cancel_requested(self) -> bool:
         """Cancellation asked through the registry (`brightrun jobs cancel`) or Prefect."""
         from brightrun.registry import repository as repo
@@ -298,34 +292,74 @@ def request_cancel(engine: Engine, job_id: str) -> Any:
     return job
 
 
-def finish_cancel(resources: Any, job: Any) -> None:
-    """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
+@dataclass(frozen=True)
+class PodsEnded:
+    """What the end of a job did to its pods."""
+
+    terminated: list[str]  # the provider confirmed each
+    unterminated: list[str]  # the provider did not confirm: named in the job, the reaper's
+
+
+def end_pods(
+    resources: Any,
+    job_id: str,
+    backend: Any,
+    *,
+    reason: str,
+    policy: Any = None,
+    cancel_in: Any = None,
+) -> PodsEnded:
+    """The end of a job, for every caller (the flow's last step, its cancellation hook,
+    `brightrun jobs cancel`): no pod of the job keeps running (or billing).
+
+    With `cancel_in` (the job's storage), the cancel marker is written first, so a local
+    trainer stops at its next step. Each live pod is terminated, retrying while the provider
+    does not answer for `pod_termination_patience_seconds` (the settings; with the job's
+    `policy`, at most its `api_outage_patience_seconds`: the monitor may already have waited
+    that long), and the registry records `pod_terminated` / `pod_termination_failed`.
+    Listing the pods may raise ComputeError: the caller decides whether that stops it.
+
+    (A cancel seen while an attempt runs is the monitor's to end: it writes the same marker,
+    `write_cancel_marker`, and terminates the attempt's pod itself, so that the pod's bill is
+    settled in its ledger; this function ends whatever is left after the attempt.)
+    """
     from brightrun.compute import PodTerminationError, terminate_with_patience
     from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
-    from brightrun.storage import StorageError
+    from tasks.monitor.attempt import write_cancel_marker
 
-    engine = resources.registry
-    try:
-        resources.job_storage(job).put_bytes(JobLayout(job.id).cancel, b"cancelled\n")
-    except StorageError as exc:
-        log.warning("job %s: could not write the cancel marker: %s", job.id, exc)
-    compute = resources.compute(job.compute_backend)
-    terminated, failed = [], []
-    for pod in (p for p in compute.list_pods(job.id) if p.state.value != "terminated"):
+    if cancel_in is not None:
+        write_cancel_marker(cancel_in, JobLayout(job_id))
+    compute = resources.compute(backend, policy)
+    patience = resources.settings.pod_termination_patience_seconds
+    if policy is not None:
+        patience = min(patience, policy.api_outage_patience_seconds)
+    terminated, unterminated = [], []
+    for pod in (p for p in compute.list_pods(job_id) if p.state.value != "terminated"):
         try:
-            terminate_with_patience(compute, pod.pod_id, patience_seconds=120)
+            terminate_with_patience(compute, pod.pod_id, patience_seconds=patience)
             terminated.append(pod.pod_id)
         except PodTerminationError as exc:
-            log.error("job %s: %s", job.id, exc)
-            failed.append(pod.pod_id)
+            log.error("job %s: %s", job_id, exc)
+            unterminated.append(pod.pod_id)
     if terminated:
-        repo.add_event(engine, job.id, "pod_terminated", pods=terminated, reason="cancelled")
-    if failed:
-        # The truth: RunPod did not confirm. The reaper retries these; the job says which.
-        repo.add_event(engine, job.id, "pod_termination_failed", pods=failed, reason="cancelled")
+        repo.add_event(resources.registry, job_id, "pod_terminated", pods=terminated, reason=reason)
+    if unterminated:
+        # The truth: the provider did not confirm. The reaper retries these; the job says which.
+        repo.add_event(resources.registry, job_id, "pod_termination_failed", pods=unterminated, reason=reason)
+    return PodsEnded(terminated, unterminated)
+
+
+def finish_cancel(resources: Any, job: Any) -> None:
+    """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
+    from brightrun.registry import repository as repo
+
+    ended = end_pods(
+        resources, job.id, job.compute_backend, reason="cancelled", cancel_in=resources.job_storage(job)
+    )
+    failed = ended.unterminated
     message = "cancelled" if not failed else f"cancelled; pods {', '.join(failed)} not confirmed terminated"
-    repo.transition_job(engine, job.id, "cancelled", error_message=message)
+    repo.transition_job(resources.registry, job.id, "cancelled", error_message=message)
 
 
 # ---------------------------------------------------------------- resume (issue 15)

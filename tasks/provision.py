@@ -16,9 +16,6 @@ from typing import Any
 from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest
 from brightrun.spec import CapacityType, ProvisioningPolicy
 
-# The cost estimate moved to tasks/cost_model.py (sized by the model); still importable from here.
-from tasks.cost_model import CostEstimate, check_estimate, estimate_cost, estimated_total_steps  # noqa: F401
-
 log = logging.getLogger(__name__)
 
 

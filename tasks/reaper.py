@@ -174,19 +174,6 @@ class RegistryJobs:
         return storage_heartbeat_age(self.resources.job_storage(job), self.now)(job_id)
 
 
-def registry_job_status(bind: object) -> JobStatusLookup:
-    """Job status from a registry engine; None for an unknown job (errors raise)."""
-    from brightrun.registry import repository as repo
-
-    def status(job_id: str) -> str | None:
-        try:
-            return repo.get_job(bind, job_id).status  # type: ignore[arg-type]
-        except (repo.JobNotFound, InputError):
-            return None
-
-    return status
-
-
 def reap(
     compute: Compute,
     job_status: JobStatusLookup,
@@ -256,6 +243,35 @@ def reap_with_resources(
     if not dry_run:
         _save_first_seen(resources.storage, first_seen)
     return decisions
+
+
+def reap_pods_with(
+    resources: Resources,
+    *,
+    dry_run: bool = False,
+    stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
+    startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
+) -> list[dict[str, str]]:
+    """The reaper over `resources` (the registry, each job's storage, this machine's trainers and
+    the RunPod account when a key is set); one row per pod judged, for people and scripts.
+    `brightrun reap` and the `reap_pods` flow both call it; it needs no Prefect."""
+    decisions = reap_with_resources(
+        resources,
+        dry_run=dry_run,
+        stale_after_seconds=stale_after_seconds,
+        startup_grace_seconds=startup_grace_seconds,
+    )
+    return [
+        {
+            "pod_id": d.pod.pod_id,
+            "job_id": d.pod.job_id,
+            "reason": d.reason,
+            "result": "would terminate"
+            if dry_run
+            else ("terminated" if d.terminated else f"failed: {d.error}"),
+        }
+        for d in decisions
+    ]
 
 
 def _load_first_seen(storage: Storage) -> dict[str, dict[str, float]]:

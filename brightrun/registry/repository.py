@@ -895,13 +895,6 @@ def resolve_training_file(
 
 
 @retry_on_disconnect
-def find_training_file(bind: Bind, sha256: str) -> TrainingFileView | None:
-    with _tx(bind) as conn:
-        row = conn.execute(select(files_t).where(files_t.c.sha256 == sha256)).first()
-        return _view(TrainingFileView, row) if row is not None else None
-
-
-@retry_on_disconnect
 def list_training_files(
     bind: Bind, *, source: str | None = None, limit: int | None = 100
 ) -> list[TrainingFileView]:

@@ -15,20 +15,19 @@ counted once (ledger.py).
 
 from __future__ import annotations
 
-from brightrun.errors import BrightrunError
 from tasks.monitor.attempt import AttemptEnd, AttemptRunner, CancelCheck, EndKind, _read_status
 from tasks.monitor.ledger import CostLedger, PodBill
 from tasks.monitor.outcome import FailureKind, Outcome, OutcomeKind
-from tasks.monitor.recording import HistorySource, JobHistory, JobRecorder, NullRecorder, Outbox, TrainerLog
+from tasks.monitor.recording import (
+    HistorySource,
+    JobHistory,
+    MonitorRecorder,
+    NullRecorder,
+    Outbox,
+    TrainerLog,
+)
 from tasks.monitor.recovery import RecoveryPolicy
 from tasks.monitor.runner import JobMonitor, run_job
-
-_Ingest = TrainerLog  # the name benchmarks/bench_orchestration.py uses
-
-
-class JobFailed(BrightrunError):
-    """Raised by callers that want an exception for a non-completed outcome."""
-
 
 __all__ = [
     "AttemptEnd",
@@ -38,10 +37,9 @@ __all__ = [
     "EndKind",
     "FailureKind",
     "HistorySource",
-    "JobFailed",
     "JobHistory",
     "JobMonitor",
-    "JobRecorder",
+    "MonitorRecorder",
     "NullRecorder",
     "Outbox",
     "Outcome",
@@ -49,7 +47,6 @@ __all__ = [
     "PodBill",
     "RecoveryPolicy",
     "TrainerLog",
-    "_Ingest",
     "_read_status",
     "run_job",
 ]

@@ -43,6 +43,15 @@ OUTAGE_LOG_EVERY_S = 60.0
 CLEANUP_TRIES = 3
 
 
+def write_cancel_marker(storage: Storage, job: layout.JobLayout) -> None:
+    """The `CANCEL` marker: a local trainer stops at its next step (a pod is terminated as well).
+    Best-effort: a storage error is logged, and the pod's termination still follows."""
+    try:
+        storage.put_bytes(job.cancel, b"cancelled by the orchestrator\n")
+    except StorageError as exc:
+        log.warning("job %s: could not write the cancel marker (%s)", job.job_id, exc)
+
+
 def provider_unreachable(exc: BaseException) -> bool:
     """An outage of the provider's API (timeouts, 5xx, 429 past the client's retries), as opposed
     to a refusal (auth, validation, capacity) that waiting does not fix."""
@@ -339,10 +348,7 @@ class AttemptRunner:
         status: TrainerStatus | None = None
         while True:
             if ctx.cancelled():
-                try:
-                    ctx.storage.put_bytes(ctx.job.cancel, b"cancelled by the orchestrator")
-                except StorageError as exc:
-                    log.warning("could not write the cancel marker (%s)", exc)
+                write_cancel_marker(ctx.storage, ctx.job)
                 ctx.end_pod(pod.pod_id, "cancelled", self.attempt)
                 ctx.recorder.event("cancelled", self.attempt, {"pod_id": pod.pod_id})
                 return AttemptEnd(EndKind.cancelled, "cancelled")

@@ -1,6 +1,6 @@
 """What the monitor tells the registry, and how it survives the registry being away.
 
-- `JobRecorder` is the port the flow wires to the registry, the Prefect UI and the webhook
+- `MonitorRecorder` is the port the flow wires to the registry, the Prefect UI and the webhook
   (tasks/job.py); `NullRecorder` logs only.
 - `Outbox` wraps it: a write that fails (the database restarting, a network blip) is queued
   and replayed on the next poll, latest value only for progress and cost, so a registry
@@ -44,7 +44,7 @@ OUTBOX_LIMIT = 50_000  # queued writes kept while the registry is away (then the
 OUTBOX_LOG_EVERY_S = 60.0
 
 
-class JobRecorder(Protocol):
+class MonitorRecorder(Protocol):
     """Where the monitor reports; the flow wires it to the registry and Prefect artifacts.
 
     `key` makes a write idempotent: the registry stores one record per (job, key).
@@ -93,7 +93,7 @@ class NullRecorder:
 class Outbox:
     """The recorder, with failed writes queued and replayed in order instead of raised."""
 
-    def __init__(self, recorder: JobRecorder, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, recorder: MonitorRecorder, clock: Callable[[], float] = time.monotonic) -> None:
         self.recorder = recorder
         self.clock = clock
         self.run_token = uuid.uuid4().hex[:12]  # keys this run's own events, so a replay is a no-op
@@ -202,7 +202,7 @@ class Outbox:
 class TrainerLog:
     """The trainer's event objects and metric chunks, handed to the recorder once per poll."""
 
-    def __init__(self, storage: Storage, job: layout.JobLayout, recorder: JobRecorder) -> None:
+    def __init__(self, storage: Storage, job: layout.JobLayout, recorder: MonitorRecorder) -> None:
         self.storage, self.job, self.recorder = storage, job, recorder
         self.seen: set[str] = set()  # saves re-reading; the registry's keys are the guarantee
 

@@ -30,7 +30,14 @@ from tasks.monitor.attempt import (
 )
 from tasks.monitor.ledger import CostLedger
 from tasks.monitor.outcome import FailureKind, Outcome, OutcomeKind
-from tasks.monitor.recording import HistorySource, JobHistory, JobRecorder, NullRecorder, Outbox, TrainerLog
+from tasks.monitor.recording import (
+    HistorySource,
+    JobHistory,
+    MonitorRecorder,
+    NullRecorder,
+    Outbox,
+    TrainerLog,
+)
 from tasks.monitor.recovery import RecoveryPolicy
 
 log = logging.getLogger("tasks.monitor")
@@ -197,7 +204,7 @@ def run_job(
     spec_uri: str,
     policy: ProvisioningPolicy,
     env: Mapping[str, str] | None = None,
-    recorder: JobRecorder | None = None,
+    recorder: MonitorRecorder | None = None,
     cancel: CancelCheck | None = None,
     clock: Callable[[], float] = time.time,
     history: JobHistory | None = None,

@@ -28,7 +28,7 @@ FAKE_TRAINER = "python -m tests.fake_runpod.fake_trainer"
 
 @dataclass
 class ListRecorder:
-    """A `JobRecorder` that keeps everything (thread-safe: tests read it while the monitor runs)."""
+    """A `MonitorRecorder` that keeps everything (thread-safe: tests read it while the monitor runs)."""
 
     events: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
     statuses: list[TrainerStatus] = field(default_factory=list)

@@ -22,7 +22,8 @@ def test_task_prepares_in_a_flow_and_does_not_retry_bad_input(
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.dataset import PreparedJobDataset, prepare_job_dataset_task
+    from tasks.dataset.stage import PreparedJobDataset
+    from tasks.dataset.task import prepare_job_dataset_task
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"training_file_metadata": {"format_spec": "brightrun-lora-v4"}, "conversations": []}')

@@ -26,7 +26,7 @@ from brightrun.resources import Resources
 from brightrun.settings import load_settings
 from brightrun.spec import JobSpec
 from brightrun.storage import Storage, open_storage, split_uri
-from tasks.dataset import PreparedJobDataset, prepare_job_dataset
+from tasks.dataset.stage import PreparedJobDataset, prepare_job_dataset
 from tests.fixtures.seaweed import SeaweedS3
 
 pytestmark = pytest.mark.integration

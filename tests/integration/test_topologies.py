@@ -141,8 +141,8 @@ def test_training_in_each_topology(
     from brightrun.resources import Resources
     from brightrun.storage import open_storage
     from cli.training import demo_params
-    from flows.reap_pods import reap_pods_with
     from flows.train_adapter import train_adapter
+    from tasks.reaper import reap_pods_with
 
     # S3 credentials always; the endpoint under one variable only.
     for name, value in seaweed.env().items():

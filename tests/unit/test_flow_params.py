@@ -205,3 +205,21 @@ def test_spec_without_preset_has_only_defaults_and_names() -> None:
     assert dataset_display_name("s3://b/x/feedback-2024.json") == "feedback-2024"
     assert dataset_display_name("https://h/x/data.json?X-Amz-Signature=abc") == "data"
     assert dataset_display_name("/data/sample.jsonl") == "sample"
+
+
+def test_the_flow_signature_lists_every_train_request_field_with_its_default() -> None:
+    """The flow's parameters are written out (Prefect builds the deployment's form from the
+    signature) and the body hands them to `TrainRequest` by name: a field added to one and not
+    the other, or a default that differs, fails here."""
+    import inspect
+
+    from flows.train_adapter import train_adapter
+
+    parameters = inspect.signature(train_adapter.fn).parameters
+    assert set(parameters) - {"job_id"} == set(TrainRequest.model_fields)
+    for name, field in TrainRequest.model_fields.items():
+        default = parameters[name].default
+        if field.is_required():
+            assert default is inspect.Parameter.empty, name
+        else:
+            assert default == field.default, name

@@ -5,6 +5,7 @@ the flows); the CLI is the top floor and nothing below imports it."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,71 @@ def test_the_checks_see_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from flows.train_adapter import train_adapter\n")
     assert "flows" in _imports(bad)
+
+
+def _module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def _module_imports(path: Path, known: set[str]) -> set[str]:
+    """The modules of `known` that `path` imports, at any depth (`from a import b` counts a.b
+    when b is a module)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out & known
+
+
+def _import_circles(packages: list[str]) -> list[list[str]]:
+    """Every set of modules under `packages` that import each other round a circle."""
+    paths = {_module_name(p): p for package in packages for p in (REPO / package).rglob("*.py")}
+    graph = {name: _module_imports(path, set(paths)) - {name} for name, path in paths.items()}
+    circles: list[list[str]] = []
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in order:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], order[nxt])
+        if low[node] == order[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in order:
+            visit(name)
+    return circles
+
+
+def test_no_import_circle_in_the_orchestration() -> None:
+    """Each module of the orchestrator side depends one way (lazy imports count): tasks/provision
+    and tasks/cost_model once imported each other through a re-export."""
+    assert _import_circles(["tasks", "flows"]) == []
+
+
+def test_the_circle_check_sees_a_circle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import f\n")
+    (package / "b.py").write_text("def f():\n    from pkg import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert _import_circles(["pkg"]) == [["pkg.a", "pkg.b"]]

@@ -7,7 +7,8 @@ import pytest
 from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest, PodState
 from brightrun.errors import InputError
 from brightrun.spec import JobSpec, ProvisioningPolicy
-from tasks.provision import NoCapacityError, Offer, capacity_plan, check_estimate, estimate_cost, provision
+from tasks.cost_model import check_estimate, model_blind_estimate
+from tasks.provision import NoCapacityError, Offer, capacity_plan, provision
 
 GPUS = ["G1", "G2", "G3"]
 
@@ -104,7 +105,7 @@ def test_non_capacity_errors_are_not_retried() -> None:
 
 def test_cost_estimate_uses_steps_seconds_per_step_and_price() -> None:
     p = policy(capacity="on_demand", seconds_per_step={"G1": 36.0}, network_volume_id="vol1", gpu_count=2)
-    est = estimate_cost(p, 100, {"G1": (0.2, 0.5)})
+    est = model_blind_estimate(p, 100, {"G1": (0.2, 0.5)})
     # (100 steps x 36 s + 120 s startup with a volume) / 3600 h x 0.5 $/GPU/h x 2 GPUs
     assert est.hours == pytest.approx((3600 + 120) / 3600)
     assert est.usd == pytest.approx(round((3720 / 3600) * 1.0, 4))
@@ -112,7 +113,9 @@ def test_cost_estimate_uses_steps_seconds_per_step_and_price() -> None:
 
 
 def test_cost_estimate_skips_gpu_types_without_price_and_counts_download_without_volume() -> None:
-    est = estimate_cost(policy(capacity="spot", seconds_per_step={"G2": 10.0}), 360, {"G2": (0.3, 0.6)})
+    est = model_blind_estimate(
+        policy(capacity="spot", seconds_per_step={"G2": 10.0}), 360, {"G2": (0.3, 0.6)}
+    )
     assert est.gpu_type == "G2" and est.spot
     assert est.hours == pytest.approx((3600 + 600) / 3600)
 
@@ -120,7 +123,7 @@ def test_cost_estimate_skips_gpu_types_without_price_and_counts_download_without
 def test_estimate_over_the_cap_is_refused() -> None:
     p = policy(capacity="on_demand", max_cost_usd=1.0, seconds_per_step={"G1": 36.0})
     with pytest.raises(InputError, match="max_cost_usd=1.0"):
-        check_estimate(estimate_cost(p, 1000, {"G1": (0.2, 0.5)}), p)
+        check_estimate(model_blind_estimate(p, 1000, {"G1": (0.2, 0.5)}), p)
 
 
 def test_policy_lives_in_the_job_spec_and_validates() -> None:
@@ -134,7 +137,7 @@ def test_policy_lives_in_the_job_spec_and_validates() -> None:
 
 def test_estimated_total_steps_follows_max_steps_or_epochs_over_batches() -> None:
     from brightrun.spec import JobSpec
-    from tasks.provision import estimated_total_steps
+    from tasks.cost_model import estimated_total_steps
 
     spec = JobSpec(
         job_id="j",

@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from brightrun.errors import InputError
 
@@ -281,7 +282,11 @@ def build_app(engine: BatchingEngine, settings: ServeSettings | None = None) -> 
         stops = body.stop_strings()
         # Renders the prompt now, so a bad conversation or an over-long one is a 400 before
         # anything is queued or streamed.
-        ids, max_new = engine.prompt_ids(served, messages, body.max_completion_tokens or body.max_tokens)
+        # In the thread pool: rendering a long conversation must not hold up the event loop
+        # (and with it /health).
+        ids, max_new = await run_in_threadpool(
+            engine.prompt_ids, served, messages, body.max_completion_tokens or body.max_tokens
+        )
         options = GenerationOptions(
             max_new_tokens=max_new,
             temperature=body.temperature or 0.0,
@@ -339,13 +344,20 @@ async def _events(request: Request, ticket: Ticket, events: asyncio.Queue[Any]) 
     away (checked while waiting) or the reader stops early (a stream's send failed)."""
     from trainer.inference import Generation
 
+    checked = time.monotonic()
     try:
         while True:
             try:
                 event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
             except TimeoutError:
+                event = None
+            # Checked on a clock, not only when idle: tokens arriving faster than the poll
+            # must not hide a client that left.
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return
+            if event is None:
                 continue
             if isinstance(event, BaseException):
                 raise event

@@ -179,8 +179,8 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 class ChatModel:
     """Base + adapter (or a merged model), its tokenizer and chat template, one lock.
 
-    One generation at a time: a model is not safe to run from several threads at once, and
-    the server answers requests from a thread pool.
+    One generation at a time: a model is not safe to run from several threads at once.
+    (`generate` and `chat` use this; `serve` runs its own single worker, trainer/serving.py.)
     """
 
     def __init__(self, model: Any, tokenizer: Any, name: str, dev: torch.device | None = None) -> None:

@@ -144,24 +144,81 @@ def chat(
 
 
 def serve(
-    artifact: ArtifactArg,
+    artifacts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Artifact ids, job ids or `production`; each served under its served name"),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="NAME=ARTIFACT: serve ARTIFACT as model NAME (repeatable)"),
+    ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
-    host: Annotated[str, typer.Option("--host", help="Loopback by default: there is no authentication")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[
+        str, typer.Option("--host", help="Loopback by default; any other address needs --api-key")
+    ] = "127.0.0.1",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="BRIGHTRUN_SERVE_API_KEY",
+            help="Requests need Authorization: Bearer KEY",
+            show_default=False,
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", help="Larger bodies get 413 (default 1 MB)")
+    ] = None,
+    queue_size: Annotated[
+        int | None, typer.Option("--queue-size", help="Requests waiting for the model; more get 429 (64)")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", help="Requests generated together as one batch (8)")
+    ] = None,
     base_model: BaseModelOpt = None,
 ) -> None:
-    """An OpenAI-compatible endpoint: /v1/models, /v1/chat/completions (streaming too)."""
-    from cli.serve_openai import serve as run_server
-    from tasks.adapters import load_for_chat
+    """An OpenAI-compatible endpoint: /health, /v1/models, /v1/chat/completions (streaming too).
 
+    Several adapters of one base model share the process; a request picks one by `model`.
+    """
+    from pydantic import ValidationError
+
+    from cli.serve_openai import ServeSettings, check_bind
+    from cli.serve_openai import serve as run_server
+    from tasks.serving import AdapterChoice, load_for_serving, parse_adapter_option
+
+    overrides = {
+        k: v
+        for k, v in {
+            "api_key": api_key,
+            "max_body_bytes": max_body_bytes,
+            "queue_size": queue_size,
+            "max_batch": max_batch,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = ServeSettings(**overrides)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise InputError("bad serve settings (flags or BRIGHTRUN_SERVE_*)", problems) from None
+    check_bind(host, settings)  # before any model loads: a refusal costs a second
+    choices = [AdapterChoice(ref) for ref in artifacts or []]
+    choices += [parse_adapter_option(value) for value in adapter or []]
     _quiet_libraries()
     with _resources() as resources:
-        model = load_for_chat(resources, artifact, base_model=base_model)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.secho(f"warning: serving on {host} without authentication", fg="yellow", err=True)
-    typer.echo(f"serving {model.name} as model {model.name!r} (also {artifact!r}) on http://{host}:{port}/v1")
-    run_server(model, [model.name, artifact], host, port)
+        engine = load_for_serving(
+            resources,
+            choices,
+            base_model=base_model,
+            queue_size=settings.queue_size,
+            max_batch=settings.max_batch,
+        )
+    for served in engine.served:
+        also = f" (also {', '.join(map(repr, served.aliases))})" if served.aliases else ""
+        typer.echo(f"serving model {served.name!r}{also}")
+    auth = "API key required" if settings.api_key else "no API key"
+    typer.echo(f"on http://{host}:{port}/v1 ({auth})")
+    run_server(engine, settings, host, port)
 
 
 # ---------------------------------------------------------------- compare and promote

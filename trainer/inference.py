@@ -137,6 +137,7 @@ class GenerationOptions:
     temperature: float = 0.0  # 0: greedy (deterministic)
     top_p: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these strings (serve only)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -178,8 +179,8 @@ def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 class ChatModel:
     """Base + adapter (or a merged model), its tokenizer and chat template, one lock.
 
-    One generation at a time: a model is not safe to run from several threads at once, and
-    the server answers requests from a thread pool.
+    One generation at a time: a model is not safe to run from several threads at once.
+    (`generate` and `chat` use this; `serve` runs its own single worker, trainer/serving.py.)
     """
 
     def __init__(self, model: Any, tokenizer: Any, name: str, dev: torch.device | None = None) -> None:
@@ -197,8 +198,12 @@ class ChatModel:
         )
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self.max_length and len(ids) + max_new_tokens > self.max_length:
-            # Keep the newest context, as the trainer's sample replies do.
-            ids = ids[-max(1, self.max_length - max_new_tokens) :]
+            # Refused, never cut: a reply to the last few tokens ignores what the user said.
+            raise InputError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is over the "
+                f"model's context length of {self.max_length} tokens; shorten the conversation or "
+                f"ask for at most {max(self.max_length - len(ids), 0)} tokens"
+            )
         return ids
 
     def _generate_kwargs(self, ids: list[int], options: GenerationOptions) -> dict[str, Any]:

@@ -339,13 +339,13 @@ def server(trained: Trained) -> Iterator[tuple[str, Any]]:
 
     from cli.serve_openai import build_app
     from tasks.adapters import load_for_chat
+    from trainer.serving import engine_from_chat
 
     with Resources.from_settings() as resources:
         chat = load_for_chat(resources, trained.strong.id)
+    engine = engine_from_chat(chat, [chat.name]).start()
     port = _free_port()
-    srv = uvicorn.Server(
-        uvicorn.Config(build_app(chat, [chat.name]), host="127.0.0.1", port=port, log_level="warning")
-    )
+    srv = uvicorn.Server(uvicorn.Config(build_app(engine), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -357,6 +357,7 @@ def server(trained: Trained) -> Iterator[tuple[str, Any]]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+        engine.stop()
 
 
 def test_serve_answers_chat_completions_and_streams(server: tuple[str, Any]) -> None:

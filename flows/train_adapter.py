@@ -40,7 +40,7 @@ from brightrun.spec import (
 )
 from brightrun.storage import ObjectNotFound, Storage, StorageError
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
-from tasks.artifacts import publish_adapter
+from tasks.adapters.task import publish_adapter
 from tasks.dataset import prepare_job_dataset_task
 from tasks.job import (
     JobRecorder,

@@ -2,7 +2,7 @@
 export (merged) and feedback-stats (issue 14).
 
 ARTIFACT is an artifact id, a job id (its adapter), or `production` (the production adapter;
-`--base-model` picks one when several base models have one). The work is in tasks/adapters.py;
+`--base-model` picks one when several base models have one). The work is in tasks/adapters/;
 torch is imported only by the commands that load a model.
 """
 
@@ -184,7 +184,7 @@ def serve(
 
     from cli.serve_openai import ServeSettings, check_bind
     from cli.serve_openai import serve as run_server
-    from tasks.serving import AdapterChoice, load_for_serving, parse_adapter_option
+    from tasks.adapters.serving import AdapterChoice, load_for_serving, parse_adapter_option
 
     overrides = {
         k: v
@@ -399,50 +399,63 @@ def export(
 # ---------------------------------------------------------------- A/B by model version
 
 
+def _stats_row(s: Any) -> dict[str, Any]:
+    low_high = s.interval()
+    return {
+        "model_version": s.model_version,
+        "artifact_id": s.artifact_id,
+        "rated_responses": s.rated_responses,
+        "ratings": s.ratings,
+        "positive": s.positive,
+        "negative": s.negative,
+        "neutral": s.neutral,
+        "positive_rate": s.positive_rate,
+        "ci95_low": low_high[0] if low_high else None,
+        "ci95_high": low_high[1] if low_high else None,
+    }
+
+
+def _stats_line(label: str, r: dict[str, Any]) -> str:
+    rate = f"{r['positive_rate']:.1%}" if r["positive_rate"] is not None else "-"
+    ci = f"{r['ci95_low']:.1%}–{r['ci95_high']:.1%}" if r["ci95_low"] is not None else "-"
+    return (
+        f"{label:<40} {r['rated_responses']:>6} {r['ratings']:>7} "
+        f"{r['positive']:>5} {r['negative']:>5} {r['neutral']:>5} {rate:>9}  {ci}"
+    )
+
+
 def feedback_stats(
     since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Users' ratings per model version: rated responses, positive rate, 95% Wilson interval."""
-    from tasks.adapters import feedback_stats as stats_of
+    """Users' ratings per adapter (`lexybrain_responses.model_version` joined to served names):
+    rated responses, positive rate, 95% Wilson interval. Versions that name no adapter are
+    reported on one "unknown model_version" line, never dropped."""
+    from brightrun.registry.feedback_rows import feedback_by_version, unknown_versions
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     with _resources() as resources:
-        stats = stats_of(resources.registry, start, end)
-    rows = []
-    for s in stats:
-        low_high = s.interval()
-        rows.append(
-            {
-                "model_version": s.model_version,
-                "rated_responses": s.rated_responses,
-                "ratings": s.ratings,
-                "positive": s.positive,
-                "negative": s.negative,
-                "neutral": s.neutral,
-                "positive_rate": s.positive_rate,
-                "ci95_low": low_high[0] if low_high else None,
-                "ci95_high": low_high[1] if low_high else None,
-            }
-        )
+        stats = feedback_by_version(resources.registry, since=start, until=end)
     if as_json:
-        _print_json(rows)
+        # Every version, known or not (artifact_id null), so a script sees all of them.
+        _print_json([_stats_row(s) for s in stats])
         return
-    if not rows:
+    if not stats:
         typer.echo("no rated responses in this window")
         return
     typer.echo(
-        f"{'model_version':<32} {'rated':>6} {'ratings':>7} {'+':>5} {'-':>5} {'=':>5} "
+        f"{'adapter (served name)':<40} {'rated':>6} {'ratings':>7} {'+':>5} {'-':>5} {'=':>5} "
         f"{'positive':>9}  95% CI"
     )
-    for r in rows:
-        rate = f"{r['positive_rate']:.1%}" if r["positive_rate"] is not None else "-"
-        ci = f"{r['ci95_low']:.1%}–{r['ci95_high']:.1%}" if r["ci95_low"] is not None else "-"
-        typer.echo(
-            f"{str(r['model_version'] or '(none)'):<32} {r['rated_responses']:>6} {r['ratings']:>7} "
-            f"{r['positive']:>5} {r['negative']:>5} {r['neutral']:>5} {rate:>9}  {ci}"
-        )
+    for s in stats:
+        if s.artifact_id is not None:
+            typer.echo(_stats_line(str(s.model_version), _stats_row(s)))
+    unknown = unknown_versions(stats)
+    if unknown is not None:
+        typer.echo(_stats_line("unknown model_version", _stats_row(unknown)))
+        names = sorted(str(s.model_version or "(none)") for s in stats if s.artifact_id is None)
+        typer.echo(f"  (no registered adapter is served as: {', '.join(names)})")
 
 
 def register(app: typer.Typer) -> None:

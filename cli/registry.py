@@ -255,11 +255,13 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(artifacts)} artifact(s)")
-    for col in ("id", "job", "type", "base model", "size", "val loss", "ppl", "status", "path"):
+    columns = ("id", "served name", "job", "type", "base model", "size", "val loss", "ppl", "status", "path")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for a in artifacts:
         table.add_row(
             a.id,
+            a.served_name or "-",
             a.training_job_id,
             a.artifact_type,
             a.base_model or "-",

@@ -5,7 +5,7 @@
 completions can be pointed at a local adapter by changing its base URL. Errors come in
 OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: a malformed body or bad
 parameters → 400, an unknown model name → 404. Nothing here loads torch; the
-`BatchingEngine` (trainer/serving.py) is built by the caller (tasks.serving.load_for_serving).
+`BatchingEngine` (trainer/serving.py) is built by the caller (tasks.adapters.serving.load_for_serving).
 
 Staying up under load (issue 20 item 6): a body over `max_body_bytes` is refused with 413
 before it is read; a prompt plus `max_tokens` over the context is a 400 naming the limit;

@@ -3,7 +3,7 @@
 One click in the Prefect UI: both models are scored on the same held-out conversations (by
 default the candidate's validation split), the result is stored in the registry (an
 `adapter_evaluated` event on the candidate's job, which the promotion gate reads) and shown
-as one Markdown artifact of the run. The work is in `tasks/adapters.py`.
+as one Markdown artifact of the run. The work is in `tasks/adapters/evaluate.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from brightrun.resources import Resources
-from tasks.adapters import evaluate_adapter_task, evaluation_json, evaluation_markdown
+from tasks.adapters import evaluation_json, evaluation_markdown
+from tasks.adapters.task import evaluate_adapter_task
 
 
 def artifact_key(prefix: str, artifact_id: str) -> str:

@@ -18,7 +18,8 @@ from prefect.artifacts import create_markdown_artifact
 from brightrun.errors import InputError
 from brightrun.resources import Resources
 from flows.evaluate_adapter import artifact_key
-from tasks.adapters import evaluation_markdown, promote_adapter_task, rollback
+from tasks.adapters import evaluation_markdown, rollback
+from tasks.adapters.task import promote_adapter_task
 
 
 @flow(name="promote_adapter", log_prints=True, retries=0)

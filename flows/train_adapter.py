@@ -42,7 +42,7 @@ from brightrun.spec import (
 )
 from brightrun.storage import Storage
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
-from tasks.artifacts import publish_adapter
+from tasks.adapters.task import publish_adapter
 from tasks.dataset.task import prepare_job_dataset_task
 from tasks.estimate import check_job_cost
 from tasks.job import (

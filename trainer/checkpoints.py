@@ -38,8 +38,9 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from brightrun import layout
-from brightrun.protocol import Manifest, ManifestEntry
-from brightrun.storage import Storage, StorageError, sha256_file
+from brightrun.manifest import build_manifest, download_files, encode
+from brightrun.protocol import Manifest
+from brightrun.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +232,6 @@ def load_local(
     return apply_local(read_local(directory), model, optimizer, scheduler, adapter_dtype)
 
 
-def build_manifest(directory: Path, step: int | None = None) -> Manifest:
-    files = {
-        p.relative_to(directory).as_posix(): ManifestEntry(sha256=sha256_file(p), size=p.stat().st_size)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != layout.MANIFEST
-    }
-    return Manifest(files=files, step=step)
-
-
 def upload_with_manifest(
     storage: Storage,
     prefix: str,
@@ -255,7 +247,7 @@ def upload_with_manifest(
     for rel in manifest.files:
         storage.put_file(f"{prefix}/{rel}", directory / rel)
         before_manifest()
-    storage.put_bytes(f"{prefix}/{layout.MANIFEST}", manifest.model_dump_json(indent=2).encode())
+    storage.put_bytes(f"{prefix}/{layout.MANIFEST}", encode(manifest))
     return manifest
 
 
@@ -301,14 +293,10 @@ def download_verified(storage: Storage, step: int, dest: Path) -> Path:
     missing = [f for f in REQUIRED_FILES if f not in manifest.files]
     if missing:
         raise CheckpointRejected(f"{prefix}: manifest lacks {missing}")
-    for rel, entry in manifest.files.items():
-        target = dest / rel
-        try:
-            info = storage.get_file(f"{prefix}/{rel}", target, expected_sha256=entry.sha256)
-        except StorageError as exc:
-            raise CheckpointRejected(f"{prefix}/{rel}: {exc}") from exc
-        if info.size != entry.size or target.stat().st_size != entry.size:
-            raise CheckpointRejected(f"{prefix}/{rel}: size {info.size} != manifest {entry.size}")
+    problems = download_files(storage, prefix, manifest, dest)
+    if problems:
+        key, reason = problems[0]
+        raise CheckpointRejected(f"{key}: {reason}")
     return dest
 
 

@@ -21,16 +21,16 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from brightrun.base_model import BaseModelSpec
 from brightrun.errors import BrightrunError, InputError
 from brightrun.prepared import IGNORE_INDEX, PreparedExample
-from brightrun.spec import QuantizationSettings
 
 log = logging.getLogger("brightrun.inference")
 
@@ -39,20 +39,6 @@ Message = Mapping[str, str]
 
 class BaseModelMismatch(InputError):
     """The adapter's weights do not fit the base model it is being loaded onto."""
-
-
-@dataclass(frozen=True)
-class BaseModelSpec:
-    """Which base model an adapter runs on, and how it is loaded (as the job trained it)."""
-
-    name: str  # hub id or local path
-    revision: str | None = None
-    quantization: QuantizationSettings = field(
-        default_factory=lambda: QuantizationSettings(load_in_4bit=False)
-    )
-
-    def full_precision(self) -> BaseModelSpec:
-        return BaseModelSpec(self.name, self.revision, QuantizationSettings(load_in_4bit=False))
 
 
 def device() -> torch.device:

@@ -13,18 +13,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, exc, func, insert, select, text
+from sqlalchemy import Connection, Engine, Table, case, exc, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from brightrun.errors import BrightrunError
+from brightrun.errors import BrightrunError, InputError
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_sqlite, retry_on_disconnect
 from brightrun.registry.models import Split, TrainingFileConversation, TrainingFileSource
@@ -235,3 +237,115 @@ def register_export(
             record_conversations(conn, tf.id, refs)
         repo.advance_watermark(conn, watermark, position=window_end, training_file_id=tf.id)
     return tf, created
+
+
+# ---------------------------------------------------------------- ratings per model version
+# The app logs which model answered (`lexybrain_responses.model_version`) and its users rate
+# the answers (`lexybrain_feedback`): the statistics over those rows live beside the rows.
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """Users' ratings of one `lexybrain_responses.model_version` in a window."""
+
+    model_version: str | None
+    rated_responses: int  # responses with at least one rating
+    ratings: int
+    positive: int
+    negative: int
+    neutral: int
+    # The adapter served under this name (`model_artifacts.served_name`); None when the
+    # version names no registered adapter (the app's own label, a base model, a typo).
+    artifact_id: str | None = None
+
+    @property
+    def positive_rate(self) -> float | None:
+        """Positive ratings over all ratings (neutral counts as not positive)."""
+        return self.positive / self.ratings if self.ratings else None
+
+    def interval(self, z: float = 1.96) -> tuple[float, float] | None:
+        return wilson_interval(self.positive, self.ratings, z)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (95% at z=1.96); sound at small n and at 0 or n."""
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} must be within 0..{n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def feedback_by_version(
+    bind: Bind, *, since: datetime | None = None, until: datetime | None = None
+) -> list[VersionStats]:
+    """Ratings per model version of the feedback given in `[since, until)`, most rated first,
+    each joined to the adapter whose served name it is (served names are unique, so one
+    version is one adapter at most)."""
+    from brightrun.registry.models import FeedbackValue, LexybrainFeedback, LexybrainResponse, ModelArtifact
+
+    responses: Table = LexybrainResponse.__table__  # type: ignore[assignment]
+    feedback: Table = LexybrainFeedback.__table__  # type: ignore[assignment]
+    artifacts: Table = ModelArtifact.__table__  # type: ignore[assignment]
+    if since is not None and until is not None and until <= since:
+        raise InputError(f"--until {until.isoformat()} must be after --since {since.isoformat()}")
+
+    def count(value: FeedbackValue) -> Any:
+        return func.count(case((feedback.c.feedback == value.value, 1)))
+
+    stmt = (
+        select(
+            responses.c.model_version,
+            artifacts.c.id.label("artifact_id"),
+            func.count(func.distinct(responses.c.id)).label("rated"),
+            func.count().label("ratings"),
+            count(FeedbackValue.positive).label("positive"),
+            count(FeedbackValue.negative).label("negative"),
+            count(FeedbackValue.neutral).label("neutral"),
+        )
+        .select_from(
+            feedback.join(responses, feedback.c.response_id == responses.c.id).outerjoin(
+                artifacts, artifacts.c.served_name == responses.c.model_version
+            )
+        )
+        .group_by(responses.c.model_version, artifacts.c.id)
+    )
+    if since is not None:
+        stmt = stmt.where(feedback.c.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(feedback.c.created_at < until)
+    with repo._tx(bind) as conn:
+        rows = conn.execute(stmt).all()
+    stats = [
+        VersionStats(
+            r.model_version,
+            int(r.rated),
+            int(r.ratings),
+            int(r.positive),
+            int(r.negative),
+            int(r.neutral),
+            str(r.artifact_id) if r.artifact_id is not None else None,
+        )
+        for r in rows
+    ]
+    return sorted(stats, key=lambda s: (-s.ratings, s.model_version or ""))
+
+
+def unknown_versions(stats: Sequence[VersionStats]) -> VersionStats | None:
+    """The ratings of every version that names no registered adapter, summed into one line
+    (`model_version` None), so that they are reported, never dropped; None when there are none."""
+    unknown = [s for s in stats if s.artifact_id is None]
+    if not unknown:
+        return None
+    return VersionStats(
+        None,
+        sum(s.rated_responses for s in unknown),
+        sum(s.ratings for s in unknown),
+        sum(s.positive for s in unknown),
+        sum(s.negative for s in unknown),
+        sum(s.neutral for s in unknown),
+    )

@@ -259,10 +259,14 @@ class ModelArtifact(Base):
         Index(None, "created_at"),
         Index(None, "base_model"),
         Index(None, "deployment_status"),
+        Index(None, "served_name", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     training_job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    # What the adapter is served and logged under (brightrun/registry/served_names.py);
+    # nullable so that rows the app inserts itself stay valid (migration 0003_served_names).
+    served_name: Mapped[str | None] = mapped_column(String(40))
     artifact_type: Mapped[str] = mapped_column(String(32), default=ArtifactType.lora_adapter.value)
     storage_path: Mapped[str] = mapped_column(Text)
     file_size_bytes: Mapped[int | None] = mapped_column(BigInteger)

@@ -30,7 +30,6 @@ rollback and the gate read. Functions take an Engine or a Connection first, as `
 from __future__ import annotations
 
 import hashlib
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -38,10 +37,11 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Engine, Table, and_, case, func, select, text, update
+from sqlalchemy import Connection, Engine, Table, and_, func, select, text, update
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.registry import repository as repo
+from brightrun.registry import served_names
 from brightrun.registry.models import (
     ArtifactType,
     DeploymentStatus,
@@ -93,6 +93,7 @@ class AdapterRow:
     deployed_at: datetime | None
     metadata: dict[str, Any]
     created_at: datetime
+    served_name: str | None = None  # what the app sends as `model` (served_names.py)
 
     @property
     def job_id(self) -> str:
@@ -208,9 +209,9 @@ def resolve_artifact(
     base_model: str | None = None,
     artifact_type: str = ArtifactType.lora_adapter.value,
 ) -> AdapterRow:
-    """An artifact by its id, its job's id (that job's `artifact_type`), or `production`
-    (the production adapter of `base_model`, which may be omitted while only one base model
-    has one)."""
+    """An artifact by its id, its served name, its job's id (that job's `artifact_type`), or
+    `production` (the production adapter of `base_model`, which may be omitted while only
+    one base model has one)."""
     ref = ref.strip()
     if ref == PRODUCTION:
         found = production_adapters(bind, base_model)
@@ -229,7 +230,7 @@ def resolve_artifact(
         return found[0]
     rid = _id(ref)
     if rid is None:
-        raise ArtifactNotFound(f"{ref!r} is not an artifact id, a job id or `production`")
+        return _by_served_name(bind, ref)
     with repo._tx(bind) as conn:
         row = conn.execute(select(artifacts_t).where(artifacts_t.c.id == rid)).first()
         if row is None:
@@ -242,6 +243,18 @@ def resolve_artifact(
         raise ArtifactNotFound(
             f"{ref} is neither an artifact nor a job with a registered {artifact_type}; "
             "`brightrun artifacts list` shows them"
+        )
+    return _row(row)
+
+
+def _by_served_name(bind: Bind, ref: str) -> AdapterRow:
+    if not served_names.looks_like_served_name(ref):
+        raise ArtifactNotFound(f"{ref!r} is not an artifact id, a served name, a job id or `production`")
+    with repo._tx(bind) as conn:
+        row = conn.execute(select(artifacts_t).where(artifacts_t.c.served_name == ref)).first()
+    if row is None:
+        raise ArtifactNotFound(
+            f"no artifact is served as {ref!r}; `brightrun artifacts list` shows the served names"
         )
     return _row(row)
 
@@ -605,80 +618,3 @@ def history(bind: Bind, artifacts: Sequence[AdapterRow]) -> list[repo.JobEvent]:
     for job_id in dict.fromkeys(a.training_job_id for a in artifacts):
         out.extend(e for e in repo.list_events(bind, job_id) if e.type in kinds)
     return sorted(out, key=lambda e: e.created_at)
-
-
-# ---------------------------------------------------------------- A/B by model version
-
-
-@dataclass(frozen=True)
-class VersionStats:
-    """Users' ratings of one `lexybrain_responses.model_version` in a window."""
-
-    model_version: str | None
-    rated_responses: int  # responses with at least one rating
-    ratings: int
-    positive: int
-    negative: int
-    neutral: int
-
-    @property
-    def positive_rate(self) -> float | None:
-        """Positive ratings over all ratings (neutral counts as not positive)."""
-        return self.positive / self.ratings if self.ratings else None
-
-    def interval(self, z: float = 1.96) -> tuple[float, float] | None:
-        return wilson_interval(self.positive, self.ratings, z)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion (95% at z=1.96); sound at small n and at 0 or n."""
-    if n <= 0:
-        return None
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes {successes} must be within 0..{n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def feedback_by_version(
-    bind: Bind, *, since: datetime | None = None, until: datetime | None = None
-) -> list[VersionStats]:
-    """Ratings per model version of the feedback given in `[since, until)`, most rated first."""
-    from brightrun.registry.models import FeedbackValue, LexybrainFeedback, LexybrainResponse
-
-    responses: Table = LexybrainResponse.__table__  # type: ignore[assignment]
-    feedback: Table = LexybrainFeedback.__table__  # type: ignore[assignment]
-    if since is not None and until is not None and until <= since:
-        raise InputError(f"--until {until.isoformat()} must be after --since {since.isoformat()}")
-
-    def count(value: FeedbackValue) -> Any:
-        return func.count(case((feedback.c.feedback == value.value, 1)))
-
-    stmt = (
-        select(
-            responses.c.model_version,
-            func.count(func.distinct(responses.c.id)).label("rated"),
-            func.count().label("ratings"),
-            count(FeedbackValue.positive).label("positive"),
-            count(FeedbackValue.negative).label("negative"),
-            count(FeedbackValue.neutral).label("neutral"),
-        )
-        .select_from(feedback.join(responses, feedback.c.response_id == responses.c.id))
-        .group_by(responses.c.model_version)
-    )
-    if since is not None:
-        stmt = stmt.where(feedback.c.created_at >= since)
-    if until is not None:
-        stmt = stmt.where(feedback.c.created_at < until)
-    with repo._tx(bind) as conn:
-        rows = conn.execute(stmt).all()
-    stats = [
-        VersionStats(
-            r.model_version, int(r.rated), int(r.ratings), int(r.positive), int(r.negative), int(r.neutral)
-        )
-        for r in rows
-    ]
-    return sorted(stats, key=lambda s: (-s.ratings, s.model_version or ""))

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, Table, and_, func, insert, select, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from brightrun.errors import BrightrunError, InputError
+from brightrun.registry import served_names
 from brightrun.registry.db import retry_on_disconnect
 from brightrun.registry.models import (
     TERMINAL_STATUSES,
@@ -277,6 +278,7 @@ class Artifact:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    served_name: str | None  # NULL only on a row the app inserted itself
 
 
 @dataclass(frozen=True)
@@ -969,11 +971,14 @@ def register_artifact(
         "metadata": dict(metadata or {}),
     }
     with _tx(bind) as conn:
-        _job_row(conn, jid)
+        job = _job_row(conn, jid)
+        artifact_id = uuid.uuid4()
         stmt = _insert(conn, artifacts_t).values(
-            id=uuid.uuid4(),
+            id=artifact_id,
             training_job_id=jid,
             artifact_type=artifact_type,
+            # Set once: a re-registration (the update below) keeps the name it was served as.
+            served_name=served_names.served_name(job.job_name, artifact_id),
             deployment_status=DeploymentStatus.stored.value,
             created_at=now,
             updated_at=now,

@@ -31,7 +31,7 @@ from brightrun.registry import repository as repo
 from brightrun.resources import Resources
 from brightrun.storage import LocalStorage
 from cli.main import app
-from tasks.artifacts import publish_adapter
+from tasks.adapters.task import publish_adapter
 from tests.fixtures.common import SAMPLE_DATASET
 from tests.fixtures.training import create_job, run_trainer, small_spec
 
@@ -458,6 +458,41 @@ def test_feedback_stats_cli(trained: Trained) -> None:
     code, out = cli("feedback-stats", "--since", "yesterday")
     assert code == 2
     shutil.rmtree(trained.home / "cache", ignore_errors=True)
+
+
+def test_served_names_in_the_cli(trained: Trained, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from tests.unit.test_served_names import rate
+
+    code, out = cli("artifacts", "list", "--json")
+    assert code == 0, out
+    names = {a["id"]: a["served_name"] for a in json.loads(out)}
+    served = names[trained.weak.id]
+    assert served.endswith("-" + uuid.UUID(trained.weak.id).hex[:8]) and len(served) <= 40
+    code, out = cli("artifacts", "list")
+    assert code == 0 and served in out
+    # A served name is accepted where an artifact id is.
+    code, out = cli("download", served, "--out", str(tmp_path / "by-name"))
+    assert code == 0, out
+    assert (tmp_path / "by-name" / "adapter_model.safetensors").is_file()
+    code, out = cli("download", "no-such-adapter-00000000", "--out", str(tmp_path / "none"))
+    assert code == 2 and "no artifact is served as" in out
+    # Ratings join to the adapter; a version that names none is reported on its own line.
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    rate(registry(), served, ["positive", "negative"], t0)
+    rate(registry(), "someone-elses-model", ["positive"], t0)
+    code, out = cli("feedback-stats", "--since", "2027-01-01", "--until", "2027-01-02")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert any(line.startswith(served) and " 2 " in line for line in lines)
+    unknown = next(line for line in lines if line.startswith("unknown model_version"))
+    assert unknown.split()[2:5] == ["1", "1", "1"]  # rated responses, ratings, positive
+    assert "someone-elses-model" in out
+    code, out = cli("feedback-stats", "--since", "2027-01-01", "--until", "2027-01-02", "--json")
+    rows = {r["model_version"]: r for r in json.loads(out)}
+    assert rows[served]["artifact_id"] == trained.weak.id
+    assert rows["someone-elses-model"]["artifact_id"] is None
 
 
 def test_chat_streams_keeps_history_and_resets(trained: Trained) -> None:

@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from brightrun import layout
+from brightrun.manifest import build_manifest as directory_manifest
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
-from tasks.adapters import directory_manifest
-from tasks.artifacts import publish_adapter
+from tasks.adapters.task import publish_adapter
 from tests.integration.test_adapters import cli
 
 pytestmark = pytest.mark.integration

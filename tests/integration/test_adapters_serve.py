@@ -442,7 +442,7 @@ def test_a_public_bind_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch)
 def test_two_adapters_served_by_name_in_one_process(trained: Trained) -> None:  # noqa: F811
     from brightrun.resources import Resources
     from tasks.adapters import load_for_chat
-    from tasks.serving import AdapterChoice, load_for_serving
+    from tasks.adapters.serving import AdapterChoice, load_for_serving
     from trainer.inference import GenerationOptions
 
     with Resources.from_settings() as resources:

@@ -1,4 +1,4 @@
-"""Adapter upload + `model_artifacts` registration (tasks/artifacts.py)."""
+"""Adapter upload + `model_artifacts` registration (tasks/adapters/publish.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from brightrun import layout
 from brightrun.registry import open_registry_url
 from brightrun.registry import repository as repo
 from brightrun.storage import LocalStorage, Storage
-from tasks.artifacts import AdapterUploadError, publish_adapter, verify_stored_adapter
+from tasks.adapters.publish import AdapterUploadError, verify_stored_adapter
+from tasks.adapters.task import publish_adapter
 
 pytestmark = pytest.mark.integration
 

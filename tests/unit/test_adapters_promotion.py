@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, insert
 
 from brightrun.errors import InputError
+from brightrun.registry import feedback_rows as ratings
 from brightrun.registry import open_registry_url
 from brightrun.registry import promotion as pm
 from brightrun.registry import repository as repo
@@ -158,10 +159,10 @@ def test_resolve_by_artifact_job_and_production(engine: Engine) -> None:
 
 
 def test_wilson_interval_known_values() -> None:
-    low, high = pm.wilson_interval(8, 10)  # type: ignore[misc]
+    low, high = ratings.wilson_interval(8, 10)  # type: ignore[misc]
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
-    assert pm.wilson_interval(0, 5)[0] == 0.0  # type: ignore[index]
-    assert pm.wilson_interval(0, 0) is None
+    assert ratings.wilson_interval(0, 5)[0] == 0.0  # type: ignore[index]
+    assert ratings.wilson_interval(0, 0) is None
 
 
 def test_compare_losses_pools_examples_per_conversation() -> None:
@@ -211,13 +212,14 @@ def test_feedback_stats_per_model_version(engine: Engine) -> None:
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
     load_lexybrain(engine, t0)
     stats = {
-        s.model_version: s for s in pm.feedback_by_version(engine, since=t0, until=t0 + timedelta(days=1))
+        s.model_version: s
+        for s in ratings.feedback_by_version(engine, since=t0, until=t0 + timedelta(days=1))
     }
     v1, v2 = stats["v1"], stats["v2"]
     assert (v1.rated_responses, v1.ratings, v1.positive, v1.negative, v1.neutral) == (3, 4, 3, 1, 0)
     assert (v2.rated_responses, v2.ratings, v2.positive, v2.negative, v2.neutral) == (2, 4, 1, 2, 1)
-    assert v1.positive_rate == 0.75 and v1.interval() == pm.wilson_interval(3, 4)
-    everything = {s.model_version: s for s in pm.feedback_by_version(engine)}
+    assert v1.positive_rate == 0.75 and v1.interval() == ratings.wilson_interval(3, 4)
+    everything = {s.model_version: s for s in ratings.feedback_by_version(engine)}
     assert everything["v2"].ratings == 5 and everything["v2"].positive == 2
 
 

@@ -1,4 +1,5 @@
-"""Adapter upload and `model_artifacts` registration (the flow's last stage).
+"""Publish: the uploaded adapter verified and registered in `model_artifacts` (the training
+flow's last stage; its Prefect task is `tasks/adapters/task.py` `publish_adapter`).
 
 The final adapter lives under the job's prefix, `jobs/<job_id>/adapter/`, with
 `MANIFEST.json` (sha256 and size of every file) written last: the manifest is the commit
@@ -15,7 +16,7 @@ the orchestrator never holds the weights. Here:
   status `stored`) and the job's `lora_artifact_path`, in one transaction; one row per
   job whatever the number of calls (`repository.register_artifact`).
 
-`publish_adapter` chains them as one Prefect task; registration only happens after the
+`publish` chains them (the Prefect task wraps it); registration only happens after the
 adapter verified, so a missing or altered file leaves no row.
 """
 
@@ -23,21 +24,18 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
 from brightrun import layout
+from brightrun import manifest as manifest_io
 from brightrun.errors import BrightrunError
-from brightrun.protocol import EvalReport, Manifest, ManifestEntry
+from brightrun.protocol import EvalReport, Manifest
 from brightrun.registry import repository as repo
-from brightrun.storage import ObjectNotFound, Storage, StorageError, sha256_bytes
+from brightrun.storage import ObjectNotFound, Storage, sha256_bytes
 
 log = logging.getLogger("brightrun.artifacts")
 
@@ -60,47 +58,24 @@ class StoredAdapter:
         return self.manifest.total_size
 
 
-def verify_object(storage: Storage, key: str, entry: ManifestEntry) -> None:
-    """Raise AdapterUploadError unless the stored object has the entry's size and sha256."""
-    info = storage.stat(key)
-    if info is None:
-        raise AdapterUploadError(f"{storage.uri(key)} is missing after upload")
-    if info.size != entry.size:
-        raise AdapterUploadError(f"{storage.uri(key)} has {info.size} bytes, expected {entry.size}")
-    if info.sha256 is not None:
-        if info.sha256 != entry.sha256:
-            raise AdapterUploadError(
-                f"{storage.uri(key)}: sha256 {info.sha256[:12]}… != {entry.sha256[:12]}…"
-            )
-        return
-    # The store recorded no digest (e.g. a filesystem without xattrs): read it back.
-    with tempfile.TemporaryDirectory(prefix="brightrun-verify-") as tmp:
-        try:
-            storage.get_file(key, Path(tmp) / "object", expected_sha256=entry.sha256)
-        except StorageError as exc:
-            raise AdapterUploadError(f"{storage.uri(key)} failed verification: {exc}") from exc
-
-
-def _read_manifest(storage: Storage, key: str) -> tuple[Manifest, bytes] | None:
-    try:
-        data = storage.get_bytes(key)
-    except ObjectNotFound:
-        return None
-    return Manifest.model_validate_json(data), data
-
-
 def verify_stored_adapter(storage: Storage, job_id: str) -> StoredAdapter:
-    """Check the adapter the trainer uploaded against its manifest, object by object."""
+    """Check the adapter the trainer uploaded against its manifest, object by object
+    (reading an object back when the store recorded no sha256)."""
     prefix = layout.JobLayout(job_id).adapter_dir
-    found = _read_manifest(storage, f"{prefix}/{layout.MANIFEST}")
-    if found is None:
+    try:
+        manifest, data = manifest_io.read_manifest(storage, prefix)
+    except manifest_io.ManifestMissing:
         raise AdapterUploadError(
             f"{storage.uri(prefix)} has no {layout.MANIFEST}: "
             "the trainer did not finish uploading the adapter"
+        ) from None
+    except manifest_io.ManifestUnreadable as exc:
+        raise AdapterUploadError(str(exc)) from exc
+    problems = manifest_io.stored_problems(storage, prefix, manifest, read_back=True)
+    if problems:
+        raise AdapterUploadError(
+            "\n".join([f"the adapter at {storage.uri(prefix)} does not match its manifest:", *problems])
         )
-    manifest, data = found
-    for rel, entry in manifest.files.items():
-        verify_object(storage, f"{prefix}/{rel}", entry)
     return StoredAdapter(prefix, storage.uri(prefix), manifest, sha256_bytes(data))
 
 
@@ -150,20 +125,7 @@ def register_adapter(
     )
 
 
-@task(name="register-adapter", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def register_adapter_task(
-    engine: Engine,
-    storage: Storage,
-    job_id: str,
-    stored: StoredAdapter,
-    base_model: str | None = None,
-    eval_report: EvalReport | None = None,
-) -> repo.Artifact:
-    return register_adapter(engine, storage, job_id, stored, base_model=base_model, eval_report=eval_report)
-
-
-@task(name="publish-adapter", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
-def publish_adapter(
+def publish(
     engine: Engine,
     storage: Storage,
     job_id: str,

@@ -1,0 +1,95 @@
+"""Lifecycle: promote (evaluating first when production has no recorded comparison),
+roll back, and the signed webhook of every status change. The status rules themselves are
+`brightrun.registry.promotion`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from brightrun.registry import promotion
+from brightrun.registry import repository as repo
+from brightrun.registry.promotion import EvaluationRecord, LifecycleResult
+from brightrun.resources import Resources
+from tasks.adapters.evaluate import evaluate
+
+log = logging.getLogger("brightrun.adapters")
+
+
+def notify_changes(result: LifecycleResult, webhook_url: str | None, secret: str | None) -> int:
+    """POST each status change in the dashboard's webhook shape (DESIGN.md §7), signed; the
+    adapter fields ride along. Failures are logged, never raised. Returns deliveries made."""
+    if not webhook_url or not result.changes:
+        return 0
+    if not secret:
+        log.warning(
+            "webhook %s not sent: BRIGHTRUN_WEBHOOK_SECRET is not set (webhooks are signed)", webhook_url
+        )
+        return 0
+    import httpx
+
+    from tasks.notify import build_payload, deliver, encode
+
+    sent = 0
+    with httpx.Client(timeout=10) as client:
+        for change in result.changes:
+            a = change.artifact
+            payload = build_payload(a.training_job_id, "completed", lora_artifact_path=a.storage_path)
+            payload.update(
+                event=change.event,
+                artifact_id=a.id,
+                base_model=a.base_model,
+                deployment_status=a.deployment_status,
+                previous_deployment_status=change.previous_status,
+            )
+            sent += deliver(client, webhook_url, encode(payload), secret)
+    return sent
+
+
+def promote(
+    resources: Resources,
+    ref: str,
+    to: str,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    base_model: str | None = None,
+    evaluate_first: bool = True,
+    eval_set: Path | None = None,
+    webhook_url: str | None = None,
+) -> tuple[LifecycleResult, EvaluationRecord | None]:
+    """Promote; for production, first evaluate against the current production adapter when
+    no evaluation against it is recorded yet (and `evaluate_first`)."""
+    engine = resources.registry
+    artifact = promotion.resolve_artifact(engine, ref, base_model=base_model)
+    record = None
+    current = None
+    if to == "production" and artifact.base_model is not None:
+        current = promotion.production_adapter(engine, artifact.base_model)
+    expected = current.id if current else None
+    if current is not None and current.id != artifact.id and not force:
+        record = promotion.latest_evaluation(engine, artifact, current.id)
+        if (record is None or eval_set is not None) and evaluate_first:
+            # Refuse what cannot be promoted before spending minutes on an evaluation.
+            job = repo.get_job(engine, artifact.training_job_id)
+            promotion.check_promotable(artifact, job.status, promotion.DeploymentStatus(to))
+            record = evaluate(resources, artifact.id, current.id, eval_set=eval_set)
+    result = promotion.promote(
+        engine, artifact.id, to, force=force, reason=reason, expected_production=expected
+    )
+    secret = resources.settings.webhook_secret
+    notify_changes(result, webhook_url, secret.get_secret_value() if secret else None)
+    return result, record
+
+
+def rollback(
+    resources: Resources,
+    base_model: str | None = None,
+    *,
+    reason: str | None = None,
+    webhook_url: str | None = None,
+) -> LifecycleResult:
+    result = promotion.rollback(resources.registry, base_model, reason=reason)
+    secret = resources.settings.webhook_secret
+    notify_changes(result, webhook_url, secret.get_secret_value() if secret else None)
+    return result

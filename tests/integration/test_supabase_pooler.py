@@ -252,3 +252,51 @@ def test_row_level_security_as_anon_and_authenticated(supabase_db: SupabaseDatab
             SUPABASE_USER,
         )
         assert stats == [(3,)]  # the invoker's rights: their own ratings only
+
+
+def test_a_training_from_the_apps_training_file_through_the_pooler(
+    prefect_harness: str,
+    brightrun_home: Path,
+    seaweed: object,
+    supabase_db: SupabaseDatabase,
+    tiny_model: Path,
+    sample_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`train --training-file-id` failed in 2 of 4 runs behind the pooler (a prepared statement
+    gone on the next server connection): the whole flow, its every registry write through
+    PgBouncer, from the app's own row."""
+    import uuid
+
+    from cli.training import demo_params
+    from flows.train_adapter import train_adapter
+
+    for name, value in seaweed.env().items():  # type: ignore[attr-defined]
+        monkeypatch.setenv(name, value)
+    run_id = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("BRIGHTRUN_STORAGE_URL", seaweed.storage_url(f"pool-{run_id}/pipeline"))  # type: ignore[attr-defined]
+    bucket = seaweed.storage_url(f"pool-{run_id}/training-files")  # type: ignore[attr-defined]
+    monkeypatch.setenv("BRIGHTRUN_TRAINING_FILES_URL", bucket)
+    upgrade(supabase_db.direct_url)  # migrations over the direct connection
+    monkeypatch.setenv("BRIGHTRUN_DATABASE_URL", supabase_db.pooler_url)
+    before = dump_app(supabase_db.direct_url)
+    with Resources.from_settings() as resources:  # the app uploaded the file to its bucket
+        resources.open_storage(bucket).put_file(f"{SUPABASE_USER}/coaching-v1.json", sample_dataset)
+
+    params = demo_params(tiny_model, max_steps=2)
+    del params["dataset"]
+    params["training_file_id"] = APP_FILE
+    params["evaluation"] = {"sample_generations": 0, "max_new_tokens": 4}
+    result = train_adapter(**params, return_state=True).result(raise_on_failure=False)
+    assert not isinstance(result, BaseException), result
+    assert result["status"] == "completed"
+    with Resources.from_settings() as resources:
+        job = repo.get_job(resources.registry, result["job_id"])
+        assert str(job.training_file_id) == APP_FILE and job.current_step == 2
+        assert repo.list_events(resources.registry, job.id)
+    # Documented additions: the job records its split over the app's file (its conversations
+    # in training_file_conversations); the app's own rows there stay as they were.
+    after = dump_app(supabase_db.direct_url)
+    links = "public.training_file_conversations:rows"
+    assert set(before.pop(links)) < set(after.pop(links))  # type: ignore[arg-type]
+    assert after == before

@@ -84,6 +84,17 @@ class Settings(BaseSettings):
         description="Where the app keeps training files: a `training_files.json_file_path` is relative "
         "to it (Supabase Storage's `training-files` bucket, on the configured S3 endpoint)",
     )
+    # The app's own training_files (issue 22): who the pipeline's rows are created by, and
+    # values for the app's NOT NULL columns the pipeline cannot fill itself.
+    service_user_id: str | None = Field(
+        default=None,
+        description="The Supabase auth.users id the pipeline's training_files rows are created_by",
+    )
+    training_file_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON object of values for the app's training_files columns the pipeline does not "
+        'know, e.g. {"project_id": "..."} (BRIGHTRUN_TRAINING_FILE_DEFAULTS)',
+    )
     webhook_secret: SecretStr | None = None
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")

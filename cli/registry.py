@@ -87,13 +87,22 @@ def _fmt(value: Any, digits: int = 4) -> str:
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the SQL it would run, and change nothing.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Apply the registry migrations (safe to run again; needed once per release on Postgres)."""
+    """Apply the registry migrations (safe to run again; needed once per release on Postgres).
+
+    On Supabase run it over the direct connection (port 5432), not the pooler."""
     from brightrun.registry import is_sqlite, mask_url, upgrade
     from brightrun.settings import load_settings
 
     url = load_settings().resolved_database_url
+    if dry_run:
+        sql = upgrade(url, revision, dry_run=True)
+        typer.echo(sql or "-- nothing to do: the registry is at the latest revision")
+        return
     before_after = upgrade(url, revision)
     # The LexyBrain guide's view and function are Postgres objects (made where absent there).
     note = (

@@ -17,5 +17,11 @@ if [ "${1:-}" = "--dev" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "warning: could not install chromium; the Prefect UI browser test will be skipped" >&2
   fi
+  # PgBouncer in transaction mode stands in for Supabase's pooler in the Supabase tests.
+  if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ] && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null) \
+      || echo "warning: could not install pgbouncer; the Supabase pooler tests will be skipped" >&2
+  fi
 fi
 .venv/bin/pip install -q -e ".[$extras]"

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.seaweed",
     "tests.fixtures.postgres",
+    "tests.fixtures.supabase",
     "tests.fixtures.fake_runpod",
     "tests.fixtures.prefect",
     "tests.fixtures.training",

@@ -91,8 +91,15 @@ def _auto_upgrade(engine: Engine) -> None:
 def open_registry(settings: Settings, *, auto_upgrade: bool | None = None) -> Engine:
     """The registry engine for these settings (see the module docstring), with the
     `database_retry_seconds` patience for outages."""
-    return open_registry_url(
+    from brightrun.registry.db import set_training_file_values
+
+    engine = open_registry_url(
         settings.resolved_database_url,
         auto_upgrade=auto_upgrade,
         retry_seconds=settings.database_retry_seconds,
     )
+    values = dict(settings.training_file_defaults)
+    if settings.service_user_id:
+        values.setdefault("created_by", settings.service_user_id)
+    set_training_file_values(engine, values)
+    return engine

@@ -142,7 +142,7 @@ def make_engine(
         parsed = parsed.set(drivername="postgresql+psycopg")
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        connect_args = {"connect_timeout": 10, "application_name": "brightrun"}
+        connect_args = postgres_connect_args()
     engine = create_engine(
         parsed,
         echo=echo,
@@ -155,20 +155,51 @@ def make_engine(
         hide_parameters=True,
     )
     if backend == "postgresql" and statement_timeout_ms:
-        # SET per connection rather than the `options` startup parameter: Supabase's
-        # transaction pooler rejects startup options.
-        @event.listens_for(engine, "connect")
-        def _pg_timeouts(dbapi_conn: Any, _record: Any) -> None:
-            autocommit = dbapi_conn.autocommit
-            dbapi_conn.autocommit = True
-            with dbapi_conn.cursor() as cur:
-                cur.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-                cur.execute(f"SET idle_in_transaction_session_timeout = {int(statement_timeout_ms) * 4}")
-            dbapi_conn.autocommit = autocommit
+        # SET LOCAL in every transaction, never a session SET: behind a transaction pooler
+        # (Supabase's Supavisor on 6543, PgBouncer) consecutive transactions reach different
+        # server connections, so a session setting lands on one backend and leaks to other
+        # clients. The `options` startup parameter is no way out either: poolers reject it.
+        timeouts = (
+            f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(statement_timeout_ms) * 4}"
+        )
+
+        @event.listens_for(engine, "begin")
+        def _pg_timeouts(conn: Any) -> None:
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return  # no transaction: SET LOCAL would only warn
+            # A plain DBAPI cursor: the Connection may carry stream_results (a named server
+            # cursor cannot run SET). psycopg opens the transaction with this statement.
+            with conn.connection.dbapi_connection.cursor() as cur:
+                cur.execute(timeouts)
 
     log.debug("registry engine for %s", mask_url(parsed))
     _set_patience(engine, retry_seconds)
     return engine
+
+
+def postgres_connect_args() -> dict[str, Any]:
+    """psycopg connect arguments for every Postgres engine (the pipeline's and migrations').
+
+    `prepare_threshold=None`: no server-side prepared statements. psycopg 3 prepares a
+    statement after 5 runs; behind a transaction pooler the next run reaches another server
+    connection, where `_pg3_0` "does not exist" (or "already exists"). A direct connection
+    loses nothing that matters for the registry's short queries.
+    """
+    return {"connect_timeout": 10, "application_name": "brightrun", "prepare_threshold": None}
+
+
+# Values for the app's training_files columns the pipeline cannot fill (created_by from the
+# service user, BRIGHTRUN_TRAINING_FILE_DEFAULTS), per engine like the patience.
+_training_file_values: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def set_training_file_values(engine: Engine, values: dict[str, Any]) -> None:
+    _training_file_values[engine] = dict(values)
+
+
+def training_file_values(engine: Engine) -> dict[str, Any]:
+    return dict(_training_file_values.get(engine, {}))
 
 
 def _set_patience(engine: Engine, retry_seconds: float | None) -> None:

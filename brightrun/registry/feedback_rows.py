@@ -63,8 +63,9 @@ def _sqlite_lock_path(engine: Engine) -> Path:
 def export_lock(engine: Engine, *, wait_s: float = 0.0, poll_s: float = 0.5) -> Iterator[None]:
     """Hold the exporters' lock for the block, or raise ExportBusy after `wait_s`.
 
-    Postgres: a session advisory lock on a dedicated connection (released when that
-    connection ends, so a crashed exporter never leaves it held). SQLite: an flock on a
+    Postgres: a transaction-scoped advisory lock in a transaction held open on a dedicated
+    connection (released when that transaction ends, so a crashed exporter never leaves it
+    held, and safe behind a transaction pooler). SQLite: an flock on a
     file beside the database (released by the OS when the process dies)."""
     deadline = time.monotonic() + wait_s
     if is_sqlite(engine):
@@ -84,8 +85,17 @@ def export_lock(engine: Engine, *, wait_s: float = 0.0, poll_s: float = 0.5) -> 
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         return
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
+    # A transaction-scoped lock, held by a transaction left open for the block: a session
+    # lock would stay on whichever pooled server connection took it (behind a transaction
+    # pooler the unlock reaches another one), so every later export would find it held.
+    # The open transaction pins one server connection; ending it, or the client dying,
+    # releases the lock.
+    with engine.connect() as conn, conn.begin() as transaction:
+        # The block may run for longer than the engine's idle-in-transaction limit.
+        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+        while not conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+        ).scalar():
             if time.monotonic() >= deadline:
                 raise ExportBusy(
                     "another export holds the registry's export lock; try again when it finishes"
@@ -95,7 +105,7 @@ def export_lock(engine: Engine, *, wait_s: float = 0.0, poll_s: float = 0.5) -> 
             yield
         finally:
             with contextlib.suppress(exc.DBAPIError):
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                transaction.rollback()  # nothing was written on it: rolling back releases the lock
 
 
 # ---------------------------------------------------------------- recorded splits

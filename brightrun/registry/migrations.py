@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, exc
+from sqlalchemy import Engine, event, exc
 
 from brightrun.errors import BrightrunError
 from brightrun.registry.db import database_error, make_engine, mask_url
@@ -28,6 +28,13 @@ log = logging.getLogger("brightrun.registry")
 
 VERSION_TABLE = "brightrun_alembic_version"
 UPGRADE_HINT = "run `brightrun db upgrade`"
+
+
+class InstallRefused(BrightrunError):
+    """The database holds a table of a pipeline table's name but of another shape: nothing
+    was installed (the migrations ran in one transaction, rolled back)."""
+
+    exit_code = 2
 
 
 class SchemaOutOfDate(BrightrunError):
@@ -78,22 +85,43 @@ def current_revision(engine: Engine) -> str | None:
         raise database_error(engine, error, "reading the registry schema revision") from None
 
 
-def upgrade(url_or_engine: str | Engine, revision: str = "head") -> str:
-    """Apply the migrations up to `revision` (default: the latest); returns the new revision."""
+def upgrade(url_or_engine: str | Engine, revision: str = "head", *, dry_run: bool = False) -> str:
+    """Apply the migrations up to `revision` (default: the latest); returns the new revision.
+
+    `dry_run`: run them in a transaction that is rolled back, and return the SQL they ran
+    (one statement per line, ending in `;`) instead of a revision. The migrations read the
+    database to decide what to make, so the SQL is what this database would get; Postgres
+    undoes DDL on rollback, so nothing stays.
+    """
     engine = (
         url_or_engine
         if isinstance(url_or_engine, Engine)
         # No statement timeout: an index build on a big table may take a while.
         else make_engine(url_or_engine, statement_timeout_ms=None, pool_size=1)
     )
-    log.info("upgrading registry %s to %s", mask_url(engine.url), revision)
+    log.info("upgrading registry %s to %s%s", mask_url(engine.url), revision, " (dry run)" if dry_run else "")
+    config = alembic_config(engine)
+    statements: list[str] = []
+    if dry_run:
+        config.attributes["dry_run"] = True
+
+        def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+            # The migrations' own reads of the catalog are not what they would change.
+            if not statement.lstrip().upper().startswith(("SELECT", "PRAGMA", "WITH")):
+                statements.append(statement.strip() + ";")
+
+        event.listen(engine, "before_cursor_execute", record)
     try:
-        command.upgrade(alembic_config(engine), revision)
+        command.upgrade(config, revision)
     except exc.DBAPIError as error:
         raise database_error(engine, error, "applying the registry migrations") from None
     finally:
+        if dry_run:
+            event.remove(engine, "before_cursor_execute", record)
         if not isinstance(url_or_engine, Engine):
             engine.dispose()
+    if dry_run:
+        return "\n".join(statements)
     return current_revision(engine) or "base"
 
 

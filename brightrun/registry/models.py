@@ -265,7 +265,7 @@ class ModelArtifact(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     training_job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
     # What the adapter is served and logged under (brightrun/registry/served_names.py);
-    # nullable so that rows the app inserts itself stay valid (migration 0003_served_names).
+    # nullable so that rows the app inserts itself stay valid (migration 0004_served_names).
     served_name: Mapped[str | None] = mapped_column(String(40))
     artifact_type: Mapped[str] = mapped_column(String(32), default=ArtifactType.lora_adapter.value)
     storage_path: Mapped[str] = mapped_column(Text)
@@ -313,13 +313,13 @@ class TrainingJobEvent(Base):
     __tablename__ = "training_job_events"
     __table_args__ = (
         # source_key makes re-ingesting the same trainer event file a no-op (NULLs never collide).
-        UniqueConstraint("job_id", "source_key"),
-        Index(None, "job_id", "created_at"),
+        UniqueConstraint("training_job_id", "source_key"),
+        Index(None, "training_job_id", "created_at"),
         Index(None, "type"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    training_job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(String(64))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)

@@ -17,18 +17,31 @@ again); anything else raises `IllegalTransition`.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    and_,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.registry import served_names
-from brightrun.registry.db import retry_on_disconnect
+from brightrun.registry.db import retry_on_disconnect, training_file_values
 from brightrun.registry.models import (
     TERMINAL_STATUSES,
     ArtifactType,
@@ -613,7 +626,7 @@ def add_events(bind: Bind, events: Sequence[NewEvent]) -> int:
     rows = [
         {
             "id": uuid.uuid4(),
-            "job_id": _uuid(e.job_id),
+            "training_job_id": _uuid(e.job_id),
             "type": e.type,
             "attempt": e.attempt,
             "payload": dict(e.payload),
@@ -624,7 +637,9 @@ def add_events(bind: Bind, events: Sequence[NewEvent]) -> int:
         for i, e in enumerate(events)
     ]
     with _tx(bind) as conn:
-        stmt = _insert(conn, events_t).on_conflict_do_nothing(index_elements=["job_id", "source_key"])
+        stmt = _insert(conn, events_t).on_conflict_do_nothing(
+            index_elements=["training_job_id", "source_key"]
+        )
         result = conn.execute(stmt.returning(events_t.c.id), rows)
         return len(result.all())
 
@@ -638,7 +653,11 @@ def list_events(
     bind: Bind, job_id: str | uuid.UUID, *, type: str | None = None, limit: int | None = None
 ) -> list[JobEvent]:
     """Oldest first."""
-    stmt = select(events_t).where(events_t.c.job_id == _uuid(job_id))
+    # The column says training_job_id (the seed's name); JobEvent keeps its `job_id` field.
+    columns = [c for c in events_t.c if c.name != "training_job_id"]
+    stmt = select(*columns, events_t.c.training_job_id.label("job_id")).where(
+        events_t.c.training_job_id == _uuid(job_id)
+    )
     if type is not None:
         stmt = stmt.where(events_t.c.type == type)
     stmt = stmt.order_by(events_t.c.created_at, events_t.c.id)
@@ -820,13 +839,15 @@ def register_training_file(
         "updated_at": now,
     }
     with _tx(bind) as conn:
+        row_values = _fill_app_columns(conn, {k: v for k, v in values.items() if v is not None})
+        target = _with_app_columns([n for n in row_values if n not in files_t.c])
         result = conn.execute(
-            _insert(conn, files_t)
+            _insert(conn, target)
             # Unknown values are left out, not NULL: the app's own table may have NOT NULL
             # columns with defaults (e.g. total_training_pairs DEFAULT 0).
-            .values(**{k: v for k, v in values.items() if v is not None})
+            .values(**row_values)
             .on_conflict_do_nothing(index_elements=["sha256"])
-            .returning(files_t.c.id)
+            .returning(target.c.id)
         ).first()
         created = result is not None
         if created and conversation_refs:
@@ -844,6 +865,80 @@ def register_training_file(
             )
         row = conn.execute(select(files_t).where(files_t.c.sha256 == sha256)).one()
         return _view(TrainingFileView, row), created
+
+
+class TrainingFileColumnsUnfilled(InputError):
+    """The app's training_files requires columns nobody gave a value for: nothing was written."""
+
+
+def required_columns(conn: Connection, table: str) -> list[str]:
+    """The table's NOT NULL columns without a default (nor identity or generated value)."""
+    return [
+        c["name"]
+        for c in inspect(conn).get_columns(table)
+        if not c["nullable"]
+        and c.get("default") is None
+        and not c.get("identity")
+        and not c.get("computed")
+        and c.get("autoincrement") is not True
+    ]
+
+
+def _with_app_columns(extra: Sequence[str]) -> Table:
+    """training_files with the app's own columns too (untyped: the server casts the values)."""
+    if not extra:
+        return files_t
+    return Table(
+        "training_files", MetaData(), *(c._copy() for c in files_t.c), *(Column(name) for name in extra)
+    )
+
+
+def _fill_app_columns(conn: Connection, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` plus what the app's own training_files requires: the columns the pipeline
+    knows (the app's bucket, JSONL path and counts, by the seed's names), then the
+    configured ones (`created_by` from BRIGHTRUN_SERVICE_USER_ID, then
+    BRIGHTRUN_TRAINING_FILE_DEFAULTS). Raises TrainingFileColumnsUnfilled, naming every
+    column still without a value, before anything is written."""
+    table = inspect(conn).get_columns("training_files")
+    present = {c["name"] for c in table}
+    path = str(values.get("json_file_path", ""))
+    known: dict[str, Any] = {
+        "jsonl_file_path": path,
+        "total_conversations": values.get("conversations", 0),
+        "total_training_pairs": values.get("total_training_pairs", 0),
+        "description": f"{values.get('source', 'upload')} {values.get('name', '')}".strip(),
+    }
+    if path.startswith("s3://"):
+        known["storage_bucket"] = path.removeprefix("s3://").split("/", 1)[0]
+    configured = training_file_values(conn.engine)
+    filled = dict(values)
+    for name in required_columns(conn, "training_files"):
+        if name in filled:
+            continue
+        if name in configured:
+            filled[name] = configured[name]
+        elif name in known:
+            filled[name] = known[name]
+    # Configured values also fill nullable columns (created_by is nullable in the seed).
+    for name, value in configured.items():
+        if name in present and name not in filled:
+            filled[name] = value
+    missing = [n for n in required_columns(conn, "training_files") if n not in filled]
+    if missing:
+        raise TrainingFileColumnsUnfilled(
+            f"the app's training_files requires {', '.join(missing)}, which the pipeline cannot fill; "
+            "set them in BRIGHTRUN_TRAINING_FILE_DEFAULTS, a JSON object, e.g. "
+            + json.dumps(dict.fromkeys(missing, "..."))
+            + " (nothing was written)"
+        )
+    # created_by comes from the service user: our own (SQLite) table has no such column.
+    unknown = [n for n in configured if n not in present and n != "created_by"]
+    if unknown:
+        raise TrainingFileColumnsUnfilled(
+            f"BRIGHTRUN_TRAINING_FILE_DEFAULTS names {', '.join(unknown)}, which training_files does not "
+            "have; remove them (nothing was written)"
+        )
+    return filled
 
 
 class TrainingFileNotFound(InputError):

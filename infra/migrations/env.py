@@ -21,6 +21,10 @@ VERSION_TABLE = config.get_main_option("version_table") or "brightrun_alembic_ve
 ADVISORY_LOCK_KEY = 0x62726E74  # "brnt"
 
 
+class _DryRunDone(Exception):
+    """Raised at the end of a dry run so the transaction rolls back."""
+
+
 def _engine() -> tuple[Engine, bool]:
     engine = config.attributes.get("engine")
     if engine is not None:
@@ -46,10 +50,17 @@ def run_migrations_online() -> None:
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
             )
-            with context.begin_transaction():
-                if connection.dialect.name == "postgresql":
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                context.run_migrations()
+            # One transaction for every migration (Postgres): a refused install
+            # (InstallRefused) or a dry run (`db upgrade --dry-run`) leaves nothing behind.
+            try:
+                with context.begin_transaction():
+                    if connection.dialect.name == "postgresql":
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                    context.run_migrations()
+                    if config.attributes.get("dry_run"):
+                        raise _DryRunDone
+            except _DryRunDone:
+                pass
     finally:
         if owned:
             engine.dispose()

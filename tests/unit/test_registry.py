@@ -580,3 +580,24 @@ def test_db_upgrade_on_sqlite_says_the_lexybrain_objects_are_postgres_only(brigh
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
     assert "get_lexybrain_feedback_stats are Postgres objects" in result.output
+
+
+def test_postgres_connections_never_prepare_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a transaction pooler a server-side prepared statement is gone on the next
+    transaction's server connection: every Postgres engine connects with prepare_threshold=None."""
+    import psycopg
+
+    seen: dict[str, object] = {}
+
+    def connect(*_args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise psycopg.OperationalError("password authentication failed (test stops here)")
+
+    monkeypatch.setattr(psycopg, "connect", connect)  # what SQLAlchemy's dialect calls
+    engine = make_engine("postgresql://u:p@127.0.0.1:1/db", statement_timeout_ms=None)
+    try:
+        with pytest.raises(sa.exc.OperationalError), engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    assert "prepare_threshold" in seen and seen["prepare_threshold"] is None

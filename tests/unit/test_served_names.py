@@ -81,7 +81,7 @@ def test_a_served_name_is_accepted_wherever_an_artifact_id_is(engine: Engine) ->
 
 def test_the_migration_backfills_existing_rows(engine: Engine) -> None:
     a, b = register(engine, "Support bot"), register(engine, "Other")
-    downgrade(engine, "0002")  # as the registry was before served names
+    downgrade(engine, "0003")  # as the registry was before served names
     assert "served_name" not in {c["name"] for c in sa.inspect(engine).get_columns("model_artifacts")}
     upgrade(engine)
     assert {x.id: x.served_name for x in repo.list_artifacts(engine)} == {

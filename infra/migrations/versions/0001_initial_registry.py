@@ -57,12 +57,59 @@ def _created(name: str = "created_at") -> sa.Column:
     return sa.Column(name, TS, nullable=False, server_default=_now())
 
 
+# The pipeline's own tables: a same-named table in the database is not ours (refused).
+OWN_TABLES = (
+    "training_jobs",
+    "model_artifacts",
+    "training_metrics_history",
+    "training_job_events",
+    "feedback_export_watermarks",
+)
+# The app's training_file_conversations (roadmap §1.2) is used as it is when it has these
+# (conversation ids as text: the pipeline records ids that are not the app's uuids too).
+CONVERSATION_LINK_COLUMNS = {"training_file_id": ("uuid",), "conversation_id": ("text", "character varying")}
+
+
+def _refuse(table: str, difference: str) -> None:
+    from brightrun.registry.migrations import InstallRefused
+
+    raise InstallRefused(
+        f"cannot install the registry: the database already has a table {table!r} that is not "
+        f"brightrun's ({difference}); nothing was changed. Rename that table, or point "
+        "BRIGHTRUN_DATABASE_URL at another database"
+    )
+
+
+def _check_existing(existing: set[str]) -> None:
+    for table in OWN_TABLES:
+        if table in existing:
+            _refuse(table, "the pipeline creates this table itself")
+    if "training_file_conversations" in existing:
+        columns = {c["name"]: c for c in sa.inspect(op.get_bind()).get_columns("training_file_conversations")}
+        for name, types in CONVERSATION_LINK_COLUMNS.items():
+            if name not in columns:
+                _refuse("training_file_conversations", f"it has no column {name}")
+            actual = str(columns[name]["type"]).lower()
+            if op.get_bind().dialect.name == "postgresql" and not actual.startswith(
+                types + (("varchar",) if "text" in types else ())
+            ):
+                _refuse(
+                    "training_file_conversations",
+                    f"its {name} is {actual}, the pipeline needs {' or '.join(types)}",
+                )
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     existing = set(sa.inspect(bind).get_table_names())
+    _check_existing(existing)
 
     if "training_files" not in existing:
         _create_training_files()
+    if "training_file_conversations" in existing:
+        _adopt_training_file_conversations()
+    else:
+        _create_training_file_conversations()
     _create_pipeline_tables()
     _create_lexybrain_tables(existing)
     if bind.dialect.name == "postgresql":
@@ -96,7 +143,20 @@ def _create_training_files() -> None:
     op.create_index("ix_training_files_source_window_end", "training_files", ["source", "window_end"])
 
 
-def _create_pipeline_tables() -> None:
+def _adopt_training_file_conversations() -> None:
+    """The app's junction table: the pipeline's columns beside the app's, where missing."""
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("training_file_conversations")}
+    if "split" not in columns:
+        # A constant default: a catalog change on Postgres, no rewrite of the app's rows.
+        op.add_column(
+            "training_file_conversations",
+            sa.Column("split", sa.String(16), nullable=False, server_default="train"),
+        )
+    if "source_ref" not in columns:
+        op.add_column("training_file_conversations", sa.Column("source_ref", sa.String(255)))
+
+
+def _create_training_file_conversations() -> None:
     op.create_table(
         "training_file_conversations",
         sa.Column(
@@ -118,6 +178,9 @@ def _create_pipeline_tables() -> None:
     op.create_index(
         "ix_training_file_conversations_source_ref", "training_file_conversations", ["source_ref"]
     )
+
+
+def _create_pipeline_tables() -> None:
 
     op.create_table(
         "training_jobs",
@@ -305,6 +368,11 @@ def _training_files_is_ours() -> bool:
     return "sha256" in columns and not columns["sha256"]["nullable"]
 
 
+def _conversation_links_are_ours() -> bool:
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("training_file_conversations")}
+    return columns == {"training_file_id", "conversation_id", "split", "source_ref"}
+
+
 def downgrade() -> None:
     # The lexybrain_* tables stay: they may be LexyHub's, and their rows are user data; so
     # does the app's own training_files.
@@ -320,7 +388,8 @@ def downgrade() -> None:
         "training_metrics_history",
         "model_artifacts",
         "training_jobs",
-        "training_file_conversations",
+        # The app's own junction table stays (0001 only added columns to it).
+        *(("training_file_conversations",) if ours or _conversation_links_are_ours() else ()),
         *(("training_files",) if ours else ()),
     ):
         op.drop_table(table)

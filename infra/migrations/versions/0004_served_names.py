@@ -5,8 +5,8 @@ itself stay valid), then filled for every existing row from its job's name and i
 (`brightrun.registry.served_names`, frozen below), then a unique index. New rows get theirs
 when registered (`repository.register_artifact`).
 
-Revision ID: 0003_served_names
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_served_names"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -66,6 +66,7 @@ def prepare(
             options,
             source_sha256=source.sha256,
             source_name=source.display_name,
+            limits=resources.settings.dataset_limits,
         )
     except BrightrunError as exc:
         raise _fail(exc) from exc

@@ -58,7 +58,12 @@ def prepare(
                 [f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()],
             ) from exc
         resources = Resources.from_settings()
-        source = fetch_source(dataset, resources.settings.cache_dir / "datasets", resources.open_storage)
+        source = fetch_source(
+            dataset,
+            resources.settings.cache_dir / "datasets",
+            resources.open_storage,
+            resources.settings.fetch_policy,
+        )
         report = prepare_dataset(
             source.path,
             tokenizer,

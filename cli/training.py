@@ -285,7 +285,10 @@ def estimate_job(params: dict[str, Any]) -> str:
         if resolved.request.dataset is None:
             raise InputError("--estimate needs a DATASET file (not --training-file-id)")
         source = fetch_source(
-            resolved.request.dataset, resources.settings.cache_dir / "datasets", resources.open_storage
+            resolved.request.dataset,
+            resources.settings.cache_dir / "datasets",
+            resources.open_storage,
+            resources.settings.fetch_policy,
         )
         note = ""
         try:

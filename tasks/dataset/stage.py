@@ -116,7 +116,9 @@ def prepare_job_dataset(
     With `training_file_id` (a job started from the app's `training_files` row) the job keeps
     that row, and this job's split is recorded over it; the app's columns are not touched."""
     settings = resources.settings
-    source = fetch_source(dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage)
+    source = fetch_source(
+        dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage, settings.fetch_policy
+    )
     options = PrepareOptions.from_spec(spec)
     out_dir = prepared_cache_dir(settings.cache_dir, source, spec, options)
     report = _prepare_cached(out_dir, source, spec, options, settings.dataset_limits)

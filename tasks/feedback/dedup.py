@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from brightrun.errors import InputError
 from brightrun.registry import feedback_rows
 from brightrun.registry import repository as repo
 from brightrun.registry.models import Split, TrainingFileSource
@@ -197,6 +198,10 @@ def locate(resources: Resources, tf: repo.TrainingFileView) -> tuple[Storage, st
         raise EarlierFileUnreadable(f"training file {tf.id} has no json_file_path")
     storage = resources.storage
     if tf.source is None:
+        try:
+            repo.check_app_path(tf, allow_local_paths=resources.settings.fetch_allow_local_paths)
+        except InputError as error:
+            raise EarlierFileUnreadable(str(error)) from error
         path = repo.training_file_location(path)
     root = storage.uri().rstrip("/")
     if path.startswith(root + "/"):

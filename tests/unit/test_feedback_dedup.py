@@ -172,3 +172,15 @@ def test_a_hostile_sha256_gets_no_cache_outside_the_cache_dir(tmp_path: Path) ->
         _file_keys(resources, view, tmp_path, cache, write_cache=True)
     assert escaped.read_text(encoding="utf-8") == dump_file_keys(KEYS)
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "https://internal.example/x.json", "file:///etc/passwd"])
+def test_an_app_rows_absolute_path_or_url_is_refused_unless_configured(
+    path: str, s3_resources: Resources, tmp_path: Path
+) -> None:
+    with pytest.raises(EarlierFileUnreadable, match="BRIGHTRUN_FETCH_ALLOW_LOCAL_PATHS"):
+        locate(s3_resources, _view(path, source=None))
+    s3_resources.settings.fetch_allow_local_paths = True
+    if path == "/etc/passwd":
+        storage, key = locate(s3_resources, _view(path, source=None))
+        assert storage.uri(key) == "/etc/passwd"

@@ -244,22 +244,16 @@ def _depth_bounded(reader: _CheckedReader, limits: DatasetLimits) -> Iterator[tu
         yield event, value
 
 
-def _bounded_events(reader: _CheckedReader, limits: DatasetLimits) -> Iterator[tuple[str, str, Any]]:
-    """Prefixed events within every limit (depth and strings first, then the pair count)."""
-    pairs = 0
-    for prefix, event, value in ijson.parse(_depth_bounded(reader, limits)):
-        if event == "start_map" and prefix == "conversations.item.training_pairs.item":
-            pairs += 1
-            if pairs > limits.max_pairs:
-                raise _LimitExceeded(
-                    _limit_message(
-                        f"more than {limits.max_pairs} training pairs",
-                        "dataset_max_pairs",
-                        limits.max_pairs,
-                        reader,
-                    )
-                )
-        yield prefix, event, value
+def _check_bounds(path: Path, limits: DatasetLimits) -> None:
+    """One pass of basic events over the whole file before any prefixed parse reads it;
+    raises `_LimitExceeded`. Malformed JSON or UTF-8 ends this pass quietly: the parses
+    after it stop at the same byte and report it with its location."""
+    with open(path, "rb") as raw:
+        try:
+            for _ in _depth_bounded(_CheckedReader(raw, hash_it=False, limits=limits), limits):
+                pass
+        except (_InvalidUtf8, ijson.JSONError):
+            return
 
 
 def _yajl_reason(exc: Exception) -> str:
@@ -328,9 +322,13 @@ class DatasetScanner:
             )
             return False
         try:
+            # Depth and string lengths, before a prefixed parse (prefix strings as long as the
+            # depth, per event, a buffer at a time: a depth bomb's cost is in their square)
+            # ever sees the file.
+            _check_bounds(self.path, limits)
             with open(self.path, "rb") as raw:
                 reader = _CheckedReader(raw, hash_it=False, limits=limits)
-                events = _bounded_events(reader, limits)
+                events = ijson.parse(reader)
                 first = next(events, None)
                 if first is None:
                     self.add(Problem("the file is empty; expected a JSON object"))
@@ -346,8 +344,7 @@ class DatasetScanner:
             with open(self.path, "rb") as raw:
                 reader = _CheckedReader(raw, hash_it=False, limits=limits)
                 # The metadata comes first in every file we know of, so this reads a few KB.
-                events = _bounded_events(reader, limits)
-                meta = next(ijson.items(events, "training_file_metadata"), None)
+                meta = next(ijson.items(reader, "training_file_metadata", use_float=True), None)
         except _LimitExceeded as exc:
             self.add(Problem(str(exc)))
             return False
@@ -386,13 +383,24 @@ class DatasetScanner:
         if not self._header():
             return
         count = 0
+        pairs = 0
         last_id: str | None = None
         try:
             with open(self.path, "rb") as raw:
                 reader = _CheckedReader(raw, hash_it=self._known_sha256 is None, limits=self.limits)
-                events = _bounded_events(reader, self.limits)
-                for raw_conv in ijson.items(events, "conversations.item"):
+                for raw_conv in ijson.items(reader, "conversations.item", use_float=True):
                     count += 1
+                    if isinstance(raw_conv, dict) and isinstance(raw_conv.get("training_pairs"), list):
+                        pairs += len(raw_conv["training_pairs"])
+                        if pairs > self.limits.max_pairs:
+                            raise _LimitExceeded(
+                                _limit_message(
+                                    f"more than {self.limits.max_pairs} training pairs",
+                                    "dataset_max_pairs",
+                                    self.limits.max_pairs,
+                                    reader,
+                                )
+                            )
                     if count > self.limits.max_conversations:
                         raise _LimitExceeded(
                             _limit_message(
@@ -432,9 +440,8 @@ class DatasetScanner:
 
     def _explain_no_conversations(self) -> None:
         with open(self.path, "rb") as raw:
-            # Already read once within the limits: this pass cannot exceed them.
-            events = _bounded_events(_CheckedReader(raw, hash_it=False, limits=self.limits), self.limits)
-            value = next(ijson.items(events, "conversations"), None)
+            # `_header` checked the whole file's bounds: this parse is safe.
+            value = next(ijson.items(raw, "conversations", use_float=True), None)
         if value is None:
             self.add(Problem("missing", field="conversations"))
         elif isinstance(value, list):

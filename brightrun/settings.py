@@ -11,10 +11,10 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,6 +50,31 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config file must be a mapping of setting: value")
         return {k: v for k, v in data.items() if v is not None}
+
+
+# ---------------------------------------------------------------- input limits (issue 20)
+# Defaults every reader applies even when no settings reach it; the Settings fields of the
+# same names (BRIGHTRUN_DATASET_MAX_DEPTH, ...) override them at the boundary.
+
+
+class DatasetLimits(BaseModel):
+    """Bounds on a training file, checked while it streams: past one, the file is refused
+    with a located message before it can take the machine's memory."""
+
+    max_file_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_depth: int = Field(default=64, ge=4)
+    max_string_chars: int = Field(default=1_000_000, ge=16)
+    max_conversations: int = Field(default=1_000_000, ge=1)
+    max_pairs: int = Field(default=10_000_000, ge=1)
+
+
+class FetchPolicy(BaseModel):
+    """How an http(s) training file is fetched: a size cap, redirects, whom it may reach."""
+
+    max_bytes: int = Field(default=2 * 1024**3, ge=1)
+    redirects: Literal["none", "same-host"] = "same-host"
+    allow_private: bool = False  # loopback, private, link-local (cloud metadata) addresses
+    allow_local_paths: bool = False  # an app row's json_file_path that is absolute or a URL
 
 
 class Settings(BaseSettings):
@@ -96,6 +121,16 @@ class Settings(BaseSettings):
         'know, e.g. {"project_id": "..."} (BRIGHTRUN_TRAINING_FILE_DEFAULTS)',
     )
     webhook_secret: SecretStr | None = None
+    # Input limits: see DatasetLimits and FetchPolicy (and README, "Security and reliability").
+    dataset_max_file_bytes: int = Field(default=DatasetLimits().max_file_bytes, ge=1)
+    dataset_max_depth: int = Field(default=DatasetLimits().max_depth, ge=4)
+    dataset_max_string_chars: int = Field(default=DatasetLimits().max_string_chars, ge=16)
+    dataset_max_conversations: int = Field(default=DatasetLimits().max_conversations, ge=1)
+    dataset_max_pairs: int = Field(default=DatasetLimits().max_pairs, ge=1)
+    fetch_max_bytes: int = Field(default=FetchPolicy().max_bytes, ge=1)
+    fetch_redirects: Literal["none", "same-host"] = FetchPolicy().redirects
+    fetch_allow_private: bool = FetchPolicy().allow_private
+    fetch_allow_local_paths: bool = FetchPolicy().allow_local_paths
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
@@ -123,6 +158,25 @@ class Settings(BaseSettings):
                 f"BRIGHTRUN_STORAGE_URL={self.storage_url!r}: use a directory or s3://bucket/prefix"
             )
         return self
+
+    @property
+    def dataset_limits(self) -> DatasetLimits:
+        return DatasetLimits(
+            max_file_bytes=self.dataset_max_file_bytes,
+            max_depth=self.dataset_max_depth,
+            max_string_chars=self.dataset_max_string_chars,
+            max_conversations=self.dataset_max_conversations,
+            max_pairs=self.dataset_max_pairs,
+        )
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            max_bytes=self.fetch_max_bytes,
+            redirects=self.fetch_redirects,
+            allow_private=self.fetch_allow_private,
+            allow_local_paths=self.fetch_allow_local_paths,
+        )
 
     @cached_property
     def resolved_storage_url(self) -> str:

@@ -58,7 +58,12 @@ def prepare(
                 validation_problems(exc.errors(), as_option=True),
             ) from exc
         resources = Resources.from_settings()
-        source = fetch_source(dataset, resources.settings.cache_dir / "datasets", resources.open_storage)
+        source = fetch_source(
+            dataset,
+            resources.settings.cache_dir / "datasets",
+            resources.open_storage,
+            resources.settings.fetch_policy,
+        )
         report = prepare_dataset(
             source.path,
             tokenizer,
@@ -66,6 +71,7 @@ def prepare(
             options,
             source_sha256=source.sha256,
             source_name=source.display_name,
+            limits=resources.settings.dataset_limits,
         )
     except BrightrunError as exc:
         raise _fail(exc) from exc

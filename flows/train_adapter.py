@@ -189,7 +189,10 @@ def _dataset_source(resources: Resources, request: TrainRequest) -> str:
         return request.dataset
     assert request.training_file_id is not None  # resolve_train_request checked one is given
     _, uri = repo.resolve_training_file(
-        resources.registry, request.training_file_id, bucket_url=resources.settings.training_files_url
+        resources.registry,
+        request.training_file_id,
+        bucket_url=resources.settings.training_files_url,
+        allow_local_paths=resources.settings.fetch_allow_local_paths,
     )
     return uri
 

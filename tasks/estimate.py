@@ -104,7 +104,12 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
     from tasks.dataset.prepare import PrepareOptions, prepare_dataset
     from tasks.dataset.tokenizer import load_tokenizer
 
-    source = fetch_source(dataset, resources.settings.cache_dir / "datasets", resources.open_storage)
+    source = fetch_source(
+        dataset,
+        resources.settings.cache_dir / "datasets",
+        resources.open_storage,
+        resources.settings.fetch_policy,
+    )
     note = ""
     try:
         tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
@@ -128,6 +133,7 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
             PrepareOptions.from_spec(spec),
             source_sha256=source.sha256,
             source_name=source.display_name,
+            limits=resources.settings.dataset_limits,
         )
     prices: dict[str, tuple[float | None, float | None]] = {}
     if resources.settings.runpod_api_key is not None:

@@ -6,9 +6,17 @@ Save: every file is written to a local directory, uploaded under
 older ones are deleted only after the new LATEST is written.
 
 Resume: the committed steps (LATEST and any older step with a manifest) are tried
-newest first; a checkpoint whose manifest is unreadable, lacks a file, whose file size or
-sha256 differs, or whose files are not plain tensor data is rejected and the previous one
-is tried.
+newest first; a checkpoint that is corrupt (its manifest is missing or not a manifest, it
+lacks a file, a file's size or sha256 differs, or a file is not plain tensor data) is
+rejected and the previous one is tried.
+
+A read error is not a bad checkpoint: a storage error other than "no such object" or
+"sha256 mismatch" is retried with backoff (`ReadRetry`), and if it persists the resume
+stops with `CheckpointUnreadable` (the attempt fails; every checkpoint stays as it was, so
+a later resume continues from it). Only when every candidate is corrupt does a run start
+from step 0, and even then the rejected checkpoints are moved under
+`rejected-checkpoints/`, never deleted: they are evidence, and a wrong verdict must stay
+recoverable.
 
 Nothing read from storage may run code: the manifest sits in the same bucket as the files
 it describes, so a matching sha256 proves integrity, not origin. Every `.pt` file is read
@@ -30,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,9 +46,9 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from brightrun import layout
-from brightrun.manifest import build_manifest, download_files, encode
+from brightrun.manifest import build_manifest, encode
 from brightrun.protocol import Manifest
-from brightrun.storage import Storage, StorageError
+from brightrun.storage import IntegrityError, ObjectNotFound, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ RNG_FILE = "rng.pt"
 STATE_FILE = "trainer_state.json"
 REQUIRED_FILES = (ADAPTER_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, STATE_FILE)
 _STEP_DIR = re.compile(r"^checkpoints/(\d{8})/")
+_T = TypeVar("_T")
 
 
 class TrainerState(BaseModel):
@@ -72,7 +81,31 @@ class TrainerState(BaseModel):
 
 
 class CheckpointRejected(Exception):
-    """A stored checkpoint failed verification; the reason names the file."""
+    """A stored checkpoint is corrupt (failed verification); the reason names the file."""
+
+
+class CheckpointUnreadable(Exception):
+    """Storage would not answer while reading a checkpoint, even after retries. Says nothing
+    about the checkpoint itself: the resume stops here instead of falling back or deleting."""
+
+
+QUARANTINE_DIR = "rejected-checkpoints"
+UNREADABLE_STEP = -2  # what rank 0 broadcasts when storage failed: every rank stops
+
+
+@dataclass(frozen=True)
+class ReadRetry:
+    """How long a resume waits out a storage outage before failing the attempt:
+    `attempts` tries per read, sleeping `first_delay_s`, then twice that, and so on."""
+
+    attempts: int = 5
+    first_delay_s: float = 1.0
+
+    def delays(self) -> list[float]:
+        return [self.first_delay_s * 2**i for i in range(max(0, self.attempts - 1))]
+
+
+DEFAULT_READ_RETRY = ReadRetry()
 
 
 def fault_requested(name: str, step: int) -> bool:
@@ -85,6 +118,47 @@ def fault_requested(name: str, step: int) -> bool:
             log.warning("fault injection: %s at step %d", name, step)
             return True
     return False
+
+
+_read_faults_left: int | None = None
+
+
+def _injected_read_error(what: str) -> None:
+    """Test hook: `BRIGHTRUN_TRAINER_FAULT=checkpoint_read_errors:N` makes the first N storage
+    reads of the resume fail as an outage would (unset in production)."""
+    global _read_faults_left
+    if _read_faults_left is None:
+        _read_faults_left = 0
+        for item in os.environ.get("BRIGHTRUN_TRAINER_FAULT", "").split(","):
+            kind, _, count = item.strip().partition(":")
+            if kind == "checkpoint_read_errors" and count.isdigit():
+                _read_faults_left = int(count)
+    if _read_faults_left > 0:
+        _read_faults_left -= 1
+        log.warning("fault injection: storage read of %s fails", what)
+        raise StorageError(f"{what}: injected storage outage")
+
+
+def read_with_retry(what: str, read: Callable[[], _T], retry: ReadRetry = DEFAULT_READ_RETRY) -> _T:
+    """`read()`, retrying storage errors with backoff. "No such object" and "sha256 mismatch"
+    are answers, not outages: they pass through at once. Anything else that persists becomes
+    `CheckpointUnreadable`, naming the object."""
+    delays = retry.delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            _injected_read_error(what)
+            return read()
+        except (ObjectNotFound, IntegrityError):
+            raise
+        except StorageError as exc:
+            if attempt == len(delays):
+                raise CheckpointUnreadable(
+                    f"{what}: storage error after {retry.attempts} tries ({exc}); no checkpoint was "
+                    "rejected or deleted: resume the job once storage answers again"
+                ) from exc
+            log.warning("reading %s failed (%s); retrying in %.1f s", what, exc, delays[attempt])
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
 
 
 def test_pacing(name: str) -> None:
@@ -254,49 +328,91 @@ def upload_with_manifest(
 # storage ----------------------------------------------------------------------
 
 
-def stored_steps(storage: Storage) -> list[int]:
+def stored_steps(storage: Storage, retry: ReadRetry | None = None) -> list[int]:
     """Steps that have anything under `checkpoints/`, ascending."""
+    prefix = layout.CHECKPOINTS_DIR + "/"
+    keys = (
+        storage.list(prefix)
+        if retry is None
+        else read_with_retry(prefix, lambda: storage.list(prefix), retry)
+    )
     steps = set()
-    for key in storage.list(layout.CHECKPOINTS_DIR + "/"):
+    for key in keys:
         match = _STEP_DIR.match(key)
         if match:
             steps.add(int(match.group(1)))
     return sorted(steps)
 
 
-def read_latest(storage: Storage) -> int | None:
+def read_latest(storage: Storage, retry: ReadRetry | None = None) -> int | None:
+    """The committed step LATEST names; None when there is no LATEST. Without `retry` any
+    storage error also reads as None (what a commit in progress needs); with it, an outage
+    raises `CheckpointUnreadable`: "cannot read LATEST" must never mean "start over"."""
     try:
-        text = storage.get_bytes(layout.LATEST).decode().strip()
-    except StorageError:
+        if retry is None:
+            raw = storage.get_bytes(layout.LATEST)
+        else:
+            raw = read_with_retry(layout.LATEST, lambda: storage.get_bytes(layout.LATEST), retry)
+    except ObjectNotFound:
         return None
+    except StorageError:
+        if retry is not None:
+            raise
+        return None
+    text = raw.decode(errors="replace").strip()
     return int(text) if text.isdigit() else None
 
 
-def committed_steps(storage: Storage) -> list[int]:
+def committed_steps(storage: Storage, retry: ReadRetry | None = None) -> list[int]:
     """Resume candidates, newest first: LATEST, then older steps that have a manifest."""
-    latest = read_latest(storage)
+    latest = read_latest(storage, retry)
     if latest is None:
         return []
-    older = [s for s in stored_steps(storage) if s < latest and storage.exists(layout.checkpoint_manifest(s))]
+
+    def has_manifest(step: int) -> bool:
+        key = layout.checkpoint_manifest(step)
+        return (
+            storage.exists(key) if retry is None else read_with_retry(key, lambda: storage.exists(key), retry)
+        )
+
+    older = [s for s in stored_steps(storage, retry) if s < latest and has_manifest(s)]
     return [latest, *sorted(older, reverse=True)]
 
 
-def download_verified(storage: Storage, step: int, dest: Path) -> Path:
-    """Download checkpoint `step` to `dest`, checking every file against its manifest entry."""
+def download_verified(storage: Storage, step: int, dest: Path, retry: ReadRetry = DEFAULT_READ_RETRY) -> Path:
+    """Download checkpoint `step` to `dest`, checking every file against its manifest entry.
+    `CheckpointRejected` when it is corrupt, `CheckpointUnreadable` when storage fails."""
     prefix = layout.checkpoint_dir(step)
     if dest.exists():
         shutil.rmtree(dest)
+    key = layout.checkpoint_manifest(step)
     try:
-        manifest = Manifest.model_validate_json(storage.get_bytes(layout.checkpoint_manifest(step)))
-    except Exception as exc:
+        raw = read_with_retry(key, lambda: storage.get_bytes(key), retry)
+    except (ObjectNotFound, IntegrityError) as exc:
+        raise CheckpointRejected(f"{prefix}: manifest unreadable ({exc})") from exc
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValueError as exc:
         raise CheckpointRejected(f"{prefix}: manifest unreadable ({exc})") from exc
     missing = [f for f in REQUIRED_FILES if f not in manifest.files]
     if missing:
         raise CheckpointRejected(f"{prefix}: manifest lacks {missing}")
-    problems = download_files(storage, prefix, manifest, dest)
-    if problems:
-        key, reason = problems[0]
-        raise CheckpointRejected(f"{key}: {reason}")
+    for rel in manifest.files:
+        if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+            raise CheckpointRejected(f"{prefix}: manifest names {rel!r}, not a file of the checkpoint")
+    for rel, entry in manifest.files.items():
+        target = dest / rel
+        file_key = f"{prefix}/{rel}"
+        try:
+            info = read_with_retry(
+                file_key,
+                lambda k=file_key, t=target, e=entry: storage.get_file(k, t, expected_sha256=e.sha256),
+                retry,
+            )
+        except (ObjectNotFound, IntegrityError) as exc:
+            raise CheckpointRejected(f"{prefix}/{rel}: {exc}") from exc
+        if info.size != entry.size or target.stat().st_size != entry.size:
+            raise CheckpointRejected(f"{prefix}/{rel}: size {info.size} != manifest {entry.size}")
     return dest
 
 
@@ -308,12 +424,16 @@ class Restorable:
     files: CheckpointFiles | None = None  # read safely; None when no checkpoint verified
 
 
-def fetch_latest_valid(storage: Storage, work: Path) -> Restorable | None:
-    """The newest committed checkpoint that verifies, downloaded; None to start from scratch."""
+def fetch_latest_valid(
+    storage: Storage, work: Path, retry: ReadRetry = DEFAULT_READ_RETRY
+) -> Restorable | None:
+    """The newest committed checkpoint that verifies, downloaded; None to start from scratch
+    (no LATEST); step -1 when every candidate is corrupt. Raises `CheckpointUnreadable` when
+    storage fails past the retries: then nothing was rejected and nothing may be deleted."""
     rejected: list[tuple[int, str]] = []
-    for step in committed_steps(storage):
+    for step in committed_steps(storage, retry):
         try:
-            directory = download_verified(storage, step, work / f"{step:08d}")
+            directory = download_verified(storage, step, work / f"{step:08d}", retry)
             files = read_local(directory, layout.checkpoint_dir(step))
         except CheckpointRejected as exc:
             log.warning("checkpoint %d rejected: %s", step, exc)
@@ -323,6 +443,38 @@ def fetch_latest_valid(storage: Storage, work: Path) -> Restorable | None:
     if rejected:
         return Restorable(-1, work, rejected)
     return None
+
+
+def quarantine(storage: Storage, rejected: list[tuple[int, str]], work: Path, tag: str) -> list[str]:
+    """Move the rejected checkpoints (and LATEST) under `rejected-checkpoints/<tag>/`, with a
+    `REJECTED.json` of the reasons, so a run that must start over from step 0 neither reuses
+    nor destroys them. Everything is copied before anything is deleted (a storage error
+    leaves the originals in place). A file whose bytes the storage itself refuses to return
+    (its recorded sha256 differs) cannot be copied: the note records it. Returns the new keys."""
+    base = f"{QUARANTINE_DIR}/{tag}"
+    keys = [layout.LATEST] if storage.exists(layout.LATEST) else []
+    for step, _ in rejected:
+        keys += storage.list(layout.checkpoint_dir(step) + "/")
+    local = work / "quarantine.tmp"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    moved: list[str] = []
+    uncopied: dict[str, str] = {}
+    for key in keys:
+        try:
+            storage.get_file(key, local)
+        except (ObjectNotFound, IntegrityError) as exc:
+            uncopied[key] = str(exc)
+            continue
+        storage.put_file(f"{base}/{key}", local)
+        moved.append(f"{base}/{key}")
+    local.unlink(missing_ok=True)
+    note = {"rejected": {str(step): reason for step, reason in rejected}, "not_copied": uncopied}
+    storage.put_bytes(f"{base}/REJECTED.json", json.dumps(note, indent=2).encode())
+    for step, _ in rejected:
+        storage.delete(layout.checkpoint_manifest(step))
+        storage.delete_prefix(layout.checkpoint_dir(step) + "/")
+    storage.delete(layout.LATEST)
+    return moved
 
 
 def commit(storage: Storage, directory: Path, step: int, keep_last: int) -> Manifest:

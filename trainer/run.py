@@ -471,7 +471,13 @@ class Run:
 
         if not self.world.is_main:
             return self._resume_follower()
-        restorable = checkpoints.fetch_latest_valid(self.storage, self.work / "restore")
+        try:
+            restorable = checkpoints.fetch_latest_valid(self.storage, self.work / "restore")
+        except checkpoints.CheckpointUnreadable:
+            # Storage is down, not the checkpoints: fail this attempt with nothing deleted, so
+            # a later resume continues from them. The other ranks stop too.
+            distributed.broadcast(self.world, checkpoints.UNREADABLE_STEP)
+            raise
         distributed.broadcast(self.world, restorable.step if restorable else None)
         if restorable is None:
             gone = checkpoints.discard_after(self.storage, -1)
@@ -481,9 +487,19 @@ class Run:
         for step, reason in restorable.rejected:
             self.reporter.event("checkpoint_rejected", step=step, reason=reason)
         if restorable.step < 0:
-            log.warning("no committed checkpoint verifies: starting from step 0")
-            checkpoints.discard_after(self.storage, -1)
-            self.storage.delete(layout.LATEST)
+            # Every candidate is corrupt (not merely unreadable): start over, but keep them
+            # under rejected-checkpoints/ for whoever investigates; never delete them.
+            tag = f"attempt-{self.reporter.attempt}"
+            moved = checkpoints.quarantine(self.storage, restorable.rejected, self.work / "restore", tag)
+            log.warning(
+                "no committed checkpoint verifies: moved them under %s/%s/; starting from step 0",
+                checkpoints.QUARANTINE_DIR,
+                tag,
+            )
+            self.reporter.event(
+                "checkpoints_quarantined", steps=[s for s, _ in restorable.rejected], keys=len(moved)
+            )
+            checkpoints.discard_after(self.storage, -1)  # uploads that never committed
             return None
         assert restorable.files is not None  # a verified step is always read
         state = checkpoints.apply_local(
@@ -518,6 +534,8 @@ class Run:
         from trainer import checkpoints
 
         step = distributed.broadcast(self.world, None)
+        if step == checkpoints.UNREADABLE_STEP:
+            raise checkpoints.CheckpointUnreadable("rank 0 could not read the checkpoints (see its log)")
         if step is None or step < 0:
             return None
         directory = checkpoints.download_verified(self.storage, step, self.work / "restore" / f"{step:08d}")

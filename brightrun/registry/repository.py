@@ -976,18 +976,37 @@ def training_file_location(json_file_path: str, bucket_url: str = f"s3://{APP_TR
     return f"{bucket}/{path.lstrip('/')}"
 
 
+def check_app_path(training_file: TrainingFileView, *, allow_local_paths: bool = False) -> None:
+    """The app's own rows (no `source`) name a path in its training-files bucket. One that is
+    an absolute path or a URL would make the pipeline read a file of the worker's machine or
+    fetch from anywhere on the app user's say: refused unless BRIGHTRUN_FETCH_ALLOW_LOCAL_PATHS."""
+    path = (training_file.json_file_path or "").strip()
+    if training_file.source is None and not allow_local_paths and ("://" in path or path.startswith("/")):
+        shown = path.split("?", 1)[0]
+        raise InputError(
+            f"training file {training_file.id}: json_file_path {shown!r} is an absolute path or a URL, "
+            "not a path in the app's training-files bucket; set BRIGHTRUN_FETCH_ALLOW_LOCAL_PATHS=true "
+            "to allow it"
+        )
+
+
 @retry_on_disconnect
 def resolve_training_file(
-    bind: Bind, file_id: str | uuid.UUID, *, bucket_url: str = f"s3://{APP_TRAINING_FILES_BUCKET}"
+    bind: Bind,
+    file_id: str | uuid.UUID,
+    *,
+    bucket_url: str = f"s3://{APP_TRAINING_FILES_BUCKET}",
+    allow_local_paths: bool = False,
 ) -> tuple[TrainingFileView, str]:
     """A job started from a `training_file_id` (the app's way): the row and the dataset's URI.
 
     Raises `TrainingFileNotFound` (exit 2) for an unknown id and InputError for a row
-    without a `json_file_path`.
+    without a `json_file_path`, or an app row whose path is absolute or a URL (`check_app_path`).
     """
     training_file = get_training_file(bind, file_id)
     if not training_file.json_file_path:
         raise InputError(f"training file {file_id} has no json_file_path: nothing to train on")
+    check_app_path(training_file, allow_local_paths=allow_local_paths)
     return training_file, training_file_location(training_file.json_file_path, bucket_url)
 
 

@@ -42,9 +42,9 @@ def parse_adapter_option(value: str) -> AdapterChoice:
 
 
 def served_name(artifact: AdapterRow) -> str:
-    """The name an adapter answers to. The registry's `served_name` (branch `adapters`, issue
-    24) when the artifact has one; until then its artifact id."""
-    return str(getattr(artifact, "served_name", None) or artifact.id)
+    """The name an adapter answers to: the registry's `served_name`, or its artifact id for a
+    row registered before served names (the migration fills those, the app may insert others)."""
+    return str(artifact.served_name or artifact.id)
 
 
 def load_for_serving(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from brightrun import prepared
 from brightrun.errors import InputError
+from brightrun.settings import DatasetLimits
 from brightrun.spec import JobSpec, PreprocessingSettings
 from brightrun.storage import sha256_file
 from tasks.dataset.convert import (
@@ -78,9 +79,9 @@ class DatasetReport(BaseModel):
     quality_histogram: dict[str, int]
 
 
-def load_and_validate(path: Path) -> ValidationResult:
+def load_and_validate(path: Path, limits: DatasetLimits | None = None) -> ValidationResult:
     """Validate and raise `InputError` listing every problem; the result when the file is fine."""
-    result = validate_dataset(path)
+    result = validate_dataset(path, limits)
     if not result.ok:
         raise InputError(f"{path}: {result.problem_count} problem(s) in the training file", result.messages())
     return result
@@ -161,6 +162,7 @@ def prepare_dataset(
     *,
     source_sha256: str | None = None,
     source_name: str | None = None,
+    limits: DatasetLimits | None = None,
 ) -> DatasetReport:
     """Validate, convert and tokenize `source` into `out_dir` (the `brightrun.prepared` layout).
 
@@ -182,7 +184,7 @@ def prepare_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
-        scanner = DatasetScanner(source, sha256=source_sha256)
+        scanner = DatasetScanner(source, sha256=source_sha256, limits=limits)
         writer = SplitWriter(tmp, options.validation_fraction, options.seed)
         converter = _Converter(encoder, options, writer)
         try:

@@ -15,12 +15,19 @@ must be present) and `training_metadata.quality_score` (number). Optional:
 `consultant_profile`, `scaffolding`, `emotional_context`, `difficulty_level`,
 `demonstrates_skills`. Unknown extra fields anywhere are kept, never rejected.
 Types are strict: "3" is not a turn number.
+
+Bounded: every read goes through `_bounded_events`, which refuses a file past the
+`DatasetLimits` (file size, nesting depth, string length, conversations, pairs) with a
+located problem before it can take the machine's memory. Nothing here recurses on the
+input: a depth bomb stops at the depth limit, before the prefix strings of a deep
+parse (quadratic in the depth) or a recursive validator ever see it.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,8 @@ from typing import Any, BinaryIO, Literal
 
 import ijson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from brightrun.settings import DatasetLimits
 
 FORMAT_SPEC = "brightrun-lora-v4"
 MAX_PROBLEMS_KEPT = 1000
@@ -137,23 +146,57 @@ class _InvalidUtf8(Exception):
         self.line = line
 
 
+class _LimitExceeded(Exception):
+    """The file is past one of the `DatasetLimits`; the message says which and where."""
+
+
+def _limit_message(what: str, setting: str, limit: int, reader: _CheckedReader) -> str:
+    return (
+        f"{what} (near byte {reader.offset}, line {reader.lines}); the limit is "
+        f"BRIGHTRUN_{setting.upper()}={limit}: the file was refused before it was read further"
+    )
+
+
 class _CheckedReader:
     """A binary reader that hashes and UTF-8-checks the bytes as ijson pulls them.
 
     Doing it inside the one parsing pass costs no extra read of a large file and
     gives the exact byte offset and line of an invalid UTF-8 sequence, which the
     JSON parser's own message does not.
+
+    It also refuses a run of bytes without a `"` longer than a string may be, before
+    the parser buffers it: the parser only hands a string over once it has all of it
+    (a string full of escaped quotes passes here and is refused by its length after).
     """
 
-    def __init__(self, raw: BinaryIO, *, hash_it: bool) -> None:
+    def __init__(self, raw: BinaryIO, *, hash_it: bool, limits: DatasetLimits | None = None) -> None:
         self._raw = raw
         self._digest = hashlib.sha256() if hash_it else None
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self.offset = 0
         self.lines = 1
+        self._limits = limits or DatasetLimits()
+        # A character takes at most 6 bytes in JSON (a \uXXXX escape).
+        self._max_gap = 6 * self._limits.max_string_chars + 16
+        self._since_quote = 0
+
+    def _check_gap(self, chunk: bytes) -> None:
+        first = chunk.find(b'"')
+        if (first if first >= 0 else len(chunk)) + self._since_quote > self._max_gap:
+            raise _LimitExceeded(
+                _limit_message(
+                    f"a string or token longer than {self._limits.max_string_chars} characters",
+                    "dataset_max_string_chars",
+                    self._limits.max_string_chars,
+                    self,
+                )
+            )
+        last = chunk.rfind(b'"')
+        self._since_quote = self._since_quote + len(chunk) if last < 0 else len(chunk) - last - 1
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._raw.read(size)
+        self._check_gap(chunk)
         try:
             self._decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
@@ -167,6 +210,50 @@ class _CheckedReader:
 
     def hexdigest(self) -> str | None:
         return self._digest.hexdigest() if self._digest is not None else None
+
+
+def _depth_bounded(reader: _CheckedReader, limits: DatasetLimits) -> Iterator[tuple[str, Any]]:
+    """ijson's basic events (no prefixes: constant work per event), refused past the depth
+    and string limits. It must come before any prefixed parse: those build a prefix string
+    per event as long as the depth, so a depth bomb costs memory in the square of its depth
+    within one read buffer, before any later check could see it."""
+    depth = 0
+    for event, value in ijson.basic_parse(reader, use_float=True):
+        if event == "start_map" or event == "start_array":
+            depth += 1
+            if depth > limits.max_depth:
+                raise _LimitExceeded(
+                    _limit_message(
+                        f"nested deeper than {limits.max_depth} levels",
+                        "dataset_max_depth",
+                        limits.max_depth,
+                        reader,
+                    )
+                )
+        elif event == "end_map" or event == "end_array":
+            depth -= 1
+        elif (event == "string" or event == "map_key") and len(value) > limits.max_string_chars:
+            raise _LimitExceeded(
+                _limit_message(
+                    f"a string of {len(value)} characters, more than {limits.max_string_chars}",
+                    "dataset_max_string_chars",
+                    limits.max_string_chars,
+                    reader,
+                )
+            )
+        yield event, value
+
+
+def _check_bounds(path: Path, limits: DatasetLimits) -> None:
+    """One pass of basic events over the whole file before any prefixed parse reads it;
+    raises `_LimitExceeded`. Malformed JSON or UTF-8 ends this pass quietly: the parses
+    after it stop at the same byte and report it with its location."""
+    with open(path, "rb") as raw:
+        try:
+            for _ in _depth_bounded(_CheckedReader(raw, hash_it=False, limits=limits), limits):
+                pass
+        except (_InvalidUtf8, ijson.JSONError):
+            return
 
 
 def _yajl_reason(exc: Exception) -> str:
@@ -200,10 +287,12 @@ class DatasetScanner:
     problem found (file-level ones included) and the file's sha256.
     """
 
-    def __init__(self, path: Path, *, sha256: str | None = None) -> None:
+    def __init__(self, path: Path, *, sha256: str | None = None, limits: DatasetLimits | None = None) -> None:
         """`sha256`: the file's digest when the caller already has it (the dataset stage hashes
-        a source once, while fetching it); otherwise the scan computes it in its one pass."""
+        a source once, while fetching it); otherwise the scan computes it in its one pass.
+        `limits`: the settings' `dataset_limits` (default: `DatasetLimits()`)."""
         self.path = Path(path)
+        self.limits = limits or DatasetLimits()
         self.result = ValidationResult(path=self.path)
         self._known_sha256 = sha256
         self._pair_ids: dict[str, str] = {}
@@ -218,9 +307,27 @@ class DatasetScanner:
     # -- passes -------------------------------------------------------------
     def _header(self) -> bool:
         """Check the top level and the file metadata; False when the file is not usable at all."""
+        limits = self.limits
         try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:
+            self.add(Problem(f"cannot read {self.path}: {exc.strerror or exc}"))
+            return False
+        if size > limits.max_file_bytes:
+            self.add(
+                Problem(
+                    f"the file is {size} bytes, more than {limits.max_file_bytes}; the limit is "
+                    f"BRIGHTRUN_DATASET_MAX_FILE_BYTES={limits.max_file_bytes}: nothing was read"
+                )
+            )
+            return False
+        try:
+            # Depth and string lengths, before a prefixed parse (prefix strings as long as the
+            # depth, per event, a buffer at a time: a depth bomb's cost is in their square)
+            # ever sees the file.
+            _check_bounds(self.path, limits)
             with open(self.path, "rb") as raw:
-                reader = _CheckedReader(raw, hash_it=False)
+                reader = _CheckedReader(raw, hash_it=False, limits=limits)
                 events = ijson.parse(reader)
                 first = next(events, None)
                 if first is None:
@@ -235,9 +342,12 @@ class DatasetScanner:
                     )
                     return False
             with open(self.path, "rb") as raw:
-                reader = _CheckedReader(raw, hash_it=False)
+                reader = _CheckedReader(raw, hash_it=False, limits=limits)
                 # The metadata comes first in every file we know of, so this reads a few KB.
                 meta = next(ijson.items(reader, "training_file_metadata", use_float=True), None)
+        except _LimitExceeded as exc:
+            self.add(Problem(str(exc)))
+            return False
         except _InvalidUtf8 as exc:
             self.add(Problem(f"{exc}; the file must be UTF-8 encoded"))
             return False
@@ -273,12 +383,33 @@ class DatasetScanner:
         if not self._header():
             return
         count = 0
+        pairs = 0
         last_id: str | None = None
         try:
             with open(self.path, "rb") as raw:
-                reader = _CheckedReader(raw, hash_it=self._known_sha256 is None)
+                reader = _CheckedReader(raw, hash_it=self._known_sha256 is None, limits=self.limits)
                 for raw_conv in ijson.items(reader, "conversations.item", use_float=True):
                     count += 1
+                    if isinstance(raw_conv, dict) and isinstance(raw_conv.get("training_pairs"), list):
+                        pairs += len(raw_conv["training_pairs"])
+                        if pairs > self.limits.max_pairs:
+                            raise _LimitExceeded(
+                                _limit_message(
+                                    f"more than {self.limits.max_pairs} training pairs",
+                                    "dataset_max_pairs",
+                                    self.limits.max_pairs,
+                                    reader,
+                                )
+                            )
+                    if count > self.limits.max_conversations:
+                        raise _LimitExceeded(
+                            _limit_message(
+                                f"more than {self.limits.max_conversations} conversations",
+                                "dataset_max_conversations",
+                                self.limits.max_conversations,
+                                reader,
+                            )
+                        )
                     conv = self._check_conversation(count - 1, raw_conv)
                     last_id = self._conversation_label(count - 1, raw_conv)
                     if conv is not None:
@@ -288,6 +419,9 @@ class DatasetScanner:
                 while reader.read(1024 * 1024):
                     pass
                 self.result.sha256 = self._known_sha256 or reader.hexdigest()
+        except _LimitExceeded as exc:
+            self.add(Problem(str(exc), conversation=self._after(last_id)))
+            return
         except _InvalidUtf8 as exc:
             self.add(Problem(f"{exc}; the file must be UTF-8 encoded", conversation=self._after(last_id)))
             return
@@ -306,6 +440,7 @@ class DatasetScanner:
 
     def _explain_no_conversations(self) -> None:
         with open(self.path, "rb") as raw:
+            # `_header` checked the whole file's bounds: this parse is safe.
             value = next(ijson.items(raw, "conversations", use_float=True), None)
         if value is None:
             self.add(Problem("missing", field="conversations"))
@@ -403,9 +538,9 @@ class DatasetScanner:
         return conv if ok else None
 
 
-def validate_dataset(path: Path) -> ValidationResult:
+def validate_dataset(path: Path, limits: DatasetLimits | None = None) -> ValidationResult:
     """Every problem of a brightrun-lora-v4 file at once; never raises for bad data."""
-    scanner = DatasetScanner(path)
+    scanner = DatasetScanner(path, limits=limits)
     for _ in scanner.conversations():
         pass
     if scanner.result.ok and scanner.result.conversations == 0:

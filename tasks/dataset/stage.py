@@ -22,6 +22,7 @@ from brightrun.layout import JobLayout
 from brightrun.registry import feedback_rows
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
+from brightrun.settings import DatasetLimits
 from brightrun.spec import JobSpec
 from brightrun.storage import Storage
 from tasks.dataset.fetch import SourceFile, fetch_source
@@ -60,7 +61,7 @@ def prepared_cache_dir(cache_dir: Path, source: SourceFile, spec: JobSpec, optio
 
 
 def _prepare_cached(
-    out_dir: Path, source: SourceFile, spec: JobSpec, options: PrepareOptions
+    out_dir: Path, source: SourceFile, spec: JobSpec, options: PrepareOptions, limits: DatasetLimits
 ) -> DatasetReport:
     """The cached preparation when it is complete (meta.json is written last), else a new one:
     a cleaned cache or a half-deleted entry is rebuilt, never trusted."""
@@ -85,6 +86,7 @@ def _prepare_cached(
         tokenizer,
         out_dir,
         options,
+        limits=limits,
         source_sha256=source.sha256,
         source_name=source.display_name,
     )
@@ -114,10 +116,12 @@ def prepare_job_dataset(
     With `training_file_id` (a job started from the app's `training_files` row) the job keeps
     that row, and this job's split is recorded over it; the app's columns are not touched."""
     settings = resources.settings
-    source = fetch_source(dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage)
+    source = fetch_source(
+        dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage, settings.fetch_policy
+    )
     options = PrepareOptions.from_spec(spec)
     out_dir = prepared_cache_dir(settings.cache_dir, source, spec, options)
-    report = _prepare_cached(out_dir, source, spec, options)
+    report = _prepare_cached(out_dir, source, spec, options, settings.dataset_limits)
     # Only a file that prepared is stored and recorded: bad input leaves no trace.
     source_uri = _store_source(storage, source)
     layout = JobLayout(job_id)

@@ -9,8 +9,8 @@ with the train/validation split it recorded. The split is never derived here.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-import pickle
 import re
 import unicodedata
 import uuid
@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from brightrun.errors import InputError
 from brightrun.registry import feedback_rows
 from brightrun.registry import repository as repo
 from brightrun.registry.models import Split, TrainingFileSource
@@ -197,6 +198,10 @@ def locate(resources: Resources, tf: repo.TrainingFileView) -> tuple[Storage, st
         raise EarlierFileUnreadable(f"training file {tf.id} has no json_file_path")
     storage = resources.storage
     if tf.source is None:
+        try:
+            repo.check_app_path(tf, allow_local_paths=resources.settings.fetch_allow_local_paths)
+        except InputError as error:
+            raise EarlierFileUnreadable(str(error)) from error
         path = repo.training_file_location(path)
     root = storage.uri().rstrip("/")
     if path.startswith(root + "/"):
@@ -233,6 +238,65 @@ def scan_file_keys(path: Path) -> FileKeys:
     ]
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CACHE_FORMAT = "brightrun-dedup-keys-v1"
+_DIGEST_HEX = re.compile(r"[0-9a-f]{32}")
+
+
+def cache_name(sha256: str | None) -> str | None:
+    """The cache file's name for a training file, or None (no cache) when the registered
+    sha256 is not 64 hex characters: the value comes from the database, and a name like
+    '../../x' must never choose where this machine reads or writes."""
+    if sha256 is None or not _SHA256.fullmatch(sha256):
+        return None
+    return f"{sha256}.json"
+
+
+def dump_file_keys(keys: FileKeys) -> str:
+    """The cache's text: JSON of hex digests (data only: reading it runs nothing)."""
+    return json.dumps(
+        {
+            "format": _CACHE_FORMAT,
+            "conversations": [
+                [cid, [[k.hex() if k is not None else None for k in pair] for pair in pairs]]
+                for cid, pairs in keys
+            ],
+        },
+        separators=(",", ":"),
+    )
+
+
+def _digest(value: object) -> bytes:
+    if not isinstance(value, str) or not _DIGEST_HEX.fullmatch(value):
+        raise ValueError(f"not a digest: {value!r:.40}")
+    return bytes.fromhex(value)
+
+
+def _optional_digest(value: object) -> bytes | None:
+    return None if value is None else _digest(value)
+
+
+def load_file_keys(text: str) -> FileKeys:
+    """Parse `dump_file_keys`' text; ValueError on anything else (the caller rescans)."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        raise ValueError("not a dedup key cache")
+    keys: FileKeys = []
+    for entry in data.get("conversations") or []:
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+            raise ValueError("malformed conversation entry")
+        cid, raw_pairs = entry
+        if not isinstance(raw_pairs, list):
+            raise ValueError("malformed pair list")
+        pairs: list[PairKeys] = []
+        for raw in raw_pairs:
+            if not isinstance(raw, list) or len(raw) != 3:
+                raise ValueError("malformed pair keys")
+            pairs.append((_optional_digest(raw[0]), _optional_digest(raw[1]), _digest(raw[2])))
+        keys.append((cid, pairs))
+    return keys
+
+
 def _file_keys(
     resources: Resources,
     tf: repo.TrainingFileView,
@@ -242,15 +306,15 @@ def _file_keys(
     write_cache: bool,
 ) -> tuple[FileKeys, bool]:
     """A training file's keys, from the local cache when this machine has scanned it before
-    (files are immutable: the cache is keyed by the registered sha256; a row without one is
-    read every time). Returns (keys, from the cache)."""
-    cached = cache_dir / f"{tf.sha256}.pickle" if cache_dir is not None and tf.sha256 else None
+    (files are immutable: the cache is keyed by the registered sha256; a row without a
+    valid one is read every time). Returns (keys, from the cache)."""
+    name = cache_name(tf.sha256) if cache_dir is not None else None
+    cached = cache_dir / name if cache_dir is not None and name is not None else None
     if cached is not None and cached.is_file():
         try:
-            with open(cached, "rb") as f:
-                return pickle.load(f), True  # our own cache under BRIGHTRUN_HOME
-        except (OSError, pickle.PickleError, EOFError, ValueError):
-            cached.unlink(missing_ok=True)
+            return load_file_keys(cached.read_text(encoding="utf-8")), True
+        except (OSError, ValueError, UnicodeDecodeError):
+            cached.unlink(missing_ok=True)  # stale or damaged: rescan and rewrite it
     local = workdir / f"earlier-{tf.id}.json"
     try:
         storage, key = locate(resources, tf)
@@ -267,8 +331,7 @@ def _file_keys(
     if cached is not None and write_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{uuid.uuid4().hex}.partial")
-        with open(tmp, "wb") as f:
-            pickle.dump(keys, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.write_text(dump_file_keys(keys), encoding="utf-8")
         tmp.replace(cached)
     return keys, False
 

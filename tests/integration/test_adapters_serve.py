@@ -457,7 +457,7 @@ def test_two_adapters_served_by_name_in_one_process(trained: Trained) -> None:  
     assert own["coach"].tokens != own[trained.weak.id].tokens
     with running(engine) as base, httpx.Client(base_url=base, timeout=600) as http:
         listed = [m["id"] for m in http.get("/v1/models").json()["data"]]
-        assert listed == ["coach", trained.weak.id]
+        assert listed == ["coach", trained.weak.served_name]  # the registry's name, not the id
         replies: dict[str, Any] = {}
 
         def ask(name: str) -> None:

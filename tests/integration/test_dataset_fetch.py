@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from brightrun.errors import BrightrunError, InputError
+from brightrun.settings import FetchPolicy
 from brightrun.storage import S3Storage, open_storage
 from tasks.dataset.fetch import SourceFile, fetch_source
 from tests.fixtures.seaweed import SeaweedS3
@@ -19,8 +20,14 @@ def fetch_dataset(uri: str, cache: Path, *, endpoint_url: str | None = None) -> 
     return fetch(uri, cache, endpoint_url=endpoint_url).path
 
 
-def fetch(uri: str, cache: Path, *, endpoint_url: str | None = None) -> SourceFile:
-    return fetch_source(uri, cache, lambda url: open_storage(url, endpoint_url=endpoint_url))
+# The test servers listen on 127.0.0.1: the one address the default policy refuses.
+LOCAL_OK = FetchPolicy(allow_private=True)
+
+
+def fetch(
+    uri: str, cache: Path, *, endpoint_url: str | None = None, policy: FetchPolicy = LOCAL_OK
+) -> SourceFile:
+    return fetch_source(uri, cache, lambda url: open_storage(url, endpoint_url=endpoint_url), policy)
 
 
 def test_local_path_is_used_in_place(sample_dataset: Path, tmp_path: Path) -> None:
@@ -73,3 +80,35 @@ def test_http_fetch_and_failed_download_leaves_nothing(
     with pytest.raises(BrightrunError):
         fetch_dataset(f"{http_server}/broken.json", cache)
     assert [p.name for p in cache.iterdir()] == [got.name]
+
+
+def test_http_fetch_refuses_loopback_unless_allowed(
+    http_server: str, sample_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(InputError) as info:
+        fetch(f"{http_server}/{sample_dataset.name}", cache, policy=FetchPolicy())
+    assert "127.0.0.1" in str(info.value) and "BRIGHTRUN_FETCH_ALLOW_PRIVATE" in str(info.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_http_fetch_size_cap_and_redirect_policy(
+    http_server: str, sample_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    size = sample_dataset.stat().st_size
+    with pytest.raises(InputError, match=f"more than {size - 1} bytes.*BRIGHTRUN_FETCH_MAX_BYTES"):
+        fetch(
+            f"{http_server}/{sample_dataset.name}",
+            cache,
+            policy=FetchPolicy(allow_private=True, max_bytes=size - 1),
+        )
+    assert list(cache.iterdir()) == []
+    # A redirect to another host (here the cloud metadata address) is never followed.
+    with pytest.raises(InputError, match="redirects to http://169.254.169.254"):
+        fetch(f"{http_server}/redirect-away", cache)
+    # Same host: followed by default, refused with BRIGHTRUN_FETCH_REDIRECTS=none.
+    same = f"{http_server}/redirect-here/{sample_dataset.name}"
+    assert fetch(same, cache).path.read_bytes() == sample_dataset.read_bytes()
+    with pytest.raises(InputError, match="BRIGHTRUN_FETCH_REDIRECTS=none"):
+        fetch(same, cache, policy=FetchPolicy(allow_private=True, redirects="none"))

@@ -199,6 +199,7 @@ def test_signed_url_signature_is_stored_nowhere(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    resources.settings.fetch_allow_private = True  # BRIGHTRUN_FETCH_ALLOW_PRIVATE: the server is 127.0.0.1
     url = f"{http_server}/{sample_dataset.name}?X-Amz-Credential=abc&X-Amz-Signature={SECRET}"
     job_id, spec = new_job(resources, tiny_model)
     storage = resources.storage

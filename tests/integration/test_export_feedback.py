@@ -468,7 +468,7 @@ def test_earlier_files_are_scanned_once_per_machine(tmp_path: Path) -> None:
         assert not cache.exists()
         second = export_feedback_window(resources, since=W2[0], until=W2[1])
         assert second.earlier.files == 1 and second.earlier.cached_files == 0
-        assert (cache / f"{first.sha256}.pickle").is_file()
+        assert (cache / f"{first.sha256}.json").is_file()
         Path(first.training_file_uri or "").unlink()  # the object is gone; the keys are cached
         # A rerun of the window sees what its first run saw: the first file, from the cache.
         cached = export_feedback_window(resources, since=W2[0], until=W2[1], dry_run=True)

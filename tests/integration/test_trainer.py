@@ -216,6 +216,43 @@ def test_damaged_or_half_written_checkpoints_are_never_loaded(
     assert diff <= EXACT
 
 
+def test_two_failed_checkpoint_reads_lose_no_checkpoint(
+    upload_killed: str, lora_runs: Scenario, tmp_path: Path
+) -> None:
+    """The reproduction: two storage errors during resume used to reject both valid
+    checkpoints, delete them all and restart from step 0. Now they are retried."""
+    uri = copy_job(upload_killed, tmp_path)
+    storage = job_storage(uri)
+    proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "checkpoint_read_errors:2"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "injected storage outage" in proc.stderr
+    assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [6]
+    assert events(storage, "checkpoint_rejected") == []
+    diff = max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), adapter_tensors(storage))
+    assert diff <= EXACT
+
+
+def test_a_storage_outage_past_the_retries_fails_the_attempt_and_keeps_every_checkpoint(
+    upload_killed: str, lora_runs: Scenario, tmp_path: Path
+) -> None:
+    uri = copy_job(upload_killed, tmp_path)
+    storage = job_storage(uri)
+    before = {k: storage.stat(k) for k in storage.list(layout.CHECKPOINTS_DIR + "/")}
+    before[layout.LATEST] = storage.stat(layout.LATEST)
+    proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "checkpoint_read_errors:1000"})
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    failure = TrainerFailure.model_validate(storage.get_json(layout.FAILURE))
+    assert failure.error_type == "CheckpointUnreadable" and "LATEST" in failure.error
+    assert "no checkpoint was rejected or deleted" in failure.error
+    after = {k: storage.stat(k) for k in storage.list(layout.CHECKPOINTS_DIR + "/")}
+    after[layout.LATEST] = storage.stat(layout.LATEST)
+    assert after == before
+    # Storage answers again: the next attempt resumes from the same checkpoint.
+    proc = run_trainer(uri)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [6]
+
+
 def test_resume_against_s3_storage(
     seaweed,
     tiny_model: Path,

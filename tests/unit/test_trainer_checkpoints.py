@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brightrun import layout
-from brightrun.storage import LocalStorage
+from brightrun.storage import LocalStorage, ObjectInfo, StorageError
 from trainer import checkpoints
 from trainer.checkpoints import REQUIRED_FILES
 
@@ -134,3 +134,126 @@ def test_a_crafted_pickle_with_a_matching_manifest_is_refused_and_never_run(
     assert found is not None and found.step == 3 and found.files is not None
     ((step, reason),) = found.rejected
     assert step == 6 and f"checkpoints/00000006/{planted}" in reason and "refused" in reason
+
+
+# ---------------------------------------------------------------- a read error is not a bad checkpoint
+
+NO_WAIT = checkpoints.ReadRetry(attempts=3, first_delay_s=0.0)
+
+
+class FlakyStorage(LocalStorage):
+    """A local storage whose next `failures` reads fail as an outage would (any read:
+    get, list, stat), then answer again."""
+
+    def __init__(self, root: Path, failures: int = 0) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.failed_reads = 0
+
+    def _maybe_fail(self, key: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.failed_reads += 1
+            raise StorageError(f"{key}: connection reset (outage)")
+
+    def get_bytes(self, key: str, *, expected_sha256: str | None = None) -> bytes:
+        self._maybe_fail(key)
+        return super().get_bytes(key, expected_sha256=expected_sha256)
+
+    def get_file(self, key: str, dest: Path, *, expected_sha256: str | None = None) -> ObjectInfo:
+        self._maybe_fail(key)
+        return super().get_file(key, dest, expected_sha256=expected_sha256)
+
+
+def _two_commits(tmp_path: Path) -> FlakyStorage:
+    storage = FlakyStorage(tmp_path / "job")
+    for step in (3, 6):
+        checkpoints.commit(storage, _local_checkpoint(tmp_path, step), step, keep_last=2)
+    return storage
+
+
+def _snapshot(storage: LocalStorage) -> dict[str, ObjectInfo | None]:
+    return {k: storage.stat(k) for k in storage.list()}
+
+
+def test_two_failed_reads_are_retried_and_lose_no_checkpoint(tmp_path: Path) -> None:
+    """The reproduction: two storage errors used to reject both valid checkpoints."""
+    storage = _two_commits(tmp_path)
+    before = _snapshot(storage)
+    storage.failures = 2
+    found = checkpoints.fetch_latest_valid(storage, tmp_path / "restore", NO_WAIT)
+    assert storage.failed_reads == 2
+    assert found is not None and found.step == 6 and found.rejected == [] and found.files is not None
+    assert _snapshot(storage) == before
+
+
+@pytest.mark.parametrize("failures", [1, 2, 100])
+def test_an_outage_past_the_retries_is_unreadable_not_rejected(failures: int, tmp_path: Path) -> None:
+    storage = _two_commits(tmp_path)
+    before = _snapshot(storage)
+    storage.failures = failures
+    no_retry = checkpoints.ReadRetry(attempts=1, first_delay_s=0.0)
+    with pytest.raises(checkpoints.CheckpointUnreadable) as raised:
+        checkpoints.fetch_latest_valid(storage, tmp_path / "restore", no_retry)
+    assert "no checkpoint was rejected or deleted" in str(raised.value)
+    storage.failures = 0  # storage is back
+    assert _snapshot(storage) == before  # nothing deleted, LATEST unchanged
+    assert checkpoints.read_latest(storage) == 6
+
+
+def test_an_outage_while_reading_a_file_never_falls_back(tmp_path: Path) -> None:
+    storage = _two_commits(tmp_path)
+    calls = {"n": 0}
+    real = storage.get_file
+
+    def failing_get_file(key: str, dest: Path, *, expected_sha256: str | None = None) -> ObjectInfo:
+        calls["n"] += 1
+        raise StorageError(f"{key}: 503 slow down")
+
+    storage.get_file = failing_get_file  # type: ignore[method-assign]
+    with pytest.raises(checkpoints.CheckpointUnreadable, match=r"checkpoints/00000006/.*after 3 tries"):
+        checkpoints.fetch_latest_valid(storage, tmp_path / "restore", NO_WAIT)
+    assert calls["n"] == 3  # retried, then stopped: step 3 was never tried as a fallback
+    storage.get_file = real  # type: ignore[method-assign]
+    found = checkpoints.fetch_latest_valid(storage, tmp_path / "restore", NO_WAIT)
+    assert found is not None and found.step == 6  # storage is back: the same checkpoint resumes
+
+
+def test_an_outage_reading_latest_is_not_start_from_scratch(tmp_path: Path) -> None:
+    storage = _two_commits(tmp_path)
+    storage.failures = 100
+    with pytest.raises(checkpoints.CheckpointUnreadable, match="LATEST"):
+        checkpoints.read_latest(storage, NO_WAIT)
+
+
+def test_a_manifest_naming_a_path_outside_the_checkpoint_is_corrupt(tmp_path: Path) -> None:
+    storage = _two_commits(tmp_path)
+    manifest = storage.get_json(layout.checkpoint_manifest(6))
+    manifest["files"]["../../spec.json"] = manifest["files"]["rng.pt"]
+    storage.put_json(layout.checkpoint_manifest(6), manifest)
+    found = checkpoints.fetch_latest_valid(storage, tmp_path / "restore", NO_WAIT)
+    assert found is not None and found.step == 3
+    assert "'../../spec.json'" in found.rejected[0][1]
+
+
+def test_all_corrupt_checkpoints_are_quarantined_never_deleted(tmp_path: Path) -> None:
+    storage = _two_commits(tmp_path)
+    (storage.root / layout.checkpoint_dir(6) / "optimizer.pt").unlink()
+    path = storage.root / layout.checkpoint_dir(3) / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    rng_3 = (storage.root / layout.checkpoint_dir(3) / "rng.pt").read_bytes()
+    found = checkpoints.fetch_latest_valid(storage, tmp_path / "restore", NO_WAIT)
+    assert found is not None and found.step == -1 and [s for s, _ in found.rejected] == [6, 3]
+
+    moved = checkpoints.quarantine(storage, found.rejected, tmp_path / "restore", "attempt-2")
+
+    base = f"{checkpoints.QUARANTINE_DIR}/attempt-2"
+    assert f"{base}/{layout.checkpoint_manifest(6)}" in moved and f"{base}/{layout.LATEST}" in moved
+    assert storage.get_bytes(f"{base}/{layout.checkpoint_dir(3)}/rng.pt") == rng_3
+    note = storage.get_json(f"{base}/REJECTED.json")
+    assert set(note["rejected"]) == {"3", "6"} and "optimizer.pt" in note["rejected"]["6"]
+    # The flipped file: the storage refuses its bytes, so it is named, not silently dropped.
+    assert list(note["not_copied"]) == [f"{layout.checkpoint_dir(3)}/adapter_model.safetensors"]
+    assert checkpoints.stored_steps(storage) == [] and checkpoints.read_latest(storage) is None

@@ -18,15 +18,11 @@ safetensors and the trainer state as JSON.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import pickle
 import random
 import re
 import shutil
-import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from brightrun import layout
 from brightrun.protocol import Manifest, ManifestEntry
 from brightrun.storage import Storage, StorageError, sha256_file
+from trainer.faults import FAULTS
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +69,6 @@ class TrainerState(BaseModel):
 
 class CheckpointRejected(Exception):
     """A stored checkpoint failed verification; the reason names the file."""
-
-
-def fault_requested(name: str, step: int) -> bool:
-    """Test hook: `BRIGHTRUN_TRAINER_FAULT=kill_in_upload:6,kill_after_step:4,sigterm_at_step:3,
-    nan_loss_at_step:2` asks for that fault at that step (unset in production)."""
-    spec = os.environ.get("BRIGHTRUN_TRAINER_FAULT", "")
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        kind, _, at = item.partition(":")
-        if kind == name and at.isdigit() and int(at) == step:
-            log.warning("fault injection: %s at step %d", name, step)
-            return True
-    return False
-
-
-def test_pacing(name: str) -> None:
-    """Test hook: `BRIGHTRUN_TRAINER_STEP_DELAY` / `BRIGHTRUN_TRAINER_UPLOAD_DELAY` (seconds) slow a
-    tiny-model run to a GPU-like pace so an external interruption (the fake RunPod's) can land
-    at a chosen moment. Sleeping changes no number the run computes. Unset in production."""
-    delay = os.environ.get(f"BRIGHTRUN_TRAINER_{name.upper()}_DELAY")
-    if delay:
-        time.sleep(float(delay))
-
-
-def fault(name: str, step: int) -> None:
-    """Signal this process at a requested point: real signals, real mid-upload state."""
-    if fault_requested(name, step):
-        os.kill(os.getpid(), signal.SIGTERM if name == "sigterm_at_step" else signal.SIGKILL)
-        if name != "sigterm_at_step":
-            time.sleep(60)  # SIGKILL is asynchronous on some systems; never go on
 
 
 # local files ------------------------------------------------------------------
@@ -344,7 +312,7 @@ def commit(storage: Storage, directory: Path, step: int, keep_last: int) -> Mani
         layout.checkpoint_dir(step),
         directory,
         step,
-        before_manifest=lambda: (test_pacing("upload"), fault("kill_in_upload", step)),
+        before_manifest=lambda: (FAULTS.pace_upload(), FAULTS.signal("kill_in_upload", step)),
     )
     storage.put_bytes(layout.LATEST, f"{step}\n".encode())
     prune(storage, keep_last, step)
@@ -372,7 +340,3 @@ def discard_after(storage: Storage, step: int) -> list[int]:
         storage.delete(layout.checkpoint_manifest(s))
         storage.delete_prefix(layout.checkpoint_dir(s) + "/")
     return gone
-
-
-def state_summary(state: TrainerState) -> str:
-    return json.dumps({"step": state.step, "epoch": round(state.epoch, 3)})

@@ -181,7 +181,7 @@ def packed_boundary_check(model_dir: Path, device: Any) -> tuple[float, float, s
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.run import attention_implementation
+    from trainer.model import attention_implementation
 
     kernel = attention_implementation(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import random
 import re
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from brightrun import layout
 from brightrun.manifest import build_manifest, encode
 from brightrun.protocol import Manifest
 from brightrun.storage import IntegrityError, ObjectNotFound, Storage, StorageError
+from trainer.faults import FAULTS
 
 log = logging.getLogger(__name__)
 
@@ -108,37 +107,6 @@ class ReadRetry:
 DEFAULT_READ_RETRY = ReadRetry()
 
 
-def fault_requested(name: str, step: int) -> bool:
-    """Test hook: `BRIGHTRUN_TRAINER_FAULT=kill_in_upload:6,kill_after_step:4,sigterm_at_step:3,
-    nan_loss_at_step:2` asks for that fault at that step (unset in production)."""
-    spec = os.environ.get("BRIGHTRUN_TRAINER_FAULT", "")
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        kind, _, at = item.partition(":")
-        if kind == name and at.isdigit() and int(at) == step:
-            log.warning("fault injection: %s at step %d", name, step)
-            return True
-    return False
-
-
-_read_faults_left: int | None = None
-
-
-def _injected_read_error(what: str) -> None:
-    """Test hook: `BRIGHTRUN_TRAINER_FAULT=checkpoint_read_errors:N` makes the first N storage
-    reads of the resume fail as an outage would (unset in production)."""
-    global _read_faults_left
-    if _read_faults_left is None:
-        _read_faults_left = 0
-        for item in os.environ.get("BRIGHTRUN_TRAINER_FAULT", "").split(","):
-            kind, _, count = item.strip().partition(":")
-            if kind == "checkpoint_read_errors" and count.isdigit():
-                _read_faults_left = int(count)
-    if _read_faults_left > 0:
-        _read_faults_left -= 1
-        log.warning("fault injection: storage read of %s fails", what)
-        raise StorageError(f"{what}: injected storage outage")
-
-
 def read_with_retry(what: str, read: Callable[[], _T], retry: ReadRetry = DEFAULT_READ_RETRY) -> _T:
     """`read()`, retrying storage errors with backoff. "No such object" and "sha256 mismatch"
     are answers, not outages: they pass through at once. Anything else that persists becomes
@@ -146,7 +114,7 @@ def read_with_retry(what: str, read: Callable[[], _T], retry: ReadRetry = DEFAUL
     delays = retry.delays()
     for attempt in range(len(delays) + 1):
         try:
-            _injected_read_error(what)
+            FAULTS.storage_outage(what)
             return read()
         except (ObjectNotFound, IntegrityError):
             raise
@@ -159,23 +127,6 @@ def read_with_retry(what: str, read: Callable[[], _T], retry: ReadRetry = DEFAUL
             log.warning("reading %s failed (%s); retrying in %.1f s", what, exc, delays[attempt])
             time.sleep(delays[attempt])
     raise AssertionError("unreachable")
-
-
-def test_pacing(name: str) -> None:
-    """Test hook: `BRIGHTRUN_TRAINER_STEP_DELAY` / `BRIGHTRUN_TRAINER_UPLOAD_DELAY` (seconds) slow a
-    tiny-model run to a GPU-like pace so an external interruption (the fake RunPod's) can land
-    at a chosen moment. Sleeping changes no number the run computes. Unset in production."""
-    delay = os.environ.get(f"BRIGHTRUN_TRAINER_{name.upper()}_DELAY")
-    if delay:
-        time.sleep(float(delay))
-
-
-def fault(name: str, step: int) -> None:
-    """Signal this process at a requested point: real signals, real mid-upload state."""
-    if fault_requested(name, step):
-        os.kill(os.getpid(), signal.SIGTERM if name == "sigterm_at_step" else signal.SIGKILL)
-        if name != "sigterm_at_step":
-            time.sleep(60)  # SIGKILL is asynchronous on some systems; never go on
 
 
 # local files ------------------------------------------------------------------
@@ -484,7 +435,7 @@ def commit(storage: Storage, directory: Path, step: int, keep_last: int) -> Mani
         layout.checkpoint_dir(step),
         directory,
         step,
-        before_manifest=lambda: (test_pacing("upload"), fault("kill_in_upload", step)),
+        before_manifest=lambda: (FAULTS.pace_upload(), FAULTS.signal("kill_in_upload", step)),
     )
     storage.put_bytes(layout.LATEST, f"{step}\n".encode())
     prune(storage, keep_last, step)
@@ -512,7 +463,3 @@ def discard_after(storage: Storage, step: int) -> list[int]:
         storage.delete(layout.checkpoint_manifest(s))
         storage.delete_prefix(layout.checkpoint_dir(s) + "/")
     return gone
-
-
-def state_summary(state: TrainerState) -> str:
-    return json.dumps({"step": state.step, "epoch": round(state.epoch, 3)})

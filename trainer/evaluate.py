@@ -68,6 +68,17 @@ def validation_loss(
 
 
 def perplexity(loss: float) -> float:
+    """exp(loss), the one definition training and inference report.
+
+    A finite loss is capped at 50 first (exp(50) ~ 5e21: a diverged model reads as huge,
+    not as a float overflow). An infinite loss gives inf (the model put no probability on a
+    trained token); NaN (no tokens to measure, or a NaN in the model) stays NaN, so an
+    absent measurement is never mistaken for a number.
+    """
+    if math.isnan(loss):
+        return float("nan")
+    if math.isinf(loss):
+        return math.inf if loss > 0 else 0.0
     return math.exp(min(loss, 50.0))
 
 

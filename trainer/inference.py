@@ -3,9 +3,9 @@
 The torch side of issue 14. The CLI, the OpenAI-compatible server and the evaluation stage
 import this lazily (the orchestrator must import without torch). Never imports Prefect.
 
-Loading follows the trainer exactly (trainer/run.py `_setup_model`): the same base model and
-revision, the same 4-bit NF4 settings when the job trained on 4-bit weights, and the same
-CPU weight layout, so replies and losses here are the ones the trainer measured. The
+Loading is the trainer's own (trainer/model.py): the same base model and revision, the
+same 4-bit NF4 settings when the job trained on 4-bit weights, and the same CPU weight
+layout, so replies and losses here are the ones the trainer measured. The
 tokenizer and chat template are the adapter's own copies (saved beside it by the trainer),
 so a prompt is rendered exactly as the training data was.
 
@@ -16,7 +16,6 @@ would round the LoRA update away), so `merge_adapter` always loads the plain che
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import threading
@@ -31,87 +30,40 @@ import torch.nn.functional as F
 from brightrun.base_model import BaseModelSpec
 from brightrun.errors import BrightrunError, InputError
 from brightrun.prepared import IGNORE_INDEX, PreparedExample
+from trainer.evaluate import perplexity
+from trainer.model import (
+    BaseModelMismatch,
+    attach_adapter,
+    device,
+    load_base,
+    load_tokenizer,
+)
 
 log = logging.getLogger("brightrun.inference")
 
 Message = Mapping[str, str]
 
-
-class BaseModelMismatch(InputError):
-    """The adapter's weights do not fit the base model it is being loaded onto."""
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_tokenizer(path: str | Path, revision: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base(base: BaseModelSpec, dev: torch.device | None = None, dtype: str | None = None) -> Any:
-    """The base model, loaded as the trainer loads it (4-bit NF4 or plain), in eval mode.
-
-    `dtype` (plain loading only): `auto` keeps the checkpoint's own dtype; default fp32 on the
-    CPU (bf16 matmuls are slow there) and the compute dtype on a GPU, as the trainer does.
-    """
-    from transformers import AutoModelForCausalLM
-
-    dev = dev or device()
-    q = base.quantization
-    compute_dtype = getattr(torch, q.compute_dtype)
-    kwargs: dict[str, Any] = {"revision": base.revision}
-    if q.load_in_4bit:
-        from trainer.run import four_bit_load_kwargs
-
-        kwargs.update(four_bit_load_kwargs(q, dev))
-    elif dtype == "auto":
-        kwargs["dtype"] = "auto"
-    elif dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype)
-    else:
-        kwargs["dtype"] = compute_dtype if dev.type == "cuda" else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base.name, **kwargs)
-    except OSError as exc:
-        raise InputError(f"cannot load the base model {base.name!r}: {exc}") from exc
-    if not q.load_in_4bit:
-        model.to(dev)
-    else:
-        from trainer.run import keep_cpu_weight_layout
-
-        keep_cpu_weight_layout(model)  # the trainer's numerics (see its docstring)
-    model.eval()
-    return model
-
-
-def attach_adapter(model: Any, adapter_dir: Path, adapter_name: str = "default") -> Any:
-    """`PeftModel.from_pretrained` (or one more adapter on a PeftModel); a shape mismatch
-    with the base model becomes a clear `BaseModelMismatch`."""
-    from peft import PeftModel
-
-    try:
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
-            return model
-        peft_model = PeftModel.from_pretrained(
-            model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False
-        )
-    except (RuntimeError, ValueError, KeyError) as exc:
-        text = str(exc)
-        if "size mismatch" in text or "shape" in text or "Target modules" in text or "not found" in text:
-            raise BaseModelMismatch(
-                f"the adapter in {adapter_dir} does not fit the base model "
-                f"{getattr(model.config, '_name_or_path', '?')}: {text.splitlines()[0][:300]}"
-            ) from exc
-        raise
-    peft_model.eval()
-    return peft_model
+# Loading lives in trainer/model.py; these names stay importable from here for the callers.
+__all__ = [
+    "BaseModelMismatch",
+    "BaseModelSpec",
+    "ChatModel",
+    "ExampleLoss",
+    "Generation",
+    "GenerationOptions",
+    "attach_adapter",
+    "device",
+    "example_losses",
+    "load_base",
+    "load_chat_model",
+    "load_merged_model",
+    "load_tokenizer",
+    "mean_loss",
+    "merge_adapter",
+    "perplexity",
+    "stop_token_ids",
+    "validate_messages",
+]
 
 
 # ---------------------------------------------------------------- generation
@@ -366,10 +318,6 @@ def example_losses(
 def mean_loss(losses: Sequence[ExampleLoss]) -> float:
     tokens = sum(x.tokens for x in losses)
     return sum(x.loss_sum for x in losses) / tokens if tokens else float("nan")
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
 
 
 # ---------------------------------------------------------------- merge

@@ -1,35 +1,25 @@
-"""The trainer process: `python -m trainer --spec URI`.
+"""One attempt of one training job: `TrainingRun.setup()` builds, `TrainingRun.train()` runs.
 
-A linear `main()` over small `_setup_*` builders, then one training loop of our own
-(not TRL's `SFTTrainer`): exact resume needs control of every piece of state, and the
-TRL + bitsandbytes resume path changes the adapter's dtype (DESIGN.md §4; see
-`_setup_model`). Everything the orchestrator learns comes through storage.
-
-Attempt number: `BRIGHTRUN_ATTEMPT` when the orchestrator sets it, else one more than
-the highest attempt an earlier process left in storage (status.json, events, metrics).
-Local scratch space: `<BRIGHTRUN_WORK_DIR or the temp dir>/brightrun-<job_id>`, one fixed
-path per job so an attempt that was SIGKILLed leaves nothing the next one does not reuse;
-removed on every exit the process lives to see.
-
-Several GPUs: under torchrun (`python -m torch.distributed.run --standalone
---nproc-per-node=N -m trainer --spec URI`) every rank trains its share of each step
-(trainer/distributed.py); only rank 0 writes to storage (status, metrics, events,
-checkpoints, adapter, result); every rank reads the checkpoint it resumes from.
+Modelled on torchtune's `recipes/lora_finetune_single_device.py`: `setup()` loads the
+data, tokenizer and model (trainer/model.py), the optimizer, scheduler and batch stream,
+and resumes from the newest checkpoint that verifies; `train()` runs the loop, then
+evaluates and uploads. The loop is our own (not TRL's `SFTTrainer`): exact resume needs
+control of every piece of state, and the TRL + bitsandbytes resume path changes the
+adapter's dtype (DESIGN.md §4; see `trainer.model.build_training_model`). The process
+around it (arguments, spec, reporter, failure marker) is trainer/main.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -38,32 +28,21 @@ from typing import Any
 from brightrun import layout, prepared
 from brightrun.errors import BrightrunError
 from brightrun.protocol import MetricRecord, TrainerPhase, TrainerResult
-from brightrun.spec import JobSpec, QuantizationSettings, parse_spec
-from brightrun.storage import Storage, open_storage, split_uri
+from brightrun.spec import JobSpec
+from brightrun.storage import Storage
 from trainer import distributed
+from trainer.card import model_card
 from trainer.distributed import World
-from trainer.heartbeat import QuietReporter, Reporter, last_reported_step, previous_attempts
+from trainer.faults import FAULTS
+from trainer.heartbeat import Reporter
+from trainer.model import build_training_model, load_tokenizer
+from trainer.throughput import model_flops_per_token, peak_flops
 
 log = logging.getLogger("trainer")
 
 # Seconds a checkpoint is assumed to take before one has been timed (SIGTERM budget).
 FIRST_CHECKPOINT_ESTIMATE_S = 2.0
 CANCEL_POLL_S = 5.0
-# Dense bf16 tensor-core peak, for MFU (FLOPs per second). Unknown GPUs report no MFU.
-# Matched in order against the CUDA device name: the specific names first.
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L40": 181e12,
-    "A40": 150e12,
-    "A6000": 155e12,
-    "4090": 165e12,
-    "3090": 71e12,
-}
 
 
 class TrainingDiverged(BrightrunError):
@@ -97,53 +76,9 @@ class PreparedData:
 # setup ---------------------------------------------------------------------------------------
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="URI of the job's spec.json (a path or s3://...)")
-    return parser.parse_args(argv)
-
-
-def _setup_logging() -> None:
-    # Library loggers (transformers, peft) and ours all go to stderr: the pod log.
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.captureWarnings(True)
-    # Known, harmless noise from the libraries on every run (deprecation notices we cannot act on).
-    for pattern in (
-        r".*gradient_checkpointing.* is deprecated",
-        r".*is_gradient_checkpointing.* is deprecated",
-        r".*an autograd kernel was not registered.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - the train extra is missing; main() reports it
-        pass
-
-
-def _setup_storage(spec_uri: str) -> tuple[Storage, str]:
-    parent, name = split_uri(spec_uri)
-    endpoint = os.environ.get("BRIGHTRUN_S3_ENDPOINT_URL") or None
-    return open_storage(parent, endpoint_url=endpoint), name
-
-
-def _setup_attempt(storage: Storage) -> int:
-    explicit = os.environ.get("BRIGHTRUN_ATTEMPT")
-    if explicit and explicit.isdigit() and int(explicit) >= 1:
-        return int(explicit)
-    return previous_attempts(storage) + 1
-
-
 def job_workdir(job_id: str, storage_url: str) -> Path:
     """The job's scratch directory: the same path for every attempt of the job on this
     machine (the storage URL in it keeps two stores' same-named jobs apart)."""
-    import hashlib
-
     base = os.environ.get("BRIGHTRUN_WORK_DIR") or tempfile.gettempdir()
     where = hashlib.sha256(storage_url.encode()).hexdigest()[:10]
     return Path(base) / f"brightrun-{job_id}-{where}"
@@ -157,7 +92,7 @@ def _setup_workdir(spec: JobSpec, storage: Storage, world: World) -> Path:
     return work
 
 
-def _remove_workdir(spec: JobSpec, storage: Storage, world: World) -> None:
+def remove_workdir(spec: JobSpec, storage: Storage, world: World) -> None:
     work = job_workdir(spec.job_id, storage.url)
     shutil.rmtree(work / f"rank-{world.rank}" if world.distributed else work, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -192,126 +127,6 @@ def _setup_data(storage: Storage, spec: JobSpec, work: Path) -> PreparedData:
     )
 
 
-def _setup_tokenizer(spec: JobSpec) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model, revision=spec.base_model_revision)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def four_bit_load_kwargs(q: QuantizationSettings, device: Any) -> dict[str, Any]:
-    """`from_pretrained` arguments of a 4-bit NF4 base, the same for training and inference
-    (an adapter only reproduces its training numbers on the base quantized the same way)."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute_dtype = getattr(torch, q.compute_dtype)
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=q.quant_type,
-            bnb_4bit_use_double_quant=q.double_quant,
-            bnb_4bit_compute_dtype=compute_dtype,
-        ),
-        "dtype": compute_dtype,
-        "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
-    }
-
-
-def _setup_model(spec: JobSpec, device: Any) -> Any:
-    """Base model (4-bit NF4 or plain), LoRA on top, trainable weights pinned to adapter_dtype.
-
-    Why the pin: TRL's SFTTrainer casts a quantized model's LoRA weights to bf16 when it
-    starts, but `Trainer._load_from_checkpoint` reloads them with PEFT's `load_adapter`,
-    whose default `autocast_adapter_dtype=True` makes them fp32. A resumed run then takes
-    its optimizer steps in fp32 where the uninterrupted run rounded every update to bf16,
-    and the two drift apart. Here the dtype is set once, explicitly, after wrapping and
-    again after loading a checkpoint (checkpoints.load_local).
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, set_seed
-
-    q = spec.quantization
-    compute_dtype = getattr(torch, q.compute_dtype)
-    kwargs: dict[str, Any] = {
-        "revision": spec.base_model_revision,
-        "attn_implementation": attention_implementation(device),
-    }
-    if q.load_in_4bit:
-        kwargs.update(four_bit_load_kwargs(q, device))
-    else:
-        # Plain LoRA: half precision on a GPU, fp32 on the CPU (bf16 matmuls are slow there).
-        kwargs["dtype"] = compute_dtype if device.type == "cuda" else torch.float32
-    set_seed(spec.training.seed)
-    model = AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
-    if not q.load_in_4bit:
-        model.to(device)
-    model.config.use_cache = False
-    gc_kwargs = {"use_reentrant": False}
-    if q.load_in_4bit:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=spec.training.gradient_checkpointing,
-            gradient_checkpointing_kwargs=gc_kwargs,
-        )
-    elif spec.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-        model.enable_input_require_grads()
-    lora = spec.lora
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias=lora.bias,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, config)
-    if q.load_in_4bit:
-        keep_cpu_weight_layout(model)
-    pin_adapter_dtype(model, getattr(torch, q.adapter_dtype))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model %s loaded on %s: %d trainable parameters", spec.base_model, device, trainable)
-    return model
-
-
-def attention_implementation(device: Any) -> str:
-    """The attention kernel, one that respects packed boundaries (position ids restarting at
-    0, no attention mask): flash-attention's varlen kernel where it is installed on a GPU,
-    else PyTorch SDPA with the block-diagonal causal mask transformers builds from the
-    position ids."""
-    import importlib.util
-
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def keep_cpu_weight_layout(model: Any) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights on the CPU during evaluation.
-
-    On a CPU with AVX512-BF16, `Linear4bit.forward` in eval mode without grad converts its
-    weight, once and for good, to a CPU-packed layout whose matmul kernels round
-    differently. A run that evaluated before step N (the baseline, or an `every_steps`
-    evaluation) then trains on other numerics than one resumed at step N, and the adapters
-    drift apart (measured: 2e-2 on 1e-1 weights after 7 steps). One layout for the whole run.
-    """
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-
-
-def pin_adapter_dtype(model: Any, dtype: Any) -> None:
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != dtype:
-            param.data = param.data.to(dtype)
-
-
 def _setup_optimizer(spec: JobSpec, model: Any, device: Any) -> Any:
     import torch
 
@@ -339,28 +154,12 @@ def _setup_scheduler(spec: JobSpec, optimizer: Any, total_steps: int) -> Any:
     )
 
 
-def _model_flops_per_token(model: Any) -> float:
-    """6 x parameters (forward + backward), counting 4-bit packed weights at their real size."""
-    total = 0
-    for param in model.parameters():
-        total += param.numel() * (2 if hasattr(param, "quant_state") else 1)
-    return 6.0 * total
-
-
-def _peak_flops() -> float | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
 # the run -----------------------------------------------------------------------------------
 
 
-class Run:
-    """One attempt of one job: resume, train, evaluate, upload."""
+class TrainingRun:
+    """One attempt of one job: `setup()` builds everything and resumes; `train()` trains,
+    evaluates and uploads."""
 
     def __init__(
         self,
@@ -382,45 +181,51 @@ class Run:
         self.checkpoint_seconds_total = 0.0
         self.next_cancel_check = 0.0
 
-    def execute(self, previous_step: int | None) -> bool:
-        """True when the job finished; False when it stopped early (SIGTERM or cancel)."""
-        from trainer import checkpoints
+    def setup(self, previous_step: int | None) -> None:
+        """Data, tokenizer, model, optimizer, batch stream, scheduler; then the resume.
+        `previous_step`: the last step an earlier attempt reported (for the steps lost)."""
         from trainer.checkpoints import TrainerState
         from trainer.data import BatchStream, plan_steps
 
         spec, t = self.spec, self.spec.training
         self.reporter.phase(TrainerPhase.loading_data)
-        data = _setup_data(self.storage, spec, self.work)
-        log.info("dataset: %d train, %d validation examples", len(data.train), len(data.validation))
+        self.data = _setup_data(self.storage, spec, self.work)
+        log.info("dataset: %d train, %d validation examples", len(self.data.train), len(self.data.validation))
         self.reporter.phase(TrainerPhase.loading_model)
         self.device = distributed.device(self.world)
-        self.tokenizer = _setup_tokenizer(spec)
-        self.model = _setup_model(spec, self.device)
+        self.tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
+        self.model = build_training_model(spec, self.device)
         self.optimizer = _setup_optimizer(spec, self.model, self.device)
-        self.stream = BatchStream(data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+        self.stream = BatchStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
         self.total_steps, self.total_micro = plan_steps(
             self.stream.batches_per_epoch, t.epochs, t.max_steps, t.gradient_accumulation_steps
         )
         self.scheduler = _setup_scheduler(spec, self.optimizer, self.total_steps)
-        self.data = data
-        pad_id = self.tokenizer.pad_token_id
-        self.pad_id = pad_id
+        self.pad_id = self.tokenizer.pad_token_id
         self.eval_batch = spec.evaluation.batch_size or t.batch_size
 
-        state = self._resume(previous_step)
-        if state is None:
-            state = TrainerState(
-                step=0,
-                total_steps=self.total_steps,
-                epoch=0.0,
-                micro_batches_done=0,
-                data_epoch=0,
-                data_batch_index=0,
-                sampler_seed=t.seed,
-                world_size=self.world.size,
-            )
-            self._evaluate_loss(state)  # the baseline the final loss is compared with
-        self.state = state
+        resumed = self._resume(previous_step)
+        # A fresh run measures the baseline loss first: the final loss is compared with it.
+        self.needs_baseline = resumed is None
+        self.state = resumed or TrainerState(
+            step=0,
+            total_steps=self.total_steps,
+            epoch=0.0,
+            micro_batches_done=0,
+            data_epoch=0,
+            data_batch_index=0,
+            sampler_seed=t.seed,
+            world_size=self.world.size,
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.flops_per_token = model_flops_per_token(self.model) if self.device.type == "cuda" else None
+        self.peak_flops = peak_flops()
+
+    def train(self) -> bool:
+        """True when the job finished; False when it stopped early (SIGTERM or cancel)."""
+        state = self.state
+        if self.needs_baseline:
+            self._evaluate_loss(state)
         self.reporter.phase(
             TrainerPhase.training,
             step=state.step,
@@ -428,9 +233,6 @@ class Run:
             epoch=state.epoch,
             last_checkpoint_step=self.last_checkpoint_step,
         )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.flops_per_token = _model_flops_per_token(self.model) if self.device.type == "cuda" else None
-        self.peak_flops = _peak_flops()
         self.model.train()
         while state.step < self.total_steps:
             # Every rank takes the same branch: a SIGTERM or a cancel seen by one stops all.
@@ -445,13 +247,13 @@ class Run:
                 self.reporter.phase(TrainerPhase.interrupted)
                 return False
             self._train_step(state)
-            checkpoints.test_pacing("step")
-            checkpoints.fault("kill_after_step", state.step)
-            checkpoints.fault("sigterm_at_step", state.step)
+            FAULTS.pace_step()
+            FAULTS.signal("kill_after_step", state.step)
+            FAULTS.signal("sigterm_at_step", state.step)
             (due,) = distributed.agree(self.world, self.world.is_main and self._checkpoint_due(state))
             if self.signals.term_at is None and due:
                 self._checkpoint(state)
-            every = spec.evaluation.every_steps
+            every = self.spec.evaluation.every_steps
             if every and state.step % every == 0 and state.step < self.total_steps:
                 self._evaluate_loss(state)
         (stopping,) = distributed.agree(self.world, self.signals.term_at is not None)
@@ -570,7 +372,6 @@ class Run:
     def _train_step(self, state: Any) -> None:
         import torch
 
-        from trainer import checkpoints
         from trainer.data import make_batch
         from trainer.evaluate import summed_loss, to_tensors
 
@@ -591,7 +392,7 @@ class Run:
             # Normalised by the whole step's trained tokens: every token weighs the same,
             # whatever micro-batch (or rank) it falls in.
             loss = summed_loss(self.model, to_tensors(batches[m], self.device)) / max(trained, 1)
-            if checkpoints.fault_requested("nan_loss_at_step", state.step + 1):
+            if FAULTS.requested("nan_loss_at_step", state.step + 1):
                 loss = loss * float("nan")
             loss.backward()
             losses.append(float(loss.detach()))
@@ -791,118 +592,3 @@ class Run:
         self.storage.put_bytes(layout.RESULT, result.model_dump_json(indent=2).encode())
         self.reporter.phase(TrainerPhase.completed, step=state.step)
         log.info("job %s completed: eval loss %.4f", spec.job_id, loss)
-
-
-def model_card(spec: JobSpec, meta: prepared.PreparedMeta, report: Any, state: Any) -> str:
-    t, lora, q = spec.training, spec.lora, spec.quantization
-    samples = "\n".join(f"- **prompt:** {s['prompt']}\n  **reply:** {s['generated']}" for s in report.samples)
-    revision = f" (revision {spec.base_model_revision})" if spec.base_model_revision else ""
-    if q.load_in_4bit:
-        quant = f"4-bit {q.quant_type}{' double-quant' if q.double_quant else ''}, compute {q.compute_dtype}"
-    else:
-        quant = "none (plain LoRA)"
-    lines = [
-        "---",
-        f"base_model: {spec.base_model}",
-        "library_name: peft",
-        "tags: [lora, brightrun]",
-        "---",
-        "",
-        f"# {spec.job_name or spec.job_id}",
-        "",
-        f"LoRA adapter for `{spec.base_model}`{revision}, trained by BrightRun job `{spec.job_id}`.",
-        "",
-        "## Data",
-        f"- source: `{meta.source_name}`, sha256 `{spec.dataset_sha256 or meta.source_sha256}`",
-        f"- {meta.train_examples} training / {meta.validation_examples} validation examples, "
-        f"tokenizer `{meta.tokenizer}`",
-        "",
-        "## Hyperparameters",
-        f"- LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, bias={lora.bias}, "
-        f"targets {', '.join(lora.target_modules)}",
-        f"- quantization: {quant}; adapter dtype {q.adapter_dtype}",
-        f"- learning rate {t.learning_rate} ({t.lr_scheduler}, {t.warmup_steps} warmup steps), "
-        f"optimizer {t.optimizer}",
-        f"- {state.step} steps ({state.epoch:.2f} epochs), batch {t.batch_size} x "
-        f"{t.gradient_accumulation_steps} accumulation, max length {t.max_seq_length}, seed {t.seed}",
-        f"- preset: {spec.preset.value if spec.preset else 'none'}",
-        "",
-        "## Evaluation",
-        f"- validation loss {report.eval_loss:.4f}, perplexity {report.perplexity:.2f} "
-        f"over {report.eval_tokens} tokens",
-        "",
-        samples,
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _spec_failure(storage: Storage, exc: Exception) -> int:
-    """The spec itself is unreadable: still leave failure.json where the orchestrator looks."""
-    from brightrun.protocol import TrainerFailure
-
-    log.error("cannot read the job spec: %s", exc)
-    failure = TrainerFailure(
-        job_id=storage.url.rstrip("/").rsplit("/", 1)[-1],
-        phase=TrainerPhase.starting,
-        error=str(exc),
-        error_type=type(exc).__name__,
-    )
-    with contextlib.suppress(Exception):
-        storage.put_bytes(layout.FAILURE, failure.model_dump_json(indent=2).encode())
-    return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    signals = Signals()
-    signals.install()  # first: a SIGTERM during start-up is honoured too
-    _setup_logging()
-    world = distributed.world_from_env()
-    storage, spec_name = _setup_storage(args.spec)
-    try:
-        spec = parse_spec(storage.get_bytes(spec_name))
-    except Exception as exc:
-        return _spec_failure(storage, exc) if world.is_main else 2
-    if storage.exists(layout.RESULT):
-        result = TrainerResult.model_validate_json(storage.get_bytes(layout.RESULT))
-        message = (
-            f"job {spec.job_id} is already finished ({result.steps} steps, adapter at {layout.ADAPTER_DIR}/)"
-        )
-        log.info(message)
-        if world.is_main:
-            print(message)
-        return 0
-    attempt = _setup_attempt(storage)
-    from brightrun.trainer_logs import ship_logs
-
-    # Log lines reach the flow run's logs through storage (rank 0's; the pod log has them all).
-    shipped_log = ship_logs(storage, attempt) if world.is_main else None
-    previous_step = last_reported_step(storage)
-    # Rank 0 speaks for all ranks; the others make the same calls and write nothing.
-    reporter_class = Reporter if world.is_main else QuietReporter
-    reporter = reporter_class(storage, spec.job_id, attempt, spec.heartbeat_seconds)
-    if world.is_main and storage.exists(layout.FAILURE):
-        log.warning("a failure marker of an earlier attempt exists; this attempt replaces it")
-        storage.delete(layout.FAILURE)
-    reporter.phase(TrainerPhase.starting)
-    reporter.start()
-    try:
-        distributed.start(world)
-        run = Run(spec, storage, reporter, signals, world)
-        run.execute(previous_step)
-    except Exception as exc:
-        log.exception("job %s failed (rank %d of %d)", spec.job_id, world.rank, world.size)
-        reporter.stop()
-        try:
-            reporter.flush_metrics()
-        finally:
-            reporter.failure(exc)
-        return 1
-    finally:
-        reporter.stop()
-        if shipped_log is not None:
-            shipped_log.close()
-        _remove_workdir(spec, storage, world)
-        distributed.stop(world)
-    return 0

@@ -127,7 +127,7 @@ def by_hand(base_model: Path, adapter_dir: Path, *, four_bit: bool) -> tuple[Any
         }
     base = AutoModelForCausalLM.from_pretrained(str(base_model), **kwargs)
     if four_bit:
-        from trainer.run import keep_cpu_weight_layout
+        from trainer.model import keep_cpu_weight_layout
 
         keep_cpu_weight_layout(base)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), AutoTokenizer.from_pretrained(

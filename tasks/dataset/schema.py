@@ -203,9 +203,14 @@ class _CheckedReader:
             bad = self.offset + exc.start
             raise _InvalidUtf8(bad, self.lines + chunk.count(b"\n", 0, exc.start)) from None
         if self._digest is not None:
-            self._digest.update(chunk)
+            self._digest.update(chunk)  # the file's bytes as stored, BOM included
+        first = self.offset == 0
         self.offset += len(chunk)
         self.lines += chunk.count(b"\n")
+        if first and chunk.startswith(codecs.BOM_UTF8):
+            # Editors on Windows save UTF-8 with a byte order mark; JSON allows a parser to
+            # ignore it (RFC 8259 §8.1), and the JSON parser itself would call it invalid.
+            return chunk[len(codecs.BOM_UTF8) :]
         return chunk
 
     def hexdigest(self) -> str | None:

@@ -158,3 +158,19 @@ def test_the_recorded_split_is_what_the_writer_wrote(sample_prepared: tuple[Path
     assert set(splits.train) >= in_files["train"] and not set(splits.train) & set(splits.validation)
     assert len(splits.train) + len(splits.validation) == report.conversations
     assert report.options == PrepareOptions()
+
+
+def test_a_file_with_a_byte_order_mark_prepares_like_the_same_file_without(
+    sample_prepared: tuple[Path, DatasetReport], sample_dataset: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + sample_dataset.read_bytes())
+    report = prepare_dataset(with_bom, tiny_model, tmp_path / "out", PrepareOptions())
+    reference = sample_prepared[1]
+    assert (report.conversations, report.pairs, report.total_tokens, report.trained_tokens) == (
+        reference.conversations,
+        reference.pairs,
+        reference.total_tokens,
+        reference.trained_tokens,
+    )
+    assert report.train == reference.train and report.validation == reference.validation

@@ -247,3 +247,17 @@ def test_validator_imports_without_torch_transformers_or_prefect() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_a_utf8_byte_order_mark_is_accepted_as_json_allows(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM; it once failed late, after Prefect had started."""
+    plain = write(tmp_path, make_file([make_conversation("c1"), make_conversation("c2")]))
+    with_bom = tmp_path / "with-bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    result = validate_dataset(with_bom)
+    assert result.ok, result.messages()
+    assert (result.conversations, result.pairs) == (2, 6)
+    # The recorded hash is the file's own bytes, as every other reader of the file sees them.
+    import hashlib
+
+    assert result.sha256 == hashlib.sha256(with_bom.read_bytes()).hexdigest()

@@ -216,11 +216,13 @@ def jobs_show(
     """One job: its fields (ETA in estimated_completion_at, who started it in created_by),
     latest events and artifacts."""
     from brightrun.registry import repository as repo
+    from brightrun.registry.short_ids import resolve_job_id
 
     with _resources() as resources:
         if _no_registry_yet(resources):
             raise repo.JobNotFound(job_id)
         engine = resources.registry
+        job_id = resolve_job_id(engine, job_id)
         job = repo.get_job(engine, job_id)
         job_events = repo.list_events(engine, job_id)[-events:] if events else []
         artifacts = repo.list_artifacts(engine, training_job_id=job_id)

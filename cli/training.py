@@ -281,11 +281,13 @@ def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> Non
     """Continue a job whose process died: same data, from its last committed checkpoint."""
     from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
+    from brightrun.registry.short_ids import resolve_job_id
     from brightrun.resources import Resources
     from brightrun.storage import StorageError
     from tasks.job import resume_refusal
 
     with Resources.from_settings() as resources:
+        job_id = resolve_job_id(resources.registry, job_id)
         job = repo.get_job(resources.registry, job_id)
         failure_marker = JobLayout(job.id).failure
         try:
@@ -354,11 +356,13 @@ def cancel_job(
     `cancelled`. If it does not within `wait_s` (its process died), do it from here.
     """
     from brightrun.registry import repository as repo
+    from brightrun.registry.short_ids import resolve_job_id
     from brightrun.resources import Resources
     from tasks.job import finish_cancel, request_cancel
 
     with Resources.from_settings() as resources:
         engine = resources.registry
+        job_id = resolve_job_id(engine, job_id)
         job = request_cancel(engine, job_id)
         if job.is_terminal:
             return job.status

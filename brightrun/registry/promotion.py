@@ -41,7 +41,7 @@ from sqlalchemy import Connection, Engine, Table, and_, func, select, text, upda
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.registry import repository as repo
-from brightrun.registry import served_names
+from brightrun.registry import served_names, short_ids
 from brightrun.registry.models import (
     ArtifactType,
     DeploymentStatus,
@@ -229,6 +229,11 @@ def resolve_artifact(
             )
         return found[0]
     rid = _id(ref)
+    if rid is None and (prefix := short_ids.hex_prefix(ref)) is not None:
+        # The 8 characters the CLI prints: an artifact's id first, else its job's.
+        rid = short_ids.match_prefix(bind, artifacts_t, prefix, "artifact") or short_ids.match_prefix(
+            bind, jobs_t, prefix, "job"
+        )
     if rid is None:
         return _by_served_name(bind, ref)
     with repo._tx(bind) as conn:

@@ -222,3 +222,31 @@ def test_a_run_in_a_pipe_prints_a_line_per_step_then_the_summary(tmp_path: Path)
     assert re.search(r"adapter +/\S+/adapter\n", summary), summary
     assert "brightrun chat " in summary
     assert "\x1b[" not in done.stdout  # no terminal control codes in a pipe
+
+
+def test_jobs_show_takes_the_short_id_it_prints_and_refuses_an_ambiguous_one(tmp_path: Path) -> None:
+    import uuid
+
+    from brightrun.registry import open_registry_url
+    from brightrun.registry import repository as repo
+
+    (tmp_path / "home").mkdir()
+    engine = open_registry_url(f"sqlite:///{tmp_path / 'home' / 'registry.db'}")
+    try:
+        for last in "12":
+            repo.create_job(
+                engine,
+                job_name=f"twin {last}",
+                base_model="m",
+                job_id=uuid.UUID(f"abcd1234-0000-4000-8000-00000000000{last}"),
+            )
+        repo.create_job(engine, job_name="the other", base_model="m", job_id=uuid.UUID(int=0xFEED << 96))
+    finally:
+        engine.dispose()
+    shown = _cli(tmp_path, "jobs", "show", "abcd1234-0000-4000-8000-0000000000")  # one char short
+    assert shown.returncode == 2 and "several job ids" in shown.stdout + shown.stderr, shown.stderr[-2000:]
+    assert "abcd1234-0000-4000-8000-000000000001" in shown.stdout + shown.stderr
+    other = str(uuid.UUID(int=0xFEED << 96))
+    done = _cli(tmp_path, "jobs", "show", other[:8], "--json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f'"{other}"' in done.stdout and "the other" in done.stdout

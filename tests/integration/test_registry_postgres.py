@@ -33,6 +33,7 @@ from tests.unit.test_registry import (  # noqa: F401
     test_history_ingested_three_times_lands_once,
     test_job_lifecycle_fields,
     test_metrics_batch_merges_and_is_idempotent,
+    test_short_ids_resolve_when_unique_and_list_candidates_when_not,
     test_the_database_refuses_two_production_adapters_for_one_base_model,
     test_training_files_idempotent_and_dedup_sources,
     test_watermark_only_moves_forward,

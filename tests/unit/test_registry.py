@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from brightrun.errors import InputError
 from brightrun.registry import (
     SchemaOutOfDate,
     current_revision,
@@ -73,6 +74,33 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 # ---------------------------------------------------------------- shared behaviour (both backends)
+
+
+def test_short_ids_resolve_when_unique_and_list_candidates_when_not(engine: Engine) -> None:
+    """`jobs show`, `resume`, `cancel` and the adapter commands take the 8 characters the CLI
+    prints; an ambiguous prefix names its candidates instead of picking one."""
+    from brightrun.registry.promotion import ArtifactNotFound, resolve_artifact
+    from brightrun.registry.short_ids import resolve_job_id
+
+    twins = [uuid.UUID("abcd1234-0000-4000-8000-00000000000" + d) for d in "12"]
+    jobs = [
+        repo.create_job(engine, job_name=f"twin {i}", base_model="m", job_id=j) for i, j in enumerate(twins)
+    ]
+    other = repo.create_job(engine, job_name="other", base_model="m", job_id=uuid.UUID(int=0xFEED << 96))
+    artifact = repo.register_artifact(engine, training_job_id=other.id, storage_path="/a", base_model="m")
+
+    assert resolve_job_id(engine, str(other.id)[:8]) == str(other.id)
+    assert resolve_job_id(engine, str(other.id)[:13]) == str(other.id)  # dashes and all
+    assert resolve_job_id(engine, str(jobs[0].id)) == str(jobs[0].id)
+    with pytest.raises(InputError, match="several job ids") as refused:
+        resolve_job_id(engine, "abcd1234")
+    assert sorted(refused.value.problems) == sorted(str(j.id) for j in jobs)
+    with pytest.raises(repo.JobNotFound):
+        resolve_job_id(engine, "0123abcd")
+    assert resolve_artifact(engine, str(artifact.id)[:8]).id == artifact.id
+    assert resolve_artifact(engine, str(other.id)[:8]).id == artifact.id  # its job's short id
+    with pytest.raises(ArtifactNotFound):
+        resolve_artifact(engine, "0123abcd")
 
 
 def test_every_status_transition_allowed_or_refused(engine: Engine) -> None:

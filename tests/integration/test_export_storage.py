@@ -178,6 +178,7 @@ def test_earlier_files_on_s3_are_read_with_only_the_brightrun_endpoint_set(
     monkeypatch.setenv("BRIGHTRUN_S3_ENDPOINT_URL", seaweed.endpoint_url)
     monkeypatch.setenv("BRIGHTRUN_STORAGE_URL", seaweed.storage_url(s3_prefix))
     monkeypatch.setenv("BRIGHTRUN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BRIGHTRUN_FETCH_ALLOW_PRIVATE", "true")  # the signed URL's CDN is 127.0.0.1
     for name in ("BRIGHTRUN_DATABASE_URL", "BRIGHTRUN_CONFIG"):
         monkeypatch.delenv(name, raising=False)
 

@@ -127,7 +127,8 @@ def test_the_pipeline_through_the_pooler(
     before = dump_app(supabase_db.direct_url)
     # Local storage here: no bucket the pipeline could name, so the configuration gives one.
     defaults = {"project_id": APP_PROJECT, "storage_bucket": "pipeline-local"}
-    settings = _settings(supabase_db, tmp_path, training_file_defaults=defaults)
+    # The app's row names a local absolute path on purpose (see above): allowed by configuration.
+    settings = _settings(supabase_db, tmp_path, training_file_defaults=defaults, fetch_allow_local_paths=True)
     engine = open_registry(settings)  # type: ignore[arg-type]
     try:
         app_file, _ = repo.resolve_training_file(engine, APP_FILE)

@@ -177,6 +177,7 @@ def test_training_in_each_topology(
     elif topology.dataset == "https":
         dataset, cert = request.getfixturevalue("https_dataset")
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        monkeypatch.setenv("BRIGHTRUN_FETCH_ALLOW_PRIVATE", "true")  # the CDN here is 127.0.0.1
     else:
         source = open_storage(
             seaweed.storage_url(f"topology-{run_id}/uploads"), endpoint_url=seaweed.endpoint_url

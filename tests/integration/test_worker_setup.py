@@ -31,13 +31,13 @@ def _env(api_url: str) -> dict[str, str]:
 def process_worker(prefect_harness: str, brightrun_home: Path, tmp_path: Path) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name="brightrun-process", type="process"))
-        except Exception as exc:  # created by an earlier test of this session
-            if "already exists" not in str(exc):
-                raise
+        except ObjectAlreadyExists:  # created by an earlier test of this session
+            pass
     deployed = subprocess.run(
         [str(PREFECT), "--no-prompt", "deploy", "-n", "train_adapter/local"],
         cwd=REPO,

@@ -67,7 +67,10 @@ resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
 from tasks.dataset.schema import validate_dataset
 result = validate_dataset(Path(sys.argv[1]))
 print("\\n".join(result.messages()))
-print("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: exec carries the forking parent's high-water mark into ru_maxrss, so
+# a child of a large pytest process would report the parent's peak.
+hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+print("peak_rss_mb", int(hwm.split()[1]) // 1024)
 """
 
 

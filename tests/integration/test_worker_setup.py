@@ -5,6 +5,7 @@ because prefect.yaml pointed the worker at an undocumented variable)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,10 +35,8 @@ def process_worker(prefect_harness: str, brightrun_home: Path, tmp_path: Path) -
     from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
-        try:
+        with contextlib.suppress(ObjectAlreadyExists):  # an earlier test of this session made it
             client.create_work_pool(WorkPoolCreate(name="brightrun-process", type="process"))
-        except ObjectAlreadyExists:  # created by an earlier test of this session
-            pass
     deployed = subprocess.run(
         [str(PREFECT), "--no-prompt", "deploy", "-n", "train_adapter/local"],
         cwd=REPO,

@@ -34,9 +34,9 @@ def process_worker(prefect_harness: str, brightrun_home: Path, tmp_path: Path) -
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client:
-        with contextlib.suppress(ObjectAlreadyExists):  # an earlier test of this session made it
-            client.create_work_pool(WorkPoolCreate(name="brightrun-process", type="process"))
+    # An earlier test of this session may have made the pool.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name="brightrun-process", type="process"))
     deployed = subprocess.run(
         [str(PREFECT), "--no-prompt", "deploy", "-n", "train_adapter/local"],
         cwd=REPO,

@@ -121,6 +121,7 @@ def test_a_dataset_a_job_trained_on_is_read_by_a_later_export(
             dataset = str(path.relative_to(tmp_path))
         else:
             base = stack.enter_context(serve_directory(path.parent))
+            resources.settings.fetch_allow_private = True  # BRIGHTRUN_FETCH_ALLOW_PRIVATE: a 127.0.0.1 CDN
             dataset = f"{base}/{path.name}?X-Amz-Signature=secret-signature&X-Amz-Expires=60"
         done = prepare_job_dataset(
             resources, job_id=job.id, dataset=dataset, spec=spec, storage=resources.storage
@@ -178,7 +179,6 @@ def test_earlier_files_on_s3_are_read_with_only_the_brightrun_endpoint_set(
     monkeypatch.setenv("BRIGHTRUN_S3_ENDPOINT_URL", seaweed.endpoint_url)
     monkeypatch.setenv("BRIGHTRUN_STORAGE_URL", seaweed.storage_url(s3_prefix))
     monkeypatch.setenv("BRIGHTRUN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BRIGHTRUN_FETCH_ALLOW_PRIVATE", "true")  # the signed URL's CDN is 127.0.0.1
     for name in ("BRIGHTRUN_DATABASE_URL", "BRIGHTRUN_CONFIG"):
         monkeypatch.delenv(name, raising=False)
 

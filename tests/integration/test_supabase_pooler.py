@@ -131,7 +131,7 @@ def test_the_pipeline_through_the_pooler(
     settings = _settings(supabase_db, tmp_path, training_file_defaults=defaults, fetch_allow_local_paths=True)
     engine = open_registry(settings)  # type: ignore[arg-type]
     try:
-        app_file, _ = repo.resolve_training_file(engine, APP_FILE)
+        app_file, _ = repo.resolve_training_file(engine, APP_FILE, allow_local_paths=True)
         assert app_file.name == "Coaching set v1"
         job = repo.create_job(engine, job_name="from-app", base_model="m", training_file_id=APP_FILE)
         for status in ("preprocessing", "model_loaded", "training", "completed"):

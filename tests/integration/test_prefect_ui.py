@@ -341,7 +341,14 @@ def test_a_finished_run_reads_well_in_the_ui(served: Served, tiny_model: Path, b
     assert [a["key"] for a in artifacts if a["task_run_id"] is None] == [f"job-{short}-summary"]
 
     # -- the trainer's own lines in the run's logs
-    messages = [log["message"] for log in _logs(served, run.id)]
+    # Run logs reach the API in batches sent in the background: the last may land after the
+    # run's final state. Wait for it, bounded; a line never forwarded still fails.
+    deadline = time.monotonic() + 30
+    while True:
+        messages = [log["message"] for log in _logs(served, run.id)]
+        if any(m.startswith("trainer: step 8/8 loss") for m in messages) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert any(m.startswith("trainer: step 8/8 loss") for m in messages), messages[-40:]
     assert any(m.startswith("trainer: validation loss at step 0") for m in messages)
     job = _job(served, job_id)

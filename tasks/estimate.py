@@ -12,6 +12,7 @@ config.json. Two callers:
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -30,10 +31,9 @@ from tasks.cost_model import (
     CostEstimate,
     cap_estimate,
     check_estimate,
-    estimate_table,
     estimated_total_steps,
-    local_model_config,
 )
+from tasks.cost_table import estimate_table
 from tasks.provision import runpod_prices
 
 Prices = Mapping[str, tuple[float | None, float | None]]
@@ -146,3 +146,13 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
         model_config=local_model_config(spec.base_model),
     )
     return table + note
+
+
+def local_model_config(base_model: str) -> dict[str, Any] | None:
+    """config.json of a local model directory, else None (a hub id: use the table). Read here, at
+    the edge, to feed `model_shape`."""
+    path = Path(base_model).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    config: dict[str, Any] = json.loads(path.read_text())
+    return config

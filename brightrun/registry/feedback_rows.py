@@ -183,7 +183,7 @@ def record_split(bind: Bind, training_file_id: str, refs: Sequence[repo.Conversa
     if not unique:
         return 0
     fid = uuid.UUID(str(training_file_id))
-    with repo._tx(bind) as conn:  # its own transaction, or the caller's
+    with repo.transaction(bind) as conn:  # its own transaction, or the caller's
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         stmt = dialect_insert(_convs)
         stmt = stmt.on_conflict_do_update(
@@ -328,7 +328,7 @@ def feedback_by_version(
         stmt = stmt.where(feedback.c.created_at >= since)
     if until is not None:
         stmt = stmt.where(feedback.c.created_at < until)
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         rows = conn.execute(stmt).all()
     stats = [
         VersionStats(

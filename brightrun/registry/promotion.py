@@ -25,6 +25,11 @@
 Every change is a `training_job_events` row on the adapter's job (`adapter_promoted`,
 `adapter_archived`, `adapter_rolled_back`, `adapter_evaluated`): the audit trail and what
 rollback and the gate read. Functions take an Engine or a Connection first, as `repository`.
+
+One concern, kept in one file past 600 lines on purpose: the lifecycle's views, its pure
+rules and its locked writes read each other (promote and rollback check the rules and write
+the records that the gate and the next rollback read), and a reviewer checks the invariants
+above against all three at once.
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ def _id(value: str) -> uuid.UUID | None:
 
 def get_artifact(bind: Bind, artifact_id: str) -> AdapterRow:
     aid = _id(artifact_id)
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         row = conn.execute(select(artifacts_t).where(artifacts_t.c.id == aid)).first() if aid else None
     if row is None:
         raise ArtifactNotFound(f"artifact {artifact_id} is not in the registry; `brightrun artifacts list`")
@@ -193,7 +198,7 @@ def production_adapters(bind: Bind, base_model: str | None = None) -> list[Adapt
     stmt = select(artifacts_t).where(artifacts_t.c.deployment_status == DeploymentStatus.production.value)
     if base_model is not None:
         stmt = stmt.where(artifacts_t.c.base_model == base_model)
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         return [_row(r) for r in conn.execute(stmt.order_by(artifacts_t.c.deployed_at.desc()))]
 
 
@@ -236,7 +241,7 @@ def resolve_artifact(
         )
     if rid is None:
         return _by_served_name(bind, ref)
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         row = conn.execute(select(artifacts_t).where(artifacts_t.c.id == rid)).first()
         if row is None:
             row = conn.execute(
@@ -255,7 +260,7 @@ def resolve_artifact(
 def _by_served_name(bind: Bind, ref: str) -> AdapterRow:
     if not served_names.looks_like_served_name(ref):
         raise ArtifactNotFound(f"{ref!r} is not an artifact id, a served name, a job id or `production`")
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         row = conn.execute(select(artifacts_t).where(artifacts_t.c.served_name == ref)).first()
     if row is None:
         raise ArtifactNotFound(
@@ -434,7 +439,7 @@ def promote(
         seen = production_adapter(bind, base_model) if target is DeploymentStatus.production else None
         expected_production = seen.id if seen else None
     aid = uuid.UUID(first.id)
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         _lock_base_model(conn, base_model, aid)
         row = conn.execute(select(artifacts_t).where(artifacts_t.c.id == aid)).first()
         if row is None:
@@ -532,7 +537,7 @@ def rollback(
     seen = production_adapter(bind, base_model)
     if seen is None:
         raise PromotionRefused(f"no adapter of {base_model} is in production; there is nothing to roll back")
-    with repo._tx(bind) as conn:
+    with repo.transaction(bind) as conn:
         _lock_base_model(conn, base_model, uuid.UUID(seen.id))
         current = _current_production(conn, base_model)
         if current is None or current.id != seen.id:

@@ -7,6 +7,7 @@ import pytest
 from brightrun.errors import InputError
 from brightrun.spec import JobSpec
 from tasks import cost_model as cm
+from tasks.cost_table import estimate_table, render_estimate
 
 LLAMA_8B = "meta-llama/Meta-Llama-3-8B-Instruct"
 LLAMA_70B = "meta-llama/Meta-Llama-3-70B-Instruct"
@@ -137,7 +138,7 @@ def test_total_steps_is_the_trainers_own_plan() -> None:
 def test_the_table_lists_every_gpu_and_marks_what_does_not_fit() -> None:
     job = spec(LLAMA_70B)
     estimate = cm.estimate_job(job, 1000, PRICES, cm.LLAMA3_70B, gpu_types=cm.ESTIMATE_GPUS)
-    table = cm.render_estimate(estimate, job.provisioning)
+    table = render_estimate(estimate, job.provisioning)
     for name in cm.ESTIMATE_GPUS:
         assert name in table
     a6000 = next(line for line in table.splitlines() if line.startswith("NVIDIA RTX A6000 "))
@@ -165,6 +166,6 @@ def test_the_flows_cap_estimate_sizes_known_models_and_falls_back_for_unknown_on
 
 
 def test_the_estimate_table_shows_the_jobs_gpus_then_the_usual_ones() -> None:
-    table = cm.estimate_table(spec(gpu_types=["NVIDIA A40"]), 500, PRICES, train_tokens=300_000)
+    table = estimate_table(spec(gpu_types=["NVIDIA A40"]), 500, PRICES, train_tokens=300_000)
     rows = [line.split("  ")[0] for line in table.splitlines() if line.startswith("NVIDIA ")]
     assert rows[0] == "NVIDIA A40" and set(cm.ESTIMATE_GPUS) <= set(rows)

@@ -515,7 +515,7 @@ def test_training_file_location_resolves_the_apps_relative_paths() -> None:
     assert repo.training_file_location("u1/set.json", "s3://other/prefix/") == "s3://other/prefix/u1/set.json"
     for own in ("s3://bucket/datasets/a.json", "/data/a.json", "https://h/a.json?sig=1"):
         assert repo.training_file_location(own) == own
-    with pytest.raises(repo.InputError):
+    with pytest.raises(InputError):
         repo.training_file_location("  ")
 
 

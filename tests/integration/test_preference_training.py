@@ -71,7 +71,10 @@ def _runs(objective: str, root: Path, tiny_model: Path, sample_dataset: Path) ->
 
 @pytest.fixture(scope="module", params=["dpo", "kto"])
 def preference_runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, sample_dataset: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    sample_dataset: Path,
 ) -> PreferenceRuns:
     return _runs(request.param, tmp_path_factory.mktemp(request.param), tiny_model, sample_dataset)
 
@@ -88,7 +91,10 @@ def test_held_out_preference_accuracy_rises_above_chance(preference_runs: Prefer
     assert report.eval_loss < baseline[0]["eval_loss"]
     train = [r for r in metric_records(storage) if r["loss"] is not None]
     assert len(train) == STEPS
-    assert all(r["rewards_chosen"] is not None and r["rewards_rejected"] is not None for r in train)
+    # A KTO micro-batch may hold thumbs of one kind only; each step has rewards of some kind.
+    assert all(r["rewards_chosen"] is not None or r["rewards_rejected"] is not None for r in train)
+    if storage.get_json("spec.json")["training"]["objective"] == "kto":
+        assert all(r["kl"] is not None and r["kl"] >= 0 for r in train)
     assert all(r["trained_tokens"] > 0 for r in train)
     assert storage.exists("reference/logps.pt") and storage.exists("reference/MANIFEST.json")
 

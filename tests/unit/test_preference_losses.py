@@ -168,3 +168,34 @@ def test_completion_sequence_scores_only_the_completion_and_cuts_from_the_end() 
     ids, labels = completion_sequence([1, 2, 3], [4, 5, 6], max_len=5)
     assert ids == [1, 2, 3, 4, 5]
     assert labels == [-100, -100, -100, 4, 5]
+
+
+def test_packed_log_probs_equal_padded_ones() -> None:
+    """Packing (one row, positions restarting) scores each sequence as padding does."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.preference import sequence_logps
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config).eval()
+    seqs = [
+        completion_sequence([1, 5, 7, 9], [11, 12, 13], 64),
+        completion_sequence([1, 5], [20, 21, 22, 23, 24], 64),
+        completion_sequence([1, 8, 8, 8, 8, 8], [30], 64),
+    ]
+    with torch.no_grad():
+        packed = sequence_logps(model, seqs, 0, torch.device("cpu"), packing=True)
+        padded = sequence_logps(model, seqs, 0, torch.device("cpu"), packing=False)
+        alone = torch.cat([sequence_logps(model, [s], 0, torch.device("cpu"), packing=False) for s in seqs])
+    assert torch.allclose(packed, alone, atol=1e-5) and torch.allclose(padded, alone, atol=1e-5)
+    assert (packed < 0).all()

@@ -118,3 +118,37 @@ def test_a_dpo_set_refuses_to_train_as_kto(tiny_model: Path, sample_dataset: Pat
     prepare_preferences(source, tiny_model, out, PreferenceOptions("dpo", 256, 0.25, 7))
     with pytest.raises(Exception, match="no completion/label"):
         load_preferences(out / prepared.TRAIN, 256, "kto")
+
+
+def test_cli_prepares_a_set_and_refuses_a_bad_file_with_exit_2(
+    tiny_model: Path, sample_dataset: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    good = write_kto(sample_dataset, tmp_path / "thumbs.jsonl")
+    out = tmp_path / "prepared"
+    args = ["prepare-preferences", "--objective", "kto", "--tokenizer", str(tiny_model), "--out", str(out)]
+    done = runner.invoke(app, [*args[:1], str(good), *args[1:], "--max-seq-length", "256"])
+    assert done.exit_code == 0, done.output
+    assert prepared.read_meta(out).objective == "kto"
+
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": PROMPT, "chosen": [], "rejected": []}])
+    refused = runner.invoke(app, [*args[:1], str(bad), *args[1:-1], str(tmp_path / "other")])
+    assert refused.exit_code == 2
+    assert "bad.jsonl:1: a DPO record" in refused.output
+    assert not (tmp_path / "other").exists()
+
+
+def test_spec_objective_and_its_constants_are_validated() -> None:
+    from brightrun.spec import parse_spec
+
+    spec = parse_spec({"job_id": "j", "base_model": "m", "training": {"objective": "kto"}})
+    t = spec.training
+    assert (t.objective, t.beta, t.desirable_weight, t.undesirable_weight) == ("kto", 0.1, 1.0, 1.0)
+    with pytest.raises(InputError) as caught:
+        parse_spec({"job_id": "j", "base_model": "m", "training": {"objective": "ppo", "beta": 0}})
+    text = "\n".join(caught.value.problems)
+    assert "training.objective" in text and "training.beta" in text

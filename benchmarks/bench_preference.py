@@ -7,8 +7,9 @@ tests/fixtures/preferences.py (sample reply chosen over a dismissive one), the s
 as KTO thumbs (each pair gives one up and one down), and SFT on the chosen replies (prompt +
 chosen, the same prompts). Each runs `python -m trainer` for `--steps` optimizer steps at
 batch x accumulation 4 x 1 on plain LoRA (CPU) and prints seconds per optimizer step
-(result.json's train_seconds / steps), tokens per step and the one-off cost of the
-reference log-probs (setup time against SFT's).
+(result.json's train_seconds / steps), tokens per step, the time outside the steps (process
+start, model load, reference log-probs, evaluations, upload) and the held-out preference
+accuracy at the end (eval.json; none for SFT).
 
 A DPO step scores 2 sequences per example and a KTO step 2 (the completion and its KL
 partner), so both process about twice SFT's tokens per step at the same batch size.
@@ -94,6 +95,7 @@ def run(objective: str, model: Path, data: Path, root: Path, args: argparse.Name
         raise SystemExit(f"{objective} failed:\n{proc.stderr[-3000:]}")
     storage = LocalStorage(Path(uri).parent)
     result = storage.get_json("result.json")
+    preference = storage.get_json("eval.json").get("preference") or {}
     records = []
     for key in storage.list("metrics/"):
         records += [json.loads(x) for x in storage.get_bytes(key).decode().splitlines() if x]
@@ -102,6 +104,7 @@ def run(objective: str, model: Path, data: Path, root: Path, args: argparse.Name
         "s_per_step": result["train_seconds"] / result["steps"],
         "tokens_per_step": last["tokens_processed"] / result["steps"],
         "overhead_s": wall - result["train_seconds"],
+        "held_out_accuracy": preference.get("reward_accuracy", float("nan")),
     }
 
 
@@ -136,11 +139,14 @@ def main() -> None:
         f"tiny model, CPU, plain LoRA, batch {args.batch_size} x 1, packing={args.packing}, "
         f"{args.steps} steps"
     )
-    print(f"{'objective':<10}{'s/step':>10}{'vs SFT':>9}{'tokens/step':>13}{'setup+eval s':>14}")
+    print(
+        f"{'objective':<10}{'s/step':>10}{'vs SFT':>9}{'tokens/step':>13}{'setup+eval s':>14}{'held-out acc':>14}"
+    )
     for name, f in figures.items():
         ratio = f["s_per_step"] / base["s_per_step"]
         print(
-            f"{name:<10}{f['s_per_step']:>10.4f}{ratio:>8.2f}x{f['tokens_per_step']:>13.0f}{f['overhead_s']:>14.1f}"
+            f"{name:<10}{f['s_per_step']:>10.4f}{ratio:>8.2f}x{f['tokens_per_step']:>13.0f}"
+            f"{f['overhead_s']:>14.1f}{f['held_out_accuracy']:>14.2f}"
         )
 
 

@@ -140,7 +140,8 @@ def main() -> None:
         f"{args.steps} steps"
     )
     print(
-        f"{'objective':<10}{'s/step':>10}{'vs SFT':>9}{'tokens/step':>13}{'setup+eval s':>14}{'held-out acc':>14}"
+        f"{'objective':<10}{'s/step':>10}{'vs SFT':>9}{'tokens/step':>13}{'setup+eval s':>14}"
+        f"{'held-out acc':>14}"
     )
     for name, f in figures.items():
         ratio = f["s_per_step"] / base["s_per_step"]

@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
 FORMAT = "brightrun-prepared-v1"
+# Preference sets (training.objective dpo/kto): same files, one PreparedPreference a line.
+PREFERENCE_FORMAT = "brightrun-preferences-v1"
 META = "meta.json"
 TRAIN = "train.jsonl"
 VALIDATION = "validation.jsonl"
@@ -47,6 +50,7 @@ class PreparedMeta(BaseModel):
     train_tokens: int
     trained_tokens: int
     files_sha256: dict[str, str] = Field(default_factory=dict)
+    objective: Literal["sft", "dpo", "kto"] = "sft"
 
 
 class PreparedExample(BaseModel):
@@ -54,6 +58,20 @@ class PreparedExample(BaseModel):
     labels: list[int]
     conversation_id: str
     pair_ids: list[str] = Field(default_factory=list)
+
+
+class PreparedPreference(BaseModel):
+    """One tokenized preference record. `prompt_ids` is the prompt rendered with the chat
+    template up to the assistant header; completions hold the reply and its end-of-turn token,
+    the only tokens scored. DPO: `chosen_ids` over `rejected_ids`; KTO: `completion_ids` with
+    `label` (true: thumbs up)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int] | None = None
+    rejected_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
+    label: bool | None = None
+    source: str = ""  # file:line of the record it came from
 
 
 class HeldOutPrompt(BaseModel):
@@ -87,6 +105,13 @@ def iter_examples(path: Path) -> Iterator[PreparedExample]:
         for line in f:
             if line.strip():
                 yield PreparedExample.model_validate_json(line)
+
+
+def iter_preferences(path: Path) -> Iterator[PreparedPreference]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield PreparedPreference.model_validate_json(line)
 
 
 def iter_prompts(path: Path) -> Iterator[HeldOutPrompt]:

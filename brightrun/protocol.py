@@ -65,6 +65,13 @@ class MetricRecord(BaseModel):
     tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
     mfu: float | None = None
+    # DPO/KTO (training.objective): mean implicit rewards beta * log(pi / pi_ref), their
+    # margin, the share of pairs ranked right, and KTO's KL reference point.
+    rewards_chosen: float | None = None
+    rewards_rejected: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
+    kl: float | None = None
     attempt: int = 1
     time: datetime = Field(default_factory=utcnow)
 
@@ -102,6 +109,8 @@ class EvalReport(BaseModel):
     perplexity: float
     eval_tokens: int
     samples: list[dict[str, str]] = Field(default_factory=list)  # prompt, reference, generated
+    # DPO/KTO: the held-out preference metrics (loss is then the preference loss).
+    preference: dict[str, float] | None = None
 
 
 class TrainerResult(BaseModel):

@@ -67,6 +67,14 @@ class TrainingSettings(_Model):
         description="Pack each micro-batch into one row with per-example positions: no padding, no "
         "cross-example attention",
     )
+    # Learning from thumbs (DPO, KTO): the objective and its TRL-default constants.
+    objective: Literal["sft", "dpo", "kto"] = Field(
+        "sft",
+        description="sft: prepared conversations; dpo: chosen/rejected pairs; kto: unpaired thumbs up/down",
+    )
+    beta: float = Field(0.1, gt=0, le=10, description="DPO/KTO: strength of the pull towards the reference")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of thumbs-up examples' losses")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of thumbs-down examples' losses")
 
 
 class CheckpointSettings(_Model):

@@ -78,6 +78,41 @@ def prepare(
     typer.echo(render_summary(report, out))
 
 
+def prepare_preferences(
+    source: Path = typer.Argument(..., help="Preference JSONL (TRL conversational DPO pairs or KTO thumbs)"),
+    objective: str = typer.Option(
+        ..., "--objective", help="dpo (chosen/rejected) or kto (completion + label)"
+    ),
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", help="Base model directory or hub id (its chat template)"
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the prepared set (replaced atomically)"),
+    max_seq_length: int = typer.Option(2048, "--max-seq-length", help="Longest sequence in tokens"),
+    validation_fraction: float = typer.Option(
+        0.1, "--validation-fraction", help="Share of conversations held out for validation"
+    ),
+    seed: int = typer.Option(42, "--seed", help="Seed of the train/validation split"),
+) -> None:
+    """Check and tokenize a preference file for training.objective dpo or kto; write DIR."""
+    from brightrun.errors import InputError
+    from tasks.dataset.preferences import PreferenceOptions
+    from tasks.dataset.preferences import prepare_preferences as prepare_set
+
+    try:
+        if objective not in ("dpo", "kto"):
+            raise InputError(f"--objective: {objective!r} is not dpo or kto")
+        if not source.is_file():
+            raise InputError(f"{source}: no such preference file")
+        options = PreferenceOptions(objective, max_seq_length, validation_fraction, seed)  # type: ignore[arg-type]
+        report = prepare_set(source, tokenizer, out, options)
+    except BrightrunError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"{report.records} {objective} records: {report.train} train, {report.validation} validation, "
+        f"{len(report.skipped)} skipped; written to {out}"
+    )
+
+
 def make_tiny_model(
     directory: Path = typer.Argument(..., help="Where to write the model and tokenizer"),
     dataset: Path | None = typer.Option(
@@ -102,3 +137,4 @@ def register(app: typer.Typer) -> None:
     """Add this area's commands to the `brightrun` app."""
     app.command("prepare")(prepare)
     app.command("make-tiny-model")(make_tiny_model)
+    app.command("prepare-preferences")(prepare_preferences)

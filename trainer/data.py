@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,13 @@ class BatchStream:
     """Micro-batches by global index; epoch plans are computed on demand and cached."""
 
     def __init__(
-        self, examples: Sequence[Example], batch_size: int, seed: int, *, group_by_length: bool = True
+        self,
+        examples: Sequence[Any],
+        batch_size: int,
+        seed: int,
+        *,
+        group_by_length: bool = True,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         if not examples:
             raise ValueError("the training split is empty")
@@ -98,7 +105,8 @@ class BatchStream:
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
-        self.lengths = [len(e.input_ids) for e in examples]
+        # `lengths` for items that are not Examples (a preference run streams example indices).
+        self.lengths = list(lengths) if lengths is not None else [len(e.input_ids) for e in examples]
         self.batches_per_epoch = micro_batches_per_epoch(len(examples), batch_size)
         self._plans: dict[int, list[list[int]]] = {}
 
@@ -109,7 +117,7 @@ class BatchStream:
             sampler_seed=self.seed,
         )
 
-    def micro_batch(self, index: int) -> list[Example]:
+    def micro_batch(self, index: int) -> list[Any]:
         pos = self.position(index)
         plan = self._plans.get(pos.epoch)
         if plan is None:

@@ -131,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     reporter.start()
     try:
         distributed.start(world)
-        run = TrainingRun(spec, storage, reporter, signals, world)
+        run_class = TrainingRun
+        if spec.training.objective != "sft":
+            from trainer.preference_run import PreferenceTrainingRun as run_class
+        run = run_class(spec, storage, reporter, signals, world)
         run.setup(previous_step)
         run.train()
     except Exception as exc:

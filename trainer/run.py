@@ -25,9 +25,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from brightrun import layout, prepared
+from brightrun import layout
 from brightrun.errors import BrightrunError
-from brightrun.protocol import MetricRecord, TrainerPhase, TrainerResult
+from brightrun.protocol import EvalReport, MetricRecord, TrainerPhase, TrainerResult
 from brightrun.spec import JobSpec
 from brightrun.storage import Storage
 from trainer import distributed
@@ -36,6 +36,7 @@ from trainer.distributed import World
 from trainer.faults import FAULTS
 from trainer.heartbeat import Reporter
 from trainer.model import build_training_model, load_tokenizer
+from trainer.prepared_data import PreparedData, setup_data
 from trainer.throughput import model_flops_per_token, peak_flops
 
 log = logging.getLogger("trainer")
@@ -64,15 +65,6 @@ class Signals:
             log.warning("SIGTERM received: finishing the current step")
 
 
-@dataclass
-class PreparedData:
-    directory: Path
-    meta: prepared.PreparedMeta
-    train: list[Any]
-    validation: list[Any]
-    prompts: list[prepared.HeldOutPrompt]
-
-
 # setup ---------------------------------------------------------------------------------------
 
 
@@ -97,34 +89,6 @@ def remove_workdir(spec: JobSpec, storage: Storage, world: World) -> None:
     shutil.rmtree(work / f"rank-{world.rank}" if world.distributed else work, ignore_errors=True)
     with contextlib.suppress(OSError):
         work.rmdir()  # the last rank out removes the job's directory
-
-
-def _setup_data(storage: Storage, spec: JobSpec, work: Path) -> PreparedData:
-    from trainer.data import load_examples
-
-    directory = work / "data"
-    prefix = spec.dataset_prefix.rstrip("/")
-    meta_bytes = storage.get_bytes(f"{prefix}/{prepared.META}")
-    meta = prepared.PreparedMeta.model_validate_json(meta_bytes)
-    if meta.format != prepared.FORMAT:
-        raise BrightrunError(
-            f"{prefix}/{prepared.META}: format {meta.format!r}, expected {prepared.FORMAT!r}"
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / prepared.META).write_bytes(meta_bytes)
-    for name in (prepared.TRAIN, prepared.VALIDATION, prepared.PROMPTS):
-        key = f"{prefix}/{name}"
-        if name == prepared.PROMPTS and not storage.exists(key):
-            continue
-        storage.get_file(key, directory / name, expected_sha256=meta.files_sha256.get(name))
-    max_len = spec.training.max_seq_length
-    return PreparedData(
-        directory=directory,
-        meta=meta,
-        train=load_examples(directory / prepared.TRAIN, max_len),
-        validation=load_examples(directory / prepared.VALIDATION, max_len),
-        prompts=list(prepared.iter_prompts(directory / prepared.PROMPTS)),
-    )
 
 
 def _setup_optimizer(spec: JobSpec, model: Any, device: Any) -> Any:
@@ -185,18 +149,18 @@ class TrainingRun:
         """Data, tokenizer, model, optimizer, batch stream, scheduler; then the resume.
         `previous_step`: the last step an earlier attempt reported (for the steps lost)."""
         from trainer.checkpoints import TrainerState
-        from trainer.data import BatchStream, plan_steps
+        from trainer.data import plan_steps
 
         spec, t = self.spec, self.spec.training
         self.reporter.phase(TrainerPhase.loading_data)
-        self.data = _setup_data(self.storage, spec, self.work)
+        self.data = self._load_data()
         log.info("dataset: %d train, %d validation examples", len(self.data.train), len(self.data.validation))
         self.reporter.phase(TrainerPhase.loading_model)
         self.device = distributed.device(self.world)
         self.tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
         self.model = build_training_model(spec, self.device)
         self.optimizer = _setup_optimizer(spec, self.model, self.device)
-        self.stream = BatchStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+        self.stream = self._batch_stream()
         self.total_steps, self.total_micro = plan_steps(
             self.stream.batches_per_epoch, t.epochs, t.max_steps, t.gradient_accumulation_steps
         )
@@ -220,6 +184,21 @@ class TrainingRun:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.flops_per_token = model_flops_per_token(self.model) if self.device.type == "cuda" else None
         self.peak_flops = peak_flops()
+
+    # what the objective decides (trainer/preference_run.py overrides these for DPO and KTO)
+    def _load_data(self) -> PreparedData:
+        return setup_data(self.storage, self.spec, self.work)
+
+    def _batch_stream(self) -> Any:
+        from trainer.data import BatchStream
+
+        t = self.spec.training
+        return BatchStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+
+    def _plan_step(self, first: int, last: int) -> Any:
+        from trainer.steps import SftStep
+
+        return SftStep.build(self.stream, range(first, last), self.pad_id, self.spec.training.packing)
 
     def train(self) -> bool:
         """True when the job finished; False when it stopped early (SIGTERM or cancel)."""
@@ -372,26 +351,17 @@ class TrainingRun:
     def _train_step(self, state: Any) -> None:
         import torch
 
-        from trainer.data import make_batch
-        from trainer.evaluate import summed_loss, to_tensors
-
         t = self.spec.training
         started = time.perf_counter()
         first = state.micro_batches_done
         last = min(first + t.gradient_accumulation_steps, self.total_micro)
-        # Every rank builds the whole step's batches (cheap lists) to know its trained tokens;
+        # Every rank builds the whole step's batches (cheap lists) to know its normaliser;
         # it runs forward and backward on its own share only.
-        batches = {
-            m: make_batch(self.stream.micro_batch(m), self.pad_id, packing=t.packing)
-            for m in range(first, last)
-        }
-        trained = sum(b.trained_tokens for b in batches.values())
+        step = self._plan_step(first, last)
         grads, losses = [], []
         for m in self.world.micro_batches(first, last):
             distributed.seed_micro_batch(t.seed, m)
-            # Normalised by the whole step's trained tokens: every token weighs the same,
-            # whatever micro-batch (or rank) it falls in.
-            loss = summed_loss(self.model, to_tensors(batches[m], self.device)) / max(trained, 1)
+            loss = step.loss(self.model, m, self.device)
             if FAULTS.requested("nan_loss_at_step", state.step + 1):
                 loss = loss * float("nan")
             loss.backward()
@@ -415,7 +385,7 @@ class TrainingRun:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
 
-        tokens = sum(b.tokens for b in batches.values())
+        tokens, trained = step.tokens, step.trained_tokens
         state.step += 1
         state.micro_batches_done = last
         pos = self.stream.position(last)
@@ -423,7 +393,7 @@ class TrainingRun:
         state.epoch = last / self.stream.batches_per_epoch
         state.tokens_processed += tokens
         state.trained_tokens += trained
-        state.padding_tokens += sum(b.padding_tokens for b in batches.values())
+        state.padding_tokens += step.padding_tokens
         state.last_loss = step_loss
         state.train_seconds += seconds
         tokens_per_s = tokens / seconds if seconds > 0 else None
@@ -447,6 +417,7 @@ class TrainingRun:
                 peak_memory_mb=peak_mb,
                 mfu=mfu,
                 attempt=self.reporter.attempt,
+                **step.metrics(),
             )
         )
         self.reporter.update(
@@ -538,12 +509,10 @@ class TrainingRun:
         log.info("validation loss at step %d: %.4f", state.step, loss)
         return loss
 
-    def _finish(self, state: Any) -> None:
-        from trainer import checkpoints
+    def _final_report(self) -> EvalReport:
         from trainer.evaluate import build_report, sample_replies, validation_loss
 
         spec = self.spec
-        self.reporter.phase(TrainerPhase.evaluating)
         if self.data.validation:
             loss, tokens = validation_loss(
                 self.model, self.data.validation, self.eval_batch, self.pad_id, self.device
@@ -558,7 +527,15 @@ class TrainingRun:
             spec.training.max_seq_length,
             self.device,
         )
-        report = build_report(loss, tokens, samples)
+        return build_report(loss, tokens, samples)
+
+    def _finish(self, state: Any) -> None:
+        from trainer import checkpoints
+
+        spec = self.spec
+        self.reporter.phase(TrainerPhase.evaluating)
+        report = self._final_report()
+        loss = report.eval_loss
         self.reporter.metric(
             MetricRecord(step=state.step, epoch=state.epoch, eval_loss=loss, attempt=self.reporter.attempt)
         )

@@ -59,6 +59,11 @@ class TrainRequest(BaseModel):
     base_model: str = Field(
         min_length=1, description="HF hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory"
     )
+    init_adapter: str | None = Field(
+        None,
+        description="Continue from this adapter's weights: an artifact id, a job id, a served name or "
+        "`production` (same base model, rank and target modules)",
+    )
     preset: PresetName | None = Field(
         PresetName.balanced, description="conservative, balanced or aggressive; set fields override it"
     )
@@ -245,6 +250,8 @@ def build_job_spec(request: TrainRequest) -> JobSpec:
     """What the caller set, with the preset under it (explicit values win), as a job spec."""
     base: dict[str, Any] = dict(request.explicit_sections())
     explicit_training = dict(base.get("training", {}))
+    if "warmup_ratio" in explicit_training and "warmup_steps" in explicit_training:
+        raise ValueError("training.warmup_ratio and training.warmup_steps: give one of them, not both")
     if request.preset is not None:
         base = apply_preset(base, request.preset)
     training = base.get("training")

@@ -42,6 +42,8 @@ from brightrun.spec import (
 )
 from brightrun.storage import Storage
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
+from tasks.adapters.continue_from import lineage, resolve_init_adapter, stage_init_adapter
+from tasks.adapters.fetch import LocalAdapter
 from tasks.adapters.task import publish_adapter
 from tasks.dataset.task import prepare_job_dataset_task
 from tasks.estimate import check_job_cost
@@ -82,6 +84,7 @@ class JobRun:
     spec: JobSpec
     storage: Storage
     recorder: JobRecorder
+    init_source: LocalAdapter | None = None  # the adapter to continue from, verified, not yet staged
 
     @property
     def job_id(self) -> str:
@@ -162,7 +165,11 @@ def publish(job: JobRun) -> str:
     for passed in statuses_for_phase("training", recorder.status_value):
         recorder.transition(passed)
     artifact = publish_adapter(
-        job.resources.registry, job.storage, job.job_id, base_model=job.spec.base_model
+        job.resources.registry,
+        job.storage,
+        job.job_id,
+        base_model=job.spec.base_model,
+        metadata=lineage(job.spec.init_adapter),
     )
     recorder.lora_artifact_path = artifact.storage_path
     return artifact.storage_path
@@ -239,6 +246,12 @@ def prepare_or_reuse_data(job: JobRun) -> None:
         job.spec = JobSpec.model_validate_json(job.storage.get_bytes(job.layout.spec))
         return
     preprocess(job)
+    if job.init_source is not None:
+        init = stage_init_adapter(job.storage, job.job_id, job.init_source)
+        job.spec = job.spec.model_copy(update={"init_adapter": init})
+        job.recorder.event("init_adapter_staged", 0, lineage(init)["continued_from"])
+        row = repo.get_job(job.recorder.engine, job.job_id)
+        repo.update_job(job.recorder.engine, job.job_id, metadata={**row.metadata, **lineage(init)})
     write_spec(job)
 
 
@@ -281,6 +294,7 @@ def train_adapter(
     base_model: str,
     dataset: str | None = None,
     training_file_id: uuid.UUID | None = None,
+    init_adapter: str | None = None,
     preset: PresetName | None = PresetName.balanced,
     lora: LoraSettings | None = None,
     quantization: QuantizationSettings | None = None,
@@ -302,6 +316,7 @@ def train_adapter(
         base_model: hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory.
         dataset: training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL.
         training_file_id: or a training_files row (its json_file_path is fetched).
+        init_adapter: continue from this adapter (artifact id, job id or `production`).
         preset: conservative, balanced or aggressive; fields set below override it.
         lora: LoRA rank, alpha, dropout and target modules.
         quantization: 4-bit NF4 QLoRA (default) or plain LoRA.
@@ -330,9 +345,13 @@ def train_adapter(
 def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None) -> Any:
     """job → dataset → spec → train → publish → end."""
     attach_library_loggers()
+    init_source = None
+    if resolved.request.init_adapter:  # refused before any row exists (a resume checks it again)
+        init_source = resolve_init_adapter(resources, resolved.request.init_adapter, resolved.spec)
     job, ended = open_job(resources, resolved, resume_job_id)
     if ended is not None:
         return ended
+    job.init_source = init_source
     status, error_message, bad_input = "failed", None, False
     try:
         prepare_or_reuse_data(job)

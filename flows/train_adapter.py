@@ -45,7 +45,8 @@ from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, re
 from tasks.adapters.continue_from import lineage, resolve_init_adapter, stage_init_adapter
 from tasks.adapters.fetch import LocalAdapter
 from tasks.adapters.task import publish_adapter
-from tasks.dataset.task import prepare_job_dataset_task
+from tasks.dataset.mixture import WeightedSource
+from tasks.dataset.task import prepare_job_dataset_task, prepare_job_mixture_task
 from tasks.estimate import check_job_cost
 from tasks.job import (
     JobRecorder,
@@ -209,6 +210,9 @@ def preprocess(job: JobRun) -> None:
     it as `datasets/<sha256>.json`, validates, tokenizes, splits, uploads and records it."""
     recorder, request = job.recorder, job.resolved.request
     recorder.transition("preprocessing")
+    if request.datasets:
+        preprocess_mixture(job, request.datasets)
+        return
     dataset = prepare_job_dataset_task(
         job.resources,
         job_id=job.job_id,
@@ -237,6 +241,28 @@ def preprocess(job: JobRun) -> None:
     params.pop("training_file_id", None)
     repo.update_job(recorder.engine, job.job_id, metadata={**row.metadata, "params": params})
     job.spec = job.spec.model_copy(update={"dataset_sha256": dataset.sha256})
+
+
+def preprocess_mixture(job: JobRun, sources: list[WeightedSource]) -> None:
+    """Several weighted training files: each prepared and recorded, merged, uploaded."""
+    resources = job.resources
+    mixture = prepare_job_mixture_task(
+        resources,
+        job_id=job.job_id,
+        sources=sources,
+        spec=job.spec,
+        storage=job.storage,
+        locate=lambda file_id: _dataset_source(
+            resources, TrainRequest(base_model="-", training_file_id=file_id)
+        ),
+    )
+    job.recorder.reporter.dataset_report(mixture.report_markdown)
+    job.recorder.event("dataset_validated", 0, mixture.mixture.model_dump(mode="json"))
+    # A resume refetches from the pipeline's own copies, never from a caller's URLs.
+    row = repo.get_job(job.recorder.engine, job.job_id)
+    params = {**row.metadata.get("params", {}), "datasets": [s.model_dump() for s in mixture.sources]}
+    repo.update_job(job.recorder.engine, job.job_id, metadata={**row.metadata, "params": params})
+    job.spec = job.spec.model_copy(update={"dataset_sha256": mixture.mixture.sha256})
 
 
 def prepare_or_reuse_data(job: JobRun) -> None:
@@ -274,7 +300,11 @@ def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    dataset = params.get("dataset") or f"training-file-{str(params.get('training_file_id', ''))[:8]}"
+    dataset = params.get("dataset") or (
+        f"mixture-of-{len(params['datasets'])}"
+        if params.get("datasets")
+        else f"training-file-{str(params.get('training_file_id', ''))[:8]}"
+    )
     if isinstance(dataset, SecretStr):  # a signed URL, masked in Prefect's records
         dataset = dataset.get_secret_value()
     return run_name(
@@ -294,6 +324,7 @@ def train_adapter(
     base_model: str,
     dataset: str | None = None,
     training_file_id: uuid.UUID | None = None,
+    datasets: list[WeightedSource] | None = None,
     init_adapter: str | None = None,
     preset: PresetName | None = PresetName.balanced,
     lora: LoraSettings | None = None,
@@ -316,6 +347,7 @@ def train_adapter(
         base_model: hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory.
         dataset: training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL.
         training_file_id: or a training_files row (its json_file_path is fetched).
+        datasets: or several weighted training files, [{source, weight}] (path, URI or training_file_id).
         init_adapter: continue from this adapter (artifact id, job id or `production`).
         preset: conservative, balanced or aggressive; fields set below override it.
         lora: LoRA rank, alpha, dropout and target modules.

@@ -36,6 +36,7 @@ from brightrun.spec import (
     TrainingSettings,
     apply_preset,
 )
+from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, merge_seed_sections, seed_sections
 from tasks.dataset.mixture import WeightedSource
 
 PLACEHOLDER_JOB_ID = "pending"
@@ -86,6 +87,12 @@ class TrainRequest(BaseModel):
     )
     provisioning: ProvisioningPolicy | None = Field(
         None, description="RunPod GPU types, spot/on-demand, bid, budget and duration caps"
+    )
+    hyperparameters: SeedHyperparameters | None = Field(
+        None, description="The dashboard's hyperparameters (num_epochs, lora_r, warmup_ratio, ...)"
+    )
+    runpod_config: SeedRunpodConfig | None = Field(
+        None, description="The dashboard's runpod_config (gpu_type, instance_type, max_duration_hours)"
     )
     compute: ComputeBackend | None = Field(None, description="local or runpod (default: BRIGHTRUN_COMPUTE)")
     storage_url: str | None = Field(
@@ -293,6 +300,16 @@ def check_environment(request: TrainRequest, settings: Settings, compute: Comput
 def build_job_spec(request: TrainRequest) -> JobSpec:
     """What the caller set, with the preset under it (explicit values win), as a job spec."""
     base: dict[str, Any] = dict(request.explicit_sections())
+    seed = seed_sections(request.hyperparameters, request.runpod_config)
+    provisioning = (
+        request.provisioning.model_dump(mode="json", include=request.provisioning.model_fields_set)
+        if request.provisioning is not None
+        else {}
+    )
+    base, seed_problems = merge_seed_sections({**base, "provisioning": provisioning}, seed)
+    if seed_problems:
+        raise ValueError("; ".join(seed_problems))
+    provisioning = base.pop("provisioning")
     explicit_training = dict(base.get("training", {}))
     if "warmup_ratio" in explicit_training and "warmup_steps" in explicit_training:
         raise ValueError("training.warmup_ratio and training.warmup_steps: give one of them, not both")
@@ -307,8 +324,8 @@ def build_job_spec(request: TrainRequest) -> JobSpec:
         and training.get("warmup_steps", 0) > training["max_steps"]
     ):
         training["warmup_steps"] = max(0, training["max_steps"] // 10)
-    if request.provisioning is not None:
-        base["provisioning"] = request.provisioning.model_dump(mode="json")
+    if request.provisioning is not None or provisioning:
+        base["provisioning"] = provisioning
     base["base_model"] = request.base_model
     base["job_id"] = PLACEHOLDER_JOB_ID
     if request.job_name:

@@ -47,6 +47,13 @@ class TrainingSettings(_Model):
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_steps: int = Field(10, ge=0)
+    warmup_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of the run's optimizer steps spent warming up (the dashboard's field); "
+        "when set it replaces warmup_steps",
+    )
     epochs: float = Field(2.0, gt=0, le=100)
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set")
     batch_size: int = Field(4, ge=1, le=1024)
@@ -122,19 +129,38 @@ class PresetName(StrEnum):
     aggressive = "aggressive"
 
 
-# The three presets of the dashboard's seed (learning rate, LoRA rank/alpha, epochs).
+# The seed's hyperparameter guide, exactly (rank, alpha, dropout, learning rate, epochs, batch
+# size x gradient accumulation); warmup is ours (the guide names none).
 PRESETS: dict[PresetName, dict[str, dict[str, object]]] = {
     PresetName.conservative: {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
-        "training": {"learning_rate": 1e-4, "epochs": 1.0, "warmup_steps": 20},
+        "training": {
+            "learning_rate": 1e-4,
+            "epochs": 2.0,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 8,
+            "warmup_steps": 20,
+        },
     },
     PresetName.balanced: {
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "training": {"learning_rate": 2e-4, "epochs": 2.0, "warmup_steps": 10},
+        "training": {
+            "learning_rate": 2e-4,
+            "epochs": 3.0,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 4,
+            "warmup_steps": 10,
+        },
     },
     PresetName.aggressive: {
         "lora": {"r": 32, "alpha": 64, "dropout": 0.1},
-        "training": {"learning_rate": 3e-4, "epochs": 3.0, "warmup_steps": 5},
+        "training": {
+            "learning_rate": 3e-4,
+            "epochs": 4.0,
+            "batch_size": 4,
+            "gradient_accumulation_steps": 4,
+            "warmup_steps": 5,
+        },
     },
 }
 
@@ -183,6 +209,16 @@ class ProvisioningPolicy(_Model):
     )
 
 
+class InitAdapter(_Model):
+    """The adapter a job continues from, staged under the job's own prefix by the orchestrator
+    (the trainer reads nothing else): its files, their manifest, and that manifest's sha256."""
+
+    prefix: str = Field("init_adapter", min_length=1, description="Key prefix under the job's prefix")
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    artifact_id: str | None = Field(None, description="The registry's id of the adapter (for the record)")
+    training_job_id: str | None = Field(None, description="The job that trained it (for the record)")
+
+
 class JobSpec(_Model):
     """`spec.json`. Paths inside are relative to the job prefix unless they are URIs."""
 
@@ -201,6 +237,9 @@ class JobSpec(_Model):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     provisioning: ProvisioningPolicy = Field(default_factory=ProvisioningPolicy)
     preset: PresetName | None = None
+    init_adapter: InitAdapter | None = Field(
+        None, description="Start from this adapter's weights instead of a fresh LoRA"
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, le=300, description="How often status.json is rewritten")
 
     @model_validator(mode="after")
@@ -209,13 +248,27 @@ class JobSpec(_Model):
         if self.lora.alpha < self.lora.r / 4:
             problems.append(f"lora.alpha={self.lora.alpha} is far below lora.r={self.lora.r}")
         max_steps = self.training.max_steps
-        if max_steps is not None and self.training.warmup_steps > max_steps:
+        if (
+            max_steps is not None
+            and self.training.warmup_ratio is None
+            and self.training.warmup_steps > max_steps
+        ):
             problems.append(
                 f"training.warmup_steps={self.training.warmup_steps} exceeds training.max_steps={max_steps}"
             )
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def warmup_steps(training: TrainingSettings, total_steps: int) -> int:
+    """Warmup in optimizer steps: `warmup_ratio` of the run (rounded up, as transformers does)
+    when set, else `warmup_steps`; never more than the run."""
+    import math
+
+    if training.warmup_ratio is not None:
+        return min(total_steps, math.ceil(training.warmup_ratio * total_steps))
+    return min(training.warmup_steps, total_steps)
 
 
 def apply_preset(base: dict[str, object], preset: PresetName | str) -> dict[str, object]:

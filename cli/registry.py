@@ -266,7 +266,19 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(artifacts)} artifact(s)")
-    columns = ("id", "served name", "job", "type", "base model", "size", "val loss", "ppl", "status", "path")
+    columns = (
+        "id",
+        "served name",
+        "job",
+        "type",
+        "base model",
+        "continued from",
+        "size",
+        "val loss",
+        "ppl",
+        "status",
+        "path",
+    )
     for col in columns:
         table.add_column(col, overflow="fold")
     for a in artifacts:
@@ -276,6 +288,8 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
             a.training_job_id,
             a.artifact_type,
             a.base_model or "-",
+            # The lineage: the adapter this one started from (train --init-adapter).
+            (a.metadata.get("continued_from") or {}).get("artifact_id") or "-",
             _fmt(a.file_size_bytes),
             _fmt(a.validation_loss),
             _fmt(a.validation_perplexity),

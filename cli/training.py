@@ -37,8 +37,9 @@ CONFIG_SECTIONS = (
 )
 
 PRESETS_HELP = (
-    "conservative (LoRA r 8, lr 1e-4, 1 epoch) | balanced (r 16, lr 2e-4, 2 epochs) | "
-    "aggressive (r 32, lr 3e-4, 3 epochs) | none. Options you set override the preset."
+    "conservative (LoRA r 8, alpha 16, lr 1e-4, 2 epochs, batch 2 x 8) | balanced (r 16, alpha 32, "
+    "lr 2e-4, 3 epochs, 4 x 4) | aggressive (r 32, alpha 64, dropout 0.1, lr 3e-4, 4 epochs, 4 x 4) | "
+    "none. Options you set override the preset."
 )
 
 
@@ -192,12 +193,20 @@ def train(
         None, "--training-file-id", help="Instead of DATASET: a training_files row (the app's way)"
     ),
     preset: str = typer.Option("balanced", "--preset", help=PRESETS_HELP),
+    init_adapter: str | None = typer.Option(
+        None,
+        "--init-adapter",
+        help="Continue from this adapter (artifact id, job id or `production`): same base, rank, targets",
+    ),
     config: Path | None = typer.Option(
         None, "--config", help=f"YAML/JSON file of job spec sections ({', '.join(CONFIG_SECTIONS)})"
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps"),
     epochs: float | None = typer.Option(None, "--epochs", help="Passes over the training set"),
     learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak learning rate"),
+    warmup_ratio: float | None = typer.Option(
+        None, "--warmup-ratio", help="Share of the steps spent warming up (instead of warmup_steps)"
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per micro-batch"),
     max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Longest sequence in tokens"),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the data order and the split"),
@@ -240,6 +249,7 @@ def train(
                 "max_steps": max_steps,
                 "epochs": epochs,
                 "learning_rate": learning_rate,
+                "warmup_ratio": warmup_ratio,
                 "batch_size": batch_size,
                 "max_seq_length": max_seq_length,
                 "seed": seed,
@@ -250,6 +260,7 @@ def train(
             "preprocessing": {"min_quality": min_quality, "validation_fraction": validation_fraction},
         },
         training_file_id=training_file_id,
+        init_adapter=init_adapter,
         compute=compute,
         storage_url=storage_url,
         webhook_url=webhook_url,

@@ -22,6 +22,7 @@ from pydantic import Field
 from brightrun.errors import InputError
 from brightrun.resources import Resources
 from tasks.feedback import ExportOptions, FileOptions, SelectionOptions
+from tasks.feedback.retrain import continue_from, retrain_datasets
 from tasks.feedback.task import export_window_task, start_training
 
 CONCURRENCY_LIMIT = "export-feedback"
@@ -45,6 +46,43 @@ def _ensure_concurrency_limit() -> None:
                 )
 
 
+def retrain_parameters(
+    resources: Resources,
+    *,
+    base_model: str,
+    preset: str | None,
+    job_name: str,
+    curated_ids: list[str] | None,
+    replay_share: float,
+    continue_from_production: bool,
+) -> dict[str, Any]:
+    """train_adapter's parameters for the automatic retrain (tasks/feedback/retrain.py)."""
+    from brightrun.registry import promotion
+    from brightrun.registry import repository as repo
+
+    files = repo.list_training_files(resources.registry, limit=None)
+    parameters: dict[str, Any] = {
+        "datasets": retrain_datasets(files, curated_ids, replay_share),
+        "base_model": base_model,
+        "preset": preset,
+        "job_name": job_name,
+    }
+    if continue_from_production:
+        production = promotion.production_adapter(resources.registry, base_model)
+        config = None
+        if production is not None:
+            config = repo_artifact_lora_config(resources, production.id)
+        parameters.update(continue_from(config))
+    return parameters
+
+
+def repo_artifact_lora_config(resources: Resources, artifact_id: str) -> dict[str, Any]:
+    from brightrun.registry import repository as repo
+
+    found = [a for a in repo.list_artifacts(resources.registry, limit=None) if a.id == artifact_id]
+    return dict(found[0].lora_config) if found else {}
+
+
 @flow(name="export_feedback", log_prints=True, retries=0)
 def export_feedback(
     since: datetime | None = None,
@@ -63,6 +101,9 @@ def export_feedback(
     train_deployment: str = DEFAULT_TRAIN_DEPLOYMENT,
     train_base_model: str = "meta-llama/Meta-Llama-3-8B-Instruct",
     train_preset: str | None = "balanced",
+    curated_training_files: list[str] | None = None,
+    replay_share: Annotated[float, Field(gt=0, lt=1)] = 0.5,
+    continue_from_production: bool = True,
     dry_run: bool = False,
     lock_wait_seconds: Annotated[float, Field(ge=0)] = 0.0,
 ) -> dict[str, Any]:
@@ -83,6 +124,10 @@ def export_feedback(
         min_examples: with auto_train, train only when the new file has this many examples.
         auto_train: start `train_deployment` on the new file.
         train_deployment / train_base_model / train_preset: what to train.
+        curated_training_files: training_files ids replayed in every retrain (default: every
+            registered file that is not a feedback export).
+        replay_share: share of the retrain's training examples that come from the curated files.
+        continue_from_production: start from the production adapter of train_base_model.
         dry_run: read, select and report; write nothing (no file, row, watermark or cache).
         lock_wait_seconds: wait this long for a running export, then exit cleanly.
     """
@@ -125,13 +170,23 @@ def export_feedback(
     summary["training_run"] = None
     if result.status == "exported" and auto_train:
         if result.examples >= min_examples and result.training_file_uri:
-            summary["training_run"] = start_training(
-                train_deployment,
-                result.training_file_uri,
-                train_base_model,
-                train_preset,
-                f"feedback-{result.since:%Y%m%d}-{result.until:%Y%m%d}",
+            with Resources.from_settings() as resources:
+                parameters = retrain_parameters(
+                    resources,
+                    base_model=train_base_model,
+                    preset=train_preset,
+                    job_name=f"feedback-{result.since:%Y%m%d}-{result.until:%Y%m%d}",
+                    curated_ids=curated_training_files,
+                    replay_share=replay_share,
+                    continue_from_production=continue_from_production,
+                )
+            logger.info(
+                "retraining on %d file(s) (curated replay share %.0f%%)%s",
+                len(parameters["datasets"]),
+                replay_share * 100,
+                ", from the production adapter" if "init_adapter" in parameters else "",
             )
+            summary["training_run"] = start_training(train_deployment, parameters)
             logger.info("started %s: %s", train_deployment, summary["training_run"]["flow_run_name"])
         else:
             logger.info(

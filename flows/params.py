@@ -36,6 +36,8 @@ from brightrun.spec import (
     TrainingSettings,
     apply_preset,
 )
+from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, merge_seed_sections, seed_sections
+from tasks.dataset.mixture import WeightedSource
 
 PLACEHOLDER_JOB_ID = "pending"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -59,6 +61,17 @@ class TrainRequest(BaseModel):
     base_model: str = Field(
         min_length=1, description="HF hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory"
     )
+    datasets: list[WeightedSource] | None = Field(
+        None,
+        description="Or: several training files with weights, [{source, weight}]; each source a path, "
+        "URI or training_file_id; deduplicated, each keeping its own split",
+        min_length=1,
+    )
+    init_adapter: str | None = Field(
+        None,
+        description="Continue from this adapter's weights: an artifact id, a job id, a served name or "
+        "`production` (same base model, rank and target modules)",
+    )
     preset: PresetName | None = Field(
         PresetName.balanced, description="conservative, balanced or aggressive; set fields override it"
     )
@@ -74,6 +87,12 @@ class TrainRequest(BaseModel):
     )
     provisioning: ProvisioningPolicy | None = Field(
         None, description="RunPod GPU types, spot/on-demand, bid, budget and duration caps"
+    )
+    hyperparameters: SeedHyperparameters | None = Field(
+        None, description="The dashboard's hyperparameters (num_epochs, lora_r, warmup_ratio, ...)"
+    )
+    runpod_config: SeedRunpodConfig | None = Field(
+        None, description="The dashboard's runpod_config (gpu_type, instance_type, max_duration_hours)"
     )
     compute: ComputeBackend | None = Field(None, description="local or runpod (default: BRIGHTRUN_COMPUTE)")
     storage_url: str | None = Field(
@@ -100,6 +119,10 @@ class TrainRequest(BaseModel):
         data = self.model_dump(mode="json", exclude_none=True, exclude=set(SPEC_SECTIONS) | {"provisioning"})
         if self.dataset is not None:
             data["dataset"] = without_query(self.dataset)  # never a signed URL's signature
+        if self.datasets is not None:
+            data["datasets"] = [
+                {"source": without_query(d.source), "weight": d.weight} for d in self.datasets
+            ]
         data.update(self.explicit_sections())
         if self.provisioning is not None:
             data["provisioning"] = self.provisioning.model_dump(
@@ -143,9 +166,42 @@ def _looks_local(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()
 
 
+def check_sources(
+    dataset: str | None, training_file_id: uuid.UUID | None, datasets: list[WeightedSource] | None
+) -> list[str]:
+    """One of dataset, training_file_id or datasets; each of the datasets' files checked."""
+    given = [
+        n
+        for n, v in (("dataset", dataset), ("training_file_id", training_file_id), ("datasets", datasets))
+        if v
+    ]
+    if len(given) > 1:
+        return [
+            f"{' and '.join(given)}: give one of them, not both"
+            if len(given) == 2
+            else f"{', '.join(given)}: give one of them"
+        ]
+    if not datasets:
+        return check_dataset(dataset, training_file_id)
+    problems = []
+    for i, entry in enumerate(datasets):
+        try:
+            uuid.UUID(entry.source)
+            continue  # a training_files row, located when the job starts
+        except ValueError:
+            pass
+        problems += [
+            p.replace("dataset:", f"datasets.{i}.source:", 1) for p in check_dataset(entry.source, None)
+        ]
+    return problems
+
+
 def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> list[str]:
     if dataset is None and training_file_id is None:
-        return ["dataset: give a training file (path, s3:// URI or https URL) or a training_file_id"]
+        return [
+            "dataset: give a training file (path, s3:// URI or https URL), a training_file_id, "
+            "or datasets: [{source, weight}]"
+        ]
     if dataset is not None and training_file_id is not None:
         return ["dataset and training_file_id: give one of them, not both"]
     if dataset is None:
@@ -244,7 +300,19 @@ def check_environment(request: TrainRequest, settings: Settings, compute: Comput
 def build_job_spec(request: TrainRequest) -> JobSpec:
     """What the caller set, with the preset under it (explicit values win), as a job spec."""
     base: dict[str, Any] = dict(request.explicit_sections())
+    seed = seed_sections(request.hyperparameters, request.runpod_config)
+    provisioning = (
+        request.provisioning.model_dump(mode="json", include=request.provisioning.model_fields_set)
+        if request.provisioning is not None
+        else {}
+    )
+    base, seed_problems = merge_seed_sections({**base, "provisioning": provisioning}, seed)
+    if seed_problems:
+        raise ValueError("; ".join(seed_problems))
+    provisioning = base.pop("provisioning")
     explicit_training = dict(base.get("training", {}))
+    if "warmup_ratio" in explicit_training and "warmup_steps" in explicit_training:
+        raise ValueError("training.warmup_ratio and training.warmup_steps: give one of them, not both")
     if request.preset is not None:
         base = apply_preset(base, request.preset)
     training = base.get("training")
@@ -256,8 +324,8 @@ def build_job_spec(request: TrainRequest) -> JobSpec:
         and training.get("warmup_steps", 0) > training["max_steps"]
     ):
         training["warmup_steps"] = max(0, training["max_steps"] // 10)
-    if request.provisioning is not None:
-        base["provisioning"] = request.provisioning.model_dump(mode="json")
+    if request.provisioning is not None or provisioning:
+        base["provisioning"] = provisioning
     base["base_model"] = request.base_model
     base["job_id"] = PLACEHOLDER_JOB_ID
     if request.job_name:
@@ -294,15 +362,15 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
             partial = _partial_request(raw, exc)
             if partial is not None:
                 compute = partial.compute or settings.compute
-                if "dataset" in raw or "training_file_id" in raw:
-                    problems += check_dataset(partial.dataset, partial.training_file_id)
+                if "dataset" in raw or "training_file_id" in raw or "datasets" in raw:
+                    problems += check_sources(partial.dataset, partial.training_file_id, partial.datasets)
                 if partial.base_model != "-":
                     problems += check_base_model(partial.base_model)
                 problems += check_environment(partial, settings, compute)
             raise InputError("invalid train_adapter parameters (nothing was started)", problems) from None
 
     compute = request.compute or settings.compute
-    problems += check_dataset(request.dataset, request.training_file_id)
+    problems += check_sources(request.dataset, request.training_file_id, request.datasets)
     problems += check_base_model(request.base_model)
     problems += check_environment(request, settings, compute)
     spec: JobSpec | None = None
@@ -317,6 +385,8 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
     name = (
         dataset_display_name(request.dataset)
         if request.dataset
+        else f"mixture-of-{len(request.datasets)}"
+        if request.datasets
         else f"training-file-{str(request.training_file_id)[:8]}"
     )
     return ResolvedRequest(

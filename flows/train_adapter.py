@@ -42,8 +42,12 @@ from brightrun.spec import (
 )
 from brightrun.storage import Storage
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
+from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, seed_response
+from tasks.adapters.continue_from import lineage, resolve_init_adapter, stage_init_adapter
+from tasks.adapters.fetch import LocalAdapter
 from tasks.adapters.task import publish_adapter
-from tasks.dataset.task import prepare_job_dataset_task
+from tasks.dataset.mixture import WeightedSource
+from tasks.dataset.task import prepare_job_dataset_task, prepare_job_mixture_task
 from tasks.estimate import check_job_cost
 from tasks.job import (
     JobRecorder,
@@ -82,6 +86,7 @@ class JobRun:
     spec: JobSpec
     storage: Storage
     recorder: JobRecorder
+    init_source: LocalAdapter | None = None  # the adapter to continue from, verified, not yet staged
 
     @property
     def job_id(self) -> str:
@@ -162,7 +167,11 @@ def publish(job: JobRun) -> str:
     for passed in statuses_for_phase("training", recorder.status_value):
         recorder.transition(passed)
     artifact = publish_adapter(
-        job.resources.registry, job.storage, job.job_id, base_model=job.spec.base_model
+        job.resources.registry,
+        job.storage,
+        job.job_id,
+        base_model=job.spec.base_model,
+        metadata=lineage(job.spec.init_adapter),
     )
     recorder.lora_artifact_path = artifact.storage_path
     return artifact.storage_path
@@ -202,6 +211,9 @@ def preprocess(job: JobRun) -> None:
     it as `datasets/<sha256>.json`, validates, tokenizes, splits, uploads and records it."""
     recorder, request = job.recorder, job.resolved.request
     recorder.transition("preprocessing")
+    if request.datasets:
+        preprocess_mixture(job, request.datasets)
+        return
     dataset = prepare_job_dataset_task(
         job.resources,
         job_id=job.job_id,
@@ -232,6 +244,28 @@ def preprocess(job: JobRun) -> None:
     job.spec = job.spec.model_copy(update={"dataset_sha256": dataset.sha256})
 
 
+def preprocess_mixture(job: JobRun, sources: list[WeightedSource]) -> None:
+    """Several weighted training files: each prepared and recorded, merged, uploaded."""
+    resources = job.resources
+    mixture = prepare_job_mixture_task(
+        resources,
+        job_id=job.job_id,
+        sources=sources,
+        spec=job.spec,
+        storage=job.storage,
+        locate=lambda file_id: _dataset_source(
+            resources, TrainRequest(base_model="-", training_file_id=file_id)
+        ),
+    )
+    job.recorder.reporter.dataset_report(mixture.report_markdown)
+    job.recorder.event("dataset_validated", 0, mixture.mixture.model_dump(mode="json"))
+    # A resume refetches from the pipeline's own copies, never from a caller's URLs.
+    row = repo.get_job(job.recorder.engine, job.job_id)
+    params = {**row.metadata.get("params", {}), "datasets": [s.model_dump() for s in mixture.sources]}
+    repo.update_job(job.recorder.engine, job.job_id, metadata={**row.metadata, "params": params})
+    job.spec = job.spec.model_copy(update={"dataset_sha256": mixture.mixture.sha256})
+
+
 def prepare_or_reuse_data(job: JobRun) -> None:
     """The dataset stage and `spec.json`, unless an earlier run of this job already stored them."""
     if job.storage.exists(job.layout.spec):
@@ -239,6 +273,12 @@ def prepare_or_reuse_data(job: JobRun) -> None:
         job.spec = JobSpec.model_validate_json(job.storage.get_bytes(job.layout.spec))
         return
     preprocess(job)
+    if job.init_source is not None:
+        init = stage_init_adapter(job.storage, job.job_id, job.init_source)
+        job.spec = job.spec.model_copy(update={"init_adapter": init})
+        job.recorder.event("init_adapter_staged", 0, lineage(init)["continued_from"])
+        row = repo.get_job(job.recorder.engine, job.job_id)
+        repo.update_job(job.recorder.engine, job.job_id, metadata={**row.metadata, **lineage(init)})
     write_spec(job)
 
 
@@ -261,7 +301,11 @@ def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    dataset = params.get("dataset") or f"training-file-{str(params.get('training_file_id', ''))[:8]}"
+    dataset = params.get("dataset") or (
+        f"mixture-of-{len(params['datasets'])}"
+        if params.get("datasets")
+        else f"training-file-{str(params.get('training_file_id', ''))[:8]}"
+    )
     if isinstance(dataset, SecretStr):  # a signed URL, masked in Prefect's records
         dataset = dataset.get_secret_value()
     return run_name(
@@ -281,6 +325,8 @@ def train_adapter(
     base_model: str,
     dataset: str | None = None,
     training_file_id: uuid.UUID | None = None,
+    datasets: list[WeightedSource] | None = None,
+    init_adapter: str | None = None,
     preset: PresetName | None = PresetName.balanced,
     lora: LoraSettings | None = None,
     quantization: QuantizationSettings | None = None,
@@ -289,6 +335,8 @@ def train_adapter(
     evaluation: EvaluationSettings | None = None,
     preprocessing: PreprocessingSettings | None = None,
     provisioning: ProvisioningPolicy | None = None,
+    hyperparameters: SeedHyperparameters | None = None,
+    runpod_config: SeedRunpodConfig | None = None,
     compute: ComputeBackend | None = None,
     storage_url: str | None = None,
     webhook_url: str | None = None,
@@ -302,6 +350,8 @@ def train_adapter(
         base_model: hub id (meta-llama/Meta-Llama-3-8B-Instruct) or a local model directory.
         dataset: training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL.
         training_file_id: or a training_files row (its json_file_path is fetched).
+        datasets: or several weighted training files, [{source, weight}] (path, URI or training_file_id).
+        init_adapter: continue from this adapter (artifact id, job id or `production`).
         preset: conservative, balanced or aggressive; fields set below override it.
         lora: LoRA rank, alpha, dropout and target modules.
         quantization: 4-bit NF4 QLoRA (default) or plain LoRA.
@@ -310,6 +360,8 @@ def train_adapter(
         evaluation: evaluation cadence and sample replies.
         preprocessing: quality threshold, validation fraction, over-long targets.
         provisioning: RunPod GPU types, spot/on-demand, bid, budget and duration caps.
+        hyperparameters: the dashboard's start-job hyperparameters (flows/seed_request.py).
+        runpod_config: the dashboard's gpu_type, instance_type (spot, on_demand), max_duration_hours.
         compute: local (a subprocess here) or runpod; default BRIGHTRUN_COMPUTE.
         storage_url: a directory or s3://bucket/prefix; default BRIGHTRUN_STORAGE_URL.
         webhook_url: receives signed job updates (secret: BRIGHTRUN_WEBHOOK_SECRET).
@@ -330,9 +382,13 @@ def train_adapter(
 def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None) -> Any:
     """job → dataset → spec → train → publish → end."""
     attach_library_loggers()
+    init_source = None
+    if resolved.request.init_adapter:  # refused before any row exists (a resume checks it again)
+        init_source = resolve_init_adapter(resources, resolved.request.init_adapter, resolved.spec)
     job, ended = open_job(resources, resolved, resume_job_id)
     if ended is not None:
         return ended
+    job.init_source = init_source
     status, error_message, bad_input = "failed", None, False
     try:
         prepare_or_reuse_data(job)
@@ -427,6 +483,7 @@ def flow_result(job: JobRun, status: str, error_message: str | None, bad_input: 
         "lora_artifact_path": job.recorder.lora_artifact_path,
         "error_message": error_message,
         "run_name": run_name(job.resolved.dataset_name, job.spec.base_model, job.job_id),
+        **seed_result(job, status),
     }
     if status == "cancelled":
         return Cancelled(message=error_message, data=result)
@@ -434,6 +491,20 @@ def flow_result(job: JobRun, status: str, error_message: str | None, bad_input: 
         # Bad input keeps its type, so `brightrun train` exits 2 as for any other bad input.
         raise (InputError if bad_input else BrightrunError)(error_message or f"job {job.job_id} failed")
     return result
+
+
+def seed_result(job: JobRun, status: str) -> dict[str, Any]:
+    """The seed dashboard's response fields (training_job_id, runpod_pod_id, estimates)."""
+    try:
+        row = repo.get_job(job.recorder.engine, job.job_id)
+        estimate = [
+            e for e in repo.list_events(job.recorder.engine, job.job_id) if e.type == "cost_estimated"
+        ]
+    except Exception as exc:  # the result still names the job and its status
+        log.warning("job %s: no seed response fields (%s)", job.job_id, exc)
+        return seed_response(job.job_id, status, None, None, None)
+    hours = estimate[-1].payload.get("hours") if estimate else None
+    return seed_response(job.job_id, status, row.runpod_pod_id, hours, row.estimated_cost_usd)
 
 
 def _cancelled_from_prefect(exc: BaseException, recorder: JobRecorder) -> bool:

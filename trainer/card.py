@@ -16,6 +16,11 @@ def model_card(spec: JobSpec, meta: prepared.PreparedMeta, report: Any, state: A
         quant = f"4-bit {q.quant_type}{' double-quant' if q.double_quant else ''}, compute {q.compute_dtype}"
     else:
         quant = "none (plain LoRA)"
+    warmup = (
+        f"warmup ratio {t.warmup_ratio}" if t.warmup_ratio is not None else f"{t.warmup_steps} warmup steps"
+    )
+    init = spec.init_adapter
+    continued = (init.artifact_id or init.manifest_sha256) if init else None
     lines = [
         "---",
         f"base_model: {spec.base_model}",
@@ -32,12 +37,12 @@ def model_card(spec: JobSpec, meta: prepared.PreparedMeta, report: Any, state: A
         f"- {meta.train_examples} training / {meta.validation_examples} validation examples, "
         f"tokenizer `{meta.tokenizer}`",
         "",
+        *([f"- continued from adapter `{continued}`", ""] if continued else []),
         "## Hyperparameters",
         f"- LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, bias={lora.bias}, "
         f"targets {', '.join(lora.target_modules)}",
         f"- quantization: {quant}; adapter dtype {q.adapter_dtype}",
-        f"- learning rate {t.learning_rate} ({t.lr_scheduler}, {t.warmup_steps} warmup steps), "
-        f"optimizer {t.optimizer}",
+        f"- learning rate {t.learning_rate} ({t.lr_scheduler}, {warmup}), optimizer {t.optimizer}",
         f"- {state.step} steps ({state.epoch:.2f} epochs), batch {t.batch_size} x "
         f"{t.gradient_accumulation_steps} accumulation, max length {t.max_seq_length}, seed {t.seed}",
         f"- preset: {spec.preset.value if spec.preset else 'none'}",

@@ -28,13 +28,14 @@ from typing import Any
 from brightrun import layout
 from brightrun.errors import BrightrunError
 from brightrun.protocol import EvalReport, MetricRecord, TrainerPhase, TrainerResult
-from brightrun.spec import JobSpec
+from brightrun.spec import JobSpec, warmup_steps
 from brightrun.storage import Storage
 from trainer import distributed
 from trainer.card import model_card
 from trainer.distributed import World
 from trainer.faults import FAULTS
 from trainer.heartbeat import Reporter
+from trainer.init_adapter import start_from_init_adapter
 from trainer.model import build_training_model, load_tokenizer
 from trainer.prepared_data import PreparedData, setup_data
 from trainer.throughput import model_flops_per_token, peak_flops
@@ -113,7 +114,7 @@ def _setup_scheduler(spec: JobSpec, optimizer: Any, total_steps: int) -> Any:
     return get_scheduler(
         spec.training.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=min(spec.training.warmup_steps, total_steps),
+        num_warmup_steps=warmup_steps(spec.training, total_steps),
         num_training_steps=total_steps,
     )
 
@@ -159,6 +160,8 @@ class TrainingRun:
         self.device = distributed.device(self.world)
         self.tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
         self.model = build_training_model(spec, self.device)
+        if spec.init_adapter is not None:  # before any checkpoint, which replaces it
+            start_from_init_adapter(self.storage, spec, self.work / "init_adapter", self.model)
         self.optimizer = _setup_optimizer(spec, self.model, self.device)
         self.stream = self._batch_stream()
         self.total_steps, self.total_micro = plan_steps(

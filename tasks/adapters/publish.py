@@ -131,14 +131,15 @@ def publish(
     job_id: str,
     base_model: str | None = None,
     eval_report: EvalReport | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> repo.Artifact:
-    """Verify the adapter the trainer uploaded, then register it.
+    """Verify the adapter the trainer uploaded, then register it (`metadata`: e.g. its lineage).
 
     Idempotent: a second run for the same job leaves one row.
     """
     stored = verify_stored_adapter(storage, job_id)
     artifact = register_adapter(
-        engine, storage, job_id, stored, base_model=base_model, eval_report=eval_report
+        engine, storage, job_id, stored, base_model=base_model, eval_report=eval_report, metadata=metadata
     )
     log.info("registered adapter %s of job %s at %s", artifact.id, job_id, artifact.storage_path)
     return artifact

@@ -9,6 +9,7 @@ a promotion refused once is refused again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -31,8 +32,9 @@ def publish_adapter(
     job_id: str,
     base_model: str | None = None,
     eval_report: EvalReport | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> repo.Artifact:
-    return publish(engine, storage, job_id, base_model=base_model, eval_report=eval_report)
+    return publish(engine, storage, job_id, base_model=base_model, eval_report=eval_report, metadata=metadata)
 
 
 @task(name="evaluate-adapter", cache_policy=NO_CACHE)

@@ -100,6 +100,44 @@ def _store_source(storage: Storage, source: SourceFile) -> str:
     return storage.uri(key)
 
 
+def record_source(
+    resources: Resources,
+    source: SourceFile,
+    source_uri: str,
+    report: DatasetReport,
+    out_dir: Path,
+    training_file_id: str | None,
+) -> str:
+    """The source's `training_files` row (registered once per sha256; an app's row when
+    `training_file_id` is given) with this job's split recorded over it, so a later export
+    knows what the job evaluated on. Returns the row's id."""
+    splits = prepared.read_splits(out_dir)
+    refs = [
+        repo.ConversationRef(conversation_id=cid, split=split)
+        for cid, split in sorted(splits.by_conversation().items())
+    ]
+    if training_file_id is not None:
+        feedback_rows.record_split(resources.registry, training_file_id, refs)
+        return str(training_file_id)
+    training_file, created = repo.register_training_file(
+        resources.registry,
+        name=source.display_name,
+        json_file_path=source_uri,
+        sha256=source.sha256,
+        source="upload",
+        size_bytes=source.size,
+        conversations=report.conversations,
+        total_training_pairs=report.pairs,
+        examples=report.sequences,
+        conversation_refs=refs,
+    )
+    if not created:
+        # Registered before (a feedback export's file, another job's): this job's split is
+        # recorded over it, or a later export would not know what this job evaluated on.
+        feedback_rows.record_split(resources.registry, training_file.id, refs)
+    return str(training_file.id)
+
+
 def prepare_job_dataset(
     resources: Resources,
     *,
@@ -126,46 +164,13 @@ def prepare_job_dataset(
     source_uri = _store_source(storage, source)
     layout = JobLayout(job_id)
     storage.put_dir(layout.key(spec.dataset_prefix), out_dir)
-    splits = prepared.read_splits(out_dir)
-    refs = [
-        repo.ConversationRef(conversation_id=cid, split=split)
-        for cid, split in sorted(splits.by_conversation().items())
-    ]
-    if training_file_id is not None:
-        feedback_rows.record_split(resources.registry, training_file_id, refs)
-        repo.update_job(resources.registry, job_id, training_file_id=training_file_id)
-        return PreparedJobDataset(
-            source_uri=source_uri,
-            sha256=source.sha256,
-            display_name=source.display_name,
-            training_file_id=str(training_file_id),
-            report=report,
-            train_examples=report.train.examples,
-            validation_examples=report.validation.examples,
-            report_markdown=render_report_markdown(report),
-        )
-    training_file, created = repo.register_training_file(
-        resources.registry,
-        name=source.display_name,
-        json_file_path=source_uri,
-        sha256=source.sha256,
-        source="upload",
-        size_bytes=source.size,
-        conversations=report.conversations,
-        total_training_pairs=report.pairs,
-        examples=report.sequences,
-        conversation_refs=refs,
-    )
-    if not created:
-        # Registered before (a feedback export's file, another job's): this job's split is
-        # recorded over it, or a later export would not know what this job evaluated on.
-        feedback_rows.record_split(resources.registry, training_file.id, refs)
-    repo.update_job(resources.registry, job_id, training_file_id=training_file.id)
+    training_file_id = record_source(resources, source, source_uri, report, out_dir, training_file_id)
+    repo.update_job(resources.registry, job_id, training_file_id=training_file_id)
     return PreparedJobDataset(
         source_uri=source_uri,
         sha256=source.sha256,
         display_name=source.display_name,
-        training_file_id=str(training_file.id),
+        training_file_id=str(training_file_id),
         report=report,
         train_examples=report.train.examples,
         validation_examples=report.validation.examples,

@@ -7,6 +7,8 @@ cached preparation, overwritten upload, registration keyed on the file's sha256)
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from prefect import task
@@ -16,7 +18,9 @@ from brightrun.errors import InputError
 from brightrun.resources import Resources
 from brightrun.spec import JobSpec
 from brightrun.storage import Storage
+from tasks.dataset.mixture import WeightedSource
 from tasks.dataset.stage import PreparedJobDataset, prepare_job_dataset
+from tasks.dataset.stage_mixture import PreparedMixture, prepare_job_mixture
 
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -52,4 +56,25 @@ def prepare_job_dataset_task(
         spec=spec,
         storage=storage,
         training_file_id=training_file_id,
+    )
+
+
+@task(
+    name="prepare-dataset-mixture",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def prepare_job_mixture_task(
+    resources: Resources,
+    *,
+    job_id: str,
+    sources: list[WeightedSource],
+    spec: JobSpec,
+    storage: Storage,
+    locate: Callable[[uuid.UUID], str],
+) -> PreparedMixture:
+    return prepare_job_mixture(
+        resources, job_id=job_id, sources=sources, spec=spec, storage=storage, locate=locate
     )

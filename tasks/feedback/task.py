@@ -58,21 +58,14 @@ def export_window_task(
 
 
 @task(name="start-training")
-def start_training(
-    deployment: str, training_file_uri: str, base_model: str, preset: str | None, job_name: str
-) -> dict[str, Any]:
-    """Start `train_adapter` on the new file without waiting for it (timeout=0); the
+def start_training(deployment: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Start `train_adapter` with `parameters` without waiting for it (timeout=0); the
     subflow link makes the training run appear under this export run in the UI."""
     from prefect.deployments import run_deployment
 
     run = run_deployment(
         name=deployment,
-        parameters={
-            "dataset": training_file_uri,
-            "base_model": base_model,
-            "preset": preset,
-            "job_name": job_name,
-        },
+        parameters=parameters,
         timeout=0,
         as_subflow=True,
         tags=["brightrun", "feedback-export"],

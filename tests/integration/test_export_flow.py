@@ -86,8 +86,10 @@ def test_flow_exports_reports_and_starts_training(prefect_api: None, brightrun_h
 
     with get_client(sync_client=True) as client:
         training = client.read_flow_run(uuid.UUID(run_info["flow_run_id"]))
-        assert training.parameters["dataset"] == summary["training_file_uri"]
+        # Every accepted feedback file (here: this one); no curated file, no production yet.
+        assert training.parameters["datasets"] == [{"source": summary["training_file_uri"], "weight": 1.0}]
         assert training.parameters["base_model"] == "tiny"
+        assert "init_adapter" not in training.parameters
         # Linked: the training run is a subflow of this export run.
         assert training.parent_task_run_id is not None
         parent = client.read_task_run(training.parent_task_run_id)

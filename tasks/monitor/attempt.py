@@ -34,6 +34,7 @@ from brightrun.storage import Storage, StorageError
 from tasks.monitor.ledger import CostLedger
 from tasks.monitor.recording import Outbox, TrainerLog
 from tasks.monitor.recovery import RecoveryPolicy
+from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested
 from tasks.provision import provision
 
 log = logging.getLogger("tasks.monitor")
@@ -67,6 +68,7 @@ class EndKind(StrEnum):
     budget = "budget"
     duration = "duration"
     interrupted = "interrupted"
+    stopped = "stopped"  # Ctrl-C at the terminal: the job waits for `brightrun resume`
     outage = "outage"
     gave_up = "gave_up"  # interrupted once more than the recovery policy replaces
 
@@ -347,6 +349,8 @@ class AttemptRunner:
         running_seen = False
         status: TrainerStatus | None = None
         while True:
+            if user_stop_requested():
+                return self._stopped_by_user(pod.pod_id, status)
             if ctx.cancelled():
                 write_cancel_marker(ctx.storage, ctx.job)
                 ctx.end_pod(pod.pod_id, "cancelled", self.attempt)
@@ -415,6 +419,34 @@ class AttemptRunner:
                 ctx.end_pod(pod.pod_id, "interrupted", self.attempt)
                 return AttemptEnd(EndKind.interrupted, interruption)
             ctx.wait()
+
+    def _stopped_by_user(self, pod_id: str, status: TrainerStatus | None) -> AttemptEnd:
+        """SIGTERM the trainer (it finishes its step and checkpoints when that fits in its
+        grace), record what it committed, and end the attempt for `brightrun resume`."""
+        ctx = self.ctx
+        ctx.end_pod(pod_id, STOPPED_BY_USER, self.attempt)
+        final = ctx.read_status()
+        if final is not None and (status is None or final.updated_at != status.updated_at):
+            ctx.recorder.status(final)
+            status = final
+        ctx.trainer_log.poll()  # its checkpoint_committed and interrupted events
+        latest = _latest(ctx.storage, ctx.job)
+        step = status.step if status else None
+        ctx.recorder.event(
+            "interrupted",
+            self.attempt,
+            {
+                "pod_id": pod_id,
+                "reason": STOPPED_BY_USER,
+                "source": "user",
+                "step": step,
+                "last_checkpoint": latest,
+            },
+            key=f"interrupted:a{self.attempt}",
+        )
+        where = f" at step {step}" if step is not None else ""
+        kept = f"last checkpoint: step {latest}" if latest is not None else "no checkpoint committed yet"
+        return AttemptEnd(EndKind.stopped, f"{STOPPED_BY_USER}{where} ({kept})")
 
     def _read_pod(self, pod_id: str) -> PodInfo | None:
         ctx = self.ctx

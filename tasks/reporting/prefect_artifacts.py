@@ -84,7 +84,9 @@ class RunReporter:
             self.started_at = self.clock()
 
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.enabled:
+        from tasks.prefect_api import embedded_server_gone
+
+        if not self.enabled or embedded_server_gone():
             return None
         try:
             result = fn(*args, **kwargs)

@@ -138,6 +138,7 @@ def test_ctrl_c_stops_the_job_and_resume_completes_it(
         took = time.monotonic() - pressed
         terminal.reader.join(timeout=5)
         screen = terminal.screen
+        print(f"first Ctrl-C to exit: {took:.1f}s")  # the figure the README quotes
         assert took < 10, f"exit took {took:.1f}s\n{screen}"
         assert rc == 130, screen
         assert f"resume {job_id}" in screen, screen

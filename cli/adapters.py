@@ -133,12 +133,19 @@ def chat(
         sys.stdout.write("assistant> ")
         sys.stdout.flush()
         reply = ""
-        for piece in model.stream(turn, options):
-            if isinstance(piece, Generation):
-                reply = piece.text
-            else:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+        pieces = model.stream(turn, options)
+        try:
+            for piece in pieces:
+                if isinstance(piece, Generation):
+                    reply = piece.text
+                else:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # stops the generation and waits for its thread
+            sys.stdout.write("\n(reply stopped; it is not kept in the history)\n")
+            sys.stdout.flush()
+            continue
         sys.stdout.write("\n")
         history = [*turn, {"role": "assistant", "content": reply}]
 

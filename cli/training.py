@@ -348,6 +348,13 @@ def demo(
     if webhook_url:
         params["webhook_url"] = webhook_url
     _print_result(run_training(params, str(uuid.uuid4())))
+    typer.echo(DEMO_NOISE_NOTE)
+
+
+DEMO_NOISE_NOTE = (
+    "note: the demo's model is a tiny random network (a few MB, trained for seconds), so its replies "
+    "are noise by design; the demo shows the pipeline end to end, not a useful adapter."
+)
 
 
 def cancel_job(

@@ -42,6 +42,7 @@ log = logging.getLogger("tasks.monitor")
 CancelCheck = Callable[[], bool] | threading.Event
 OUTAGE_LOG_EVERY_S = 60.0
 CLEANUP_TRIES = 3
+USER_STOP_GRACE_S = 6.0  # the trainer's default 5 s SIGTERM grace, and a second to exit
 
 
 def write_cancel_marker(storage: Storage, job: layout.JobLayout) -> None:
@@ -424,7 +425,17 @@ class AttemptRunner:
         """SIGTERM the trainer (it finishes its step and checkpoints when that fits in its
         grace), record what it committed, and end the attempt for `brightrun resume`."""
         ctx = self.ctx
-        ctx.end_pod(pod_id, STOPPED_BY_USER, self.attempt)
+        # A person is waiting at the terminal: the trainer gets its SIGTERM grace and a little
+        # more, not a local pod's full 30 s (a loaded machine stretches its exit; the committed
+        # checkpoint stays valid whatever is killed mid-write).
+        local_grace = getattr(ctx.compute, "grace_seconds", None)
+        if local_grace is not None:
+            ctx.compute.grace_seconds = min(local_grace, USER_STOP_GRACE_S)  # type: ignore[attr-defined]
+        try:
+            ctx.end_pod(pod_id, STOPPED_BY_USER, self.attempt)
+        finally:
+            if local_grace is not None:
+                ctx.compute.grace_seconds = local_grace  # type: ignore[attr-defined]
         final = ctx.read_status()
         if final is not None and (status is None or final.updated_at != status.updated_at):
             ctx.recorder.status(final)

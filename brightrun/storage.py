@@ -48,6 +48,27 @@ class ObjectInfo:
     sha256: str | None
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by the
+    set-and-restore dance."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_umask_mode(path: str | Path) -> None:
+    """mkstemp makes 0600 files; a downloaded or stored file gets the mode any file the user
+    creates gets (0644 under the usual umask 022)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,6 +185,7 @@ class LocalStorage(Storage):
             digest = sha256_file(Path(tmp))
             with contextlib.suppress(OSError):
                 os.setxattr(tmp, _XATTR, digest.encode())
+            _give_umask_mode(tmp)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -212,6 +234,7 @@ class LocalStorage(Storage):
         try:
             shutil.copyfile(src, tmp)
             info = self._verify(key, Path(tmp), expected_sha256)
+            _give_umask_mode(tmp)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -372,6 +395,7 @@ class S3Storage(Storage):
             for want in (expected_sha256, info.sha256):
                 if want is not None and want != actual:
                     raise IntegrityError(f"{self.uri(key)}: sha256 does not match {want[:12]}…")
+            _give_umask_mode(tmp)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

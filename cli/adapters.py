@@ -65,6 +65,17 @@ def _quiet_libraries(*, required: bool = True) -> None:
             ) from None
 
 
+def _refuse_before_loading(artifact: str, *, base_model: str | None = None, out: Path | None = None) -> None:
+    """The refusals that need no model (an unknown artifact, an occupied --out), before torch
+    loads: they answer in about a second, not after several of library imports."""
+    from brightrun.registry import promotion
+
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {out} exists and is not an empty directory; choose a new --out")
+    with _resources() as resources:
+        promotion.resolve_artifact(resources.registry, artifact, base_model=base_model)
+
+
 def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     out = [{"role": "system", "content": system}] if system else []
     return [*out, {"role": "user", "content": prompt}]
@@ -83,6 +94,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """One reply from base + adapter, with the chat template it was trained with."""
+    _refuse_before_loading(artifact, base_model=base_model)
     _quiet_libraries()
     from tasks.adapters import load_for_chat
     from trainer.inference import GenerationOptions
@@ -105,6 +117,7 @@ def chat(
     base_model: BaseModelOpt = None,
 ) -> None:
     """Talk to an adapter in the terminal: replies stream as generated; /reset, /exit."""
+    _refuse_before_loading(artifact, base_model=base_model)
     _quiet_libraries()
     from tasks.adapters import load_for_chat
     from trainer.inference import Generation, GenerationOptions
@@ -133,12 +146,19 @@ def chat(
         sys.stdout.write("assistant> ")
         sys.stdout.flush()
         reply = ""
-        for piece in model.stream(turn, options):
-            if isinstance(piece, Generation):
-                reply = piece.text
-            else:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+        pieces = model.stream(turn, options)
+        try:
+            for piece in pieces:
+                if isinstance(piece, Generation):
+                    reply = piece.text
+                else:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            pieces.close()  # stops the generation and waits for its thread
+            sys.stdout.write("\n(reply stopped; it is not kept in the history)\n")
+            sys.stdout.flush()
+            continue
         sys.stdout.write("\n")
         history = [*turn, {"role": "assistant", "content": reply}]
 
@@ -272,6 +292,8 @@ def promote(
 
     if to not in ("testing", "production"):
         raise InputError(f"--to must be testing or production, not {to!r}")
+    if force and not (reason or "").strip():  # before any lookup: the answer is the same
+        raise InputError("--force needs --reason TEXT: the reason is recorded with the promotion")
     _quiet_libraries(required=False)
     with _resources() as resources:
         result, record = do_promote(
@@ -352,6 +374,8 @@ def download(
 
     if (out is None) == (not url):
         raise InputError("give either --out DIR or --url")
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {out} exists and is not an empty directory; choose a new --out")
     with _resources() as resources:
         found = resolve_artifact(resources.registry, artifact, base_model=base_model)
         if url:
@@ -382,12 +406,13 @@ def export(
     ] = True,
 ) -> None:
     """The adapter merged into its full-precision base: safetensors + tokenizer + chat template."""
-    from tasks.adapters import export_merged
-
     if format != "merged":
         raise InputError(f"--format {format!r}: only `merged` is supported")
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    _refuse_before_loading(artifact, out=out)
+    from tasks.adapters import export_merged
+
     _quiet_libraries()
     with _resources() as resources:
         path, registered = export_merged(resources, artifact, out, dtype=dtype, register=register)

@@ -28,6 +28,14 @@ from tasks.reporting.progress import ProgressView, format_duration, progress_lin
 from tasks.reporting.summary import RunSummary, eval_loss_text, next_commands, perplexity_text
 
 
+def typeable(command: str) -> str:
+    """A printed `brightrun ...` command as this user can run it (the venv may not be active)."""
+    from cli.interrupt import brightrun_command
+
+    program = brightrun_command()
+    return program + command[len("brightrun") :] if command.startswith("brightrun ") else command
+
+
 def summary_lines(summary: RunSummary) -> list[str]:
     """The end of a run in a few lines (plain text; the terminal may colour the first)."""
     s = summary
@@ -51,7 +59,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if s.error_message:
         lines.append(f"  error: {s.error_message.strip().splitlines()[0][:300]}")
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
-    lines += ["next:", *(f"  {command}" for command in next_commands(s))]
+    lines += ["next:", *(f"  {typeable(command)}" for command in next_commands(s))]
     return lines
 
 

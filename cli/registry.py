@@ -178,11 +178,12 @@ def jobs_list(
     # The id stays whole (it is what `jobs show` and `jobs cancel` take); the rest may fold.
     table = Table(title=f"{len(jobs)} job(s)")
     table.add_column("id", no_wrap=True)
-    for col in ("status", "base model", "step", "loss", "cost $", "created"):
+    for col in ("name", "status", "base model", "step", "loss", "cost $", "created"):
         table.add_column(col, overflow="fold")
     for j in jobs:
         table.add_row(
             j.id,
+            j.job_name or "-",
             j.status,
             _short_model(j.base_model),
             f"{j.current_step}/{j.total_steps or '?'}",
@@ -279,8 +280,11 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
         "status",
         "path",
     )
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for col in columns:  # ids whole, on one line: they are what the other commands take
+        if col in ("id", "job"):
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col, overflow="fold")
     for a in artifacts:
         table.add_row(
             a.id,

@@ -136,9 +136,15 @@ def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
         from pydantic import SecretStr
 
         flow_params["dataset"] = SecretStr(flow_params["dataset"])
-    with terminal_progress() as progress, prefect_startup_errors():
+    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops, resume_hint
+    from tasks.monitor.user_stop import user_stop_requested
+
+    with terminal_progress() as progress, prefect_startup_errors(), ctrl_c_stops(job_id):
         state = train_adapter(**flow_params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
+    if user_stop_requested():
+        typer.secho(resume_hint(job_id), fg="yellow", bold=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if state.is_cancelled():
         typer.secho(f"job {job_id} cancelled", fg="yellow")
         raise typer.Exit(130)
@@ -353,6 +359,13 @@ def demo(
     if webhook_url:
         params["webhook_url"] = webhook_url
     _print_result(run_training(params, str(uuid.uuid4())))
+    typer.echo(DEMO_NOISE_NOTE)
+
+
+DEMO_NOISE_NOTE = (
+    "note: the demo's model is a tiny random network (a few MB, trained for seconds), so its replies "
+    "are noise by design; the demo shows the pipeline end to end, not a useful adapter."
+)
 
 
 def cancel_job(

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 from pydantic import SecretStr
 
 from brightrun.compute import ComputeError
@@ -60,6 +60,7 @@ from tasks.job import (
     take_over_job,
 )
 from tasks.monitor import Outcome, run_job
+from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested
 from tasks.notify import WebhookNotifier
 from tasks.reporting.job_summary import publish_job_summary
 from tasks.reporting.names import run_name
@@ -73,6 +74,11 @@ LIVE_STATUSES = ["queued", "preprocessing", "model_loaded", "training"]
 
 class JobCancelled(BrightrunError):
     """The job was cancelled while it ran (UI, API or `brightrun jobs cancel`)."""
+
+
+class JobStopped(BrightrunError):
+    """Ctrl-C at the terminal (tasks/monitor/user_stop.py): `failed`, failure kind `stopped`,
+    which `brightrun resume` continues."""
 
 
 @dataclass
@@ -389,9 +395,11 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
     if ended is not None:
         return ended
     job.init_source = init_source
-    status, error_message, bad_input = "failed", None, False
+    status, error_message, bad_input, stopped = "failed", None, False, False
     try:
         prepare_or_reuse_data(job)
+        if user_stop_requested():
+            raise JobStopped(f"{STOPPED_BY_USER} before training")
         if job.recorder.cancel_requested():
             raise JobCancelled(f"job {job.job_id} was cancelled before training")
         outcome = train(job)
@@ -400,6 +408,9 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
         status = "completed"
     except JobCancelled as exc:
         status, error_message = "cancelled", str(exc)
+    except JobStopped as exc:
+        status, error_message, stopped = "failed", str(exc), True
+        job.recorder.failure_kind = "stopped"  # resumable: nothing of the job is lost
     except InputError as exc:
         status, error_message, bad_input = "failed", str(exc), True
         job.recorder.failure_kind = "input"
@@ -413,7 +424,7 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
         end_job(job, status, error_message)
         raise
     end_job(job, status, error_message)
-    return flow_result(job, status, error_message, bad_input)
+    return flow_result(job, status, error_message, bad_input, stopped=stopped)
 
 
 def open_job(
@@ -470,13 +481,18 @@ def raise_unless_completed(job: JobRun, outcome: Outcome) -> None:
     """The monitor's outcome as the flow's control flow: cancelled and failed end the body."""
     if outcome.kind.value == "cancelled":
         raise JobCancelled(f"job {job.job_id} was cancelled ({outcome.reason})")
+    if outcome.failure_kind == "stopped":
+        raise JobStopped(outcome.reason)
     if outcome.kind.value != "completed":
         job.recorder.failure_kind = outcome.failure_kind  # `brightrun resume` reads it
         raise BrightrunError(outcome.reason or f"job {job.job_id}: {outcome.kind.value}")
 
 
-def flow_result(job: JobRun, status: str, error_message: str | None, bad_input: bool) -> Any:
-    """What the flow run returns: the result dict, Cancelled, or the failure raised."""
+def flow_result(
+    job: JobRun, status: str, error_message: str | None, bad_input: bool, *, stopped: bool = False
+) -> Any:
+    """What the flow run returns: the result dict, Cancelled, Failed for a stop by the user
+    (an expected end: no traceback on the screen), or the failure raised."""
     result = {
         "job_id": job.job_id,
         "status": status,
@@ -487,6 +503,8 @@ def flow_result(job: JobRun, status: str, error_message: str | None, bad_input: 
     }
     if status == "cancelled":
         return Cancelled(message=error_message, data=result)
+    if stopped:
+        return Failed(message=error_message, data=result)
     if status == "failed":
         # Bad input keeps its type, so `brightrun train` exits 2 as for any other bad input.
         raise (InputError if bad_input else BrightrunError)(error_message or f"job {job.job_id} failed")

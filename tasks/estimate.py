@@ -94,6 +94,27 @@ def check_job_cost(
     return estimate
 
 
+def hub_endpoint() -> str:
+    import os
+
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One short request to the hub (offline mode, a firewall, no network: False at once)."""
+    import os
+
+    import httpx
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        httpx.head(hub_endpoint(), timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, sample_dataset: Path) -> str:
     """Time and cost ranges per GPU type for training `spec` on `dataset`, before anything is
     rented: the file is prepared here (in a temporary directory) for its real example and token
@@ -112,8 +133,11 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
     )
     note = ""
     try:
+        if not Path(spec.base_model).expanduser().is_dir() and not hub_reachable():
+            # Unreachable: the hub client would retry for about a minute before failing.
+            raise InputError(f"the model hub ({hub_endpoint()}) does not answer from here")
         tokenizer = load_tokenizer(spec.base_model, spec.base_model_revision)
-    except InputError:
+    except InputError as exc:
         # No hub access here (or a gated model without HF_TOKEN): count with the tiny
         # model's tokenizer, trained on this kind of data, and say so.
         from brightrun.tiny_model import ensure_tiny_model
@@ -122,8 +146,8 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
         ensure_tiny_model(tiny, sample_dataset)
         tokenizer = load_tokenizer(tiny)
         note = (
-            f"\nnote: the tokenizer of {spec.base_model} could not be loaded here; tokens were "
-            "counted with the tiny model's tokenizer, so the time and cost are approximate."
+            f"\nnote: the tokenizer of {spec.base_model} could not be loaded here ({str(exc)[:200]}); "
+            "tokens were counted with the tiny model's tokenizer, so the time and cost are approximate."
         )
     with tempfile.TemporaryDirectory(prefix="brightrun-estimate-") as tmp:
         report = prepare_dataset(
@@ -138,6 +162,11 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
     prices: dict[str, tuple[float | None, float | None]] = {}
     if resources.settings.runpod_api_key is not None:
         prices = job_prices(resources.compute(ComputeBackend.runpod, spec.provisioning), spec)
+    else:
+        note += (
+            "\nnote: prices read 'no price' because RUNPOD_API_KEY is not set, so RunPod's current "
+            "prices were not read; the time ranges and the 'fits' column hold without it."
+        )
     table = estimate_table(
         spec,
         report.train.examples,

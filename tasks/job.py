@@ -59,7 +59,9 @@ def rename_current_flow_run(name: str) -> None:
 
 def flow_run_cancel_requested(flow_run_id: str | None) -> bool:
     """True once someone asked Prefect to cancel this run (UI, API, `brightrun jobs cancel`)."""
-    if flow_run_id is None:
+    from tasks.prefect_api import embedded_server_gone
+
+    if flow_run_id is None or embedded_server_gone():
         return False
     try:
         from prefect.client.orchestration import get_client
@@ -364,7 +366,8 @@ def finish_cancel(resources: Any, job: Any) -> None:
 
 # ---------------------------------------------------------------- resume (issue 15)
 
-RESUMABLE_FAILURES = frozenset({"orchestration"})
+# `stopped`: Ctrl-C at the terminal (tasks/monitor/user_stop.py), kept resumable on purpose.
+RESUMABLE_FAILURES = frozenset({"orchestration", "stopped"})
 
 
 def resume_refusal(job: Any, *, trainer_failed: bool = False) -> str | None:

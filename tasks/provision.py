@@ -60,6 +60,9 @@ def provision(
     """Start the attempt's pod on the first offer with capacity. One pod per attempt: every
     offer of an attempt shares the pod's name, and the backend looks a lost create up by it."""
     plan = capacity_plan(policy, interruptions)
+    describe = getattr(compute, "device_description", None)
+    if describe is not None:  # local compute: its own device, not the policy's GPU types
+        plan = [Offer(describe(), False)]
     refused: list[str] = []
     for round_ in range(policy.capacity_rounds):
         for offer in plan:

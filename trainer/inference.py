@@ -182,20 +182,36 @@ class ChatModel:
     def stream(
         self, messages: Sequence[Message], options: GenerationOptions | None = None
     ) -> Iterator[str | Generation]:
-        """Text pieces as they are generated, then the whole `Generation` last."""
-        from transformers import TextIteratorStreamer
+        """Text pieces as they are generated, then the whole `Generation` last.
+
+        A reader that stops early (Ctrl-C in `chat`, a client gone from `serve`) stops the
+        generation at its next token and waits for its thread: a generation thread still
+        inside torch at interpreter exit aborts the process ("terminate called without an
+        active exception", exit 134)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         options = options or GenerationOptions()
         ids = self.prompt_ids(messages, options.max_new_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict[str, Any] = {}
+        abandoned = threading.Event()
+
+        class ReaderGone(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full(
+                    (input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device
+                )
 
         def run() -> None:
             try:
                 with self.lock, torch.no_grad():
                     if options.seed is not None:
                         torch.manual_seed(options.seed)
-                    out = self.model.generate(**self._generate_kwargs(ids, options), streamer=streamer)
+                    out = self.model.generate(
+                        **self._generate_kwargs(ids, options),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([ReaderGone()]),
+                    )
                 result["tokens"] = out[0, len(ids) :].tolist()
             except BaseException as exc:  # surfaced to the reader below
                 result["error"] = exc
@@ -203,10 +219,14 @@ class ChatModel:
 
         thread = threading.Thread(target=run, name="brightrun-generate", daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
-        thread.join()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            if thread.is_alive():
+                abandoned.set()  # a no-op for a generation that ended on its own
+            thread.join()
         if "error" in result:
             raise BrightrunError(f"generation failed: {result['error']}") from result["error"]
         yield self._finish(ids, result["tokens"], options)

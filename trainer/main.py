@@ -50,6 +50,12 @@ def _setup_logging() -> None:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.captureWarnings(True)
+    # bitsandbytes on an AVX512-BF16 CPU tries the optional `kernels` package, which would fetch
+    # a faster 4-bit CPU kernel from the Hub at run time; without it the built-in CPU path is
+    # used, correctly. Its warning says nothing an operator can act on (README: Known noise).
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels" not in record.getMessage()
+    )
     # Known, harmless noise from the libraries on every run (deprecation notices we cannot act on).
     for pattern in (
         r".*gradient_checkpointing.* is deprecated",

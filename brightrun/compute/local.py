@@ -75,6 +75,14 @@ class LocalCompute(Compute):
         self.grace_seconds = grace_seconds
         self.python = python
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._device: str | None = None
+
+    def device_description(self) -> str:
+        """What a local trainer runs on, for the job's events ("local GPU NVIDIA H100", "local
+        CPU x86_64"), found without importing torch in the orchestrator."""
+        if self._device is None:
+            self._device = _local_device()
+        return self._device
 
     # files -------------------------------------------------------------------------------
     def _state_path(self, pod_id: str) -> Path:
@@ -211,11 +219,32 @@ class LocalCompute(Compute):
             state=pod_state,
             cost_per_hr=0.0,
             uptime_seconds=uptime,
-            gpu_type="local",
+            gpu_type=self.device_description(),
             spot=False,
             exit_code=None if running else self._exit_code(state),
             state_since=float(state["started_at"]) if running else ended,
         )
+
+
+def _local_device() -> str:
+    import platform
+    import shutil
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and shutil.which("nvidia-smi"):
+        try:
+            names = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.split("\n")
+        except (OSError, subprocess.SubprocessError):
+            names = []
+        names = [n.strip() for n in names if n.strip()]
+        if names:
+            return f"local GPU {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+    return f"local CPU {platform.machine() or ''}".strip()
 
 
 # the supervisor --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from brightrun.storage import Storage, StorageError
 from tasks.monitor.ledger import CostLedger
 from tasks.monitor.recording import Outbox, TrainerLog
 from tasks.monitor.recovery import RecoveryPolicy
+from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested
 from tasks.provision import provision
 
 log = logging.getLogger("tasks.monitor")
@@ -41,6 +42,7 @@ log = logging.getLogger("tasks.monitor")
 CancelCheck = Callable[[], bool] | threading.Event
 OUTAGE_LOG_EVERY_S = 60.0
 CLEANUP_TRIES = 3
+USER_STOP_GRACE_S = 6.0  # the trainer's default 5 s SIGTERM grace, and a second to exit
 
 
 def write_cancel_marker(storage: Storage, job: layout.JobLayout) -> None:
@@ -67,6 +69,7 @@ class EndKind(StrEnum):
     budget = "budget"
     duration = "duration"
     interrupted = "interrupted"
+    stopped = "stopped"  # Ctrl-C at the terminal: the job waits for `brightrun resume`
     outage = "outage"
     gave_up = "gave_up"  # interrupted once more than the recovery policy replaces
 
@@ -347,6 +350,8 @@ class AttemptRunner:
         running_seen = False
         status: TrainerStatus | None = None
         while True:
+            if user_stop_requested():
+                return self._stopped_by_user(pod.pod_id, status)
             if ctx.cancelled():
                 write_cancel_marker(ctx.storage, ctx.job)
                 ctx.end_pod(pod.pod_id, "cancelled", self.attempt)
@@ -415,6 +420,44 @@ class AttemptRunner:
                 ctx.end_pod(pod.pod_id, "interrupted", self.attempt)
                 return AttemptEnd(EndKind.interrupted, interruption)
             ctx.wait()
+
+    def _stopped_by_user(self, pod_id: str, status: TrainerStatus | None) -> AttemptEnd:
+        """SIGTERM the trainer (it finishes its step and checkpoints when that fits in its
+        grace), record what it committed, and end the attempt for `brightrun resume`."""
+        ctx = self.ctx
+        # A person is waiting at the terminal: the trainer gets its SIGTERM grace and a little
+        # more, not a local pod's full 30 s (a loaded machine stretches its exit; the committed
+        # checkpoint stays valid whatever is killed mid-write).
+        local_grace = getattr(ctx.compute, "grace_seconds", None)
+        if local_grace is not None:
+            ctx.compute.grace_seconds = min(local_grace, USER_STOP_GRACE_S)  # type: ignore[attr-defined]
+        try:
+            ctx.end_pod(pod_id, STOPPED_BY_USER, self.attempt)
+        finally:
+            if local_grace is not None:
+                ctx.compute.grace_seconds = local_grace  # type: ignore[attr-defined]
+        final = ctx.read_status()
+        if final is not None and (status is None or final.updated_at != status.updated_at):
+            ctx.recorder.status(final)
+            status = final
+        ctx.trainer_log.poll()  # its checkpoint_committed and interrupted events
+        latest = _latest(ctx.storage, ctx.job)
+        step = status.step if status else None
+        ctx.recorder.event(
+            "interrupted",
+            self.attempt,
+            {
+                "pod_id": pod_id,
+                "reason": STOPPED_BY_USER,
+                "source": "user",
+                "step": step,
+                "last_checkpoint": latest,
+            },
+            key=f"interrupted:a{self.attempt}",
+        )
+        where = f" at step {step}" if step is not None else ""
+        kept = f"last checkpoint: step {latest}" if latest is not None else "no checkpoint committed yet"
+        return AttemptEnd(EndKind.stopped, f"{STOPPED_BY_USER}{where} ({kept})")
 
     def _read_pod(self, pod_id: str) -> PodInfo | None:
         ctx = self.ctx

@@ -22,6 +22,7 @@ class FailureKind(StrEnum):
     input = "input"  # the request or the dataset was refused before training
     orchestration = "orchestration"  # API or database outage, restarts spent, flow killed: resumable
     budget = "budget"  # a cost or duration cap: raise it before resuming
+    stopped = "stopped"  # Ctrl-C at the terminal (tasks/monitor/user_stop.py): resumable
 
 
 @dataclass

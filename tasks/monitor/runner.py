@@ -39,6 +39,7 @@ from tasks.monitor.recording import (
     TrainerLog,
 )
 from tasks.monitor.recovery import RecoveryPolicy
+from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested
 
 log = logging.getLogger("tasks.monitor")
 
@@ -48,6 +49,7 @@ _OUTCOME_OF_END = {
     EndKind.cancelled: (OutcomeKind.cancelled, None),
     EndKind.budget: (OutcomeKind.budget_exceeded, FailureKind.budget),
     EndKind.duration: (OutcomeKind.failed, FailureKind.budget),
+    EndKind.stopped: (OutcomeKind.failed, FailureKind.stopped),
     EndKind.outage: (OutcomeKind.failed, FailureKind.orchestration),
     EndKind.gave_up: (OutcomeKind.failed, FailureKind.orchestration),
 }
@@ -70,6 +72,9 @@ class JobMonitor:
                 return self._outcome(finished)
             restarts = 0
             while True:
+                if user_stop_requested():
+                    before = f"{STOPPED_BY_USER} before a pod started"
+                    return self._outcome(AttemptEnd(EndKind.stopped, before))
                 if ctx.cancelled():
                     return self._outcome(AttemptEnd(EndKind.cancelled, "cancelled before a pod started"))
                 self.attempt += 1

@@ -73,6 +73,7 @@ class RunReporter:
     artifact_ids: dict[str, UUID] = field(default_factory=dict)
     records: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     eval_loss: float | None = None
+    eval_step: int | None = None
     last_view: ProgressView | None = None
     _rate_origin: tuple[int, datetime, int] | None = None  # (step, when, attempt) of the rate
     _published_step: int | None = None
@@ -84,7 +85,9 @@ class RunReporter:
             self.started_at = self.clock()
 
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.enabled:
+        from tasks.prefect_api import embedded_server_gone
+
+        if not self.enabled or embedded_server_gone():
             return None
         try:
             result = fn(*args, **kwargs)
@@ -119,6 +122,7 @@ class RunReporter:
             epoch=status.epoch,
             loss=status.loss,
             eval_loss=self.eval_loss,
+            eval_step=self.eval_step,
             tokens_per_s=status.tokens_per_s,
             elapsed_s=(now - self.started_at).total_seconds(),
             eta=eta,
@@ -232,8 +236,8 @@ class RunReporter:
                 **self.records.get((int(row.get("attempt") or 1), int(step)), {}),
                 **{k: v for k, v in row.items() if v is not None},
             }
-            if row.get("eval_loss") is not None:
-                self.eval_loss = float(row["eval_loss"])
+            if row.get("eval_loss") is not None and (self.eval_step is None or int(step) >= self.eval_step):
+                self.eval_loss, self.eval_step = float(row["eval_loss"]), int(step)
             top_step = int(step) if top_step is None else max(top_step, int(step))
         if self._due(top_step) or (final and self.records):
             self._published_step = top_step if top_step is not None else self._published_step

@@ -71,6 +71,7 @@ class ProgressView:
     epoch: float | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    eval_step: int | None = None  # the step `eval_loss` was measured at
     tokens_per_s: float | None = None
     elapsed_s: float | None = None
     eta: datetime | None = None
@@ -89,7 +90,8 @@ class ProgressView:
 
 
 def progress_line(view: ProgressView) -> str:
-    """`step 9/30 (30%) · epoch 0.60 · loss 2.4512 · eval 2.6001 · 1,234 tok/s · 1m02s elapsed · ETA 2m10s`"""
+    """`step 9/30 (30%) · epoch 0.60 · loss 2.4512 · eval loss 2.6001 @ step 8 · 1,234 tok/s ·
+    1m02s elapsed · ETA 2m10s` (one line)"""
     if not view.total_steps and not view.step:  # before the first step: what it is doing
         parts = [view.phase.replace("_", " ") or "starting"]
         if view.elapsed_s is not None:
@@ -104,8 +106,9 @@ def progress_line(view: ProgressView) -> str:
         parts.append(f"epoch {view.epoch:.2f}")
     if view.loss is not None:
         parts.append(f"loss {view.loss:.4f}")
-    if view.eval_loss is not None:
-        parts.append(f"eval loss {view.eval_loss:.4f}")
+    # The latest evaluation with its step; the step-0 baseline is "before training", not current.
+    if view.eval_loss is not None and view.eval_step:
+        parts.append(f"eval loss {view.eval_loss:.4f} @ step {view.eval_step}")
     if view.tokens_per_s:
         parts.append(f"{view.tokens_per_s:,.0f} tok/s")
     if view.elapsed_s is not None:

@@ -7,6 +7,8 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from brightrun.protocol import TrainerPhase, TrainerStatus
 from cli.progress import TerminalProgress, summary_lines, terminal_progress
 from tasks.reporting.prefect_artifacts import RunReporter
@@ -93,7 +95,16 @@ def test_live_display_draws_in_place_and_then_prints_the_summary() -> None:
     assert sink.lines_printed == 0  # the live display, not lines
 
 
-def test_summary_lists_eval_loss_time_cost_and_where_things_are() -> None:
+def _venv_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The venv activated, so the printed commands use the bare `brightrun`."""
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}")
+
+
+def test_summary_lists_eval_loss_time_cost_and_where_things_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    _venv_on_path(monkeypatch)
     lines = summary_lines(_summary())
     text = "\n".join(lines)
     assert lines[0] == f"job {JOB} completed"
@@ -108,7 +119,8 @@ def test_summary_lists_eval_loss_time_cost_and_where_things_are() -> None:
     )
 
 
-def test_failed_run_summary_says_why_and_how_to_go_on() -> None:
+def test_failed_run_summary_says_why_and_how_to_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    _venv_on_path(monkeypatch)
     lines = summary_lines(
         _summary(
             status="failed",
@@ -132,3 +144,16 @@ def test_the_cli_sink_is_installed_only_while_the_run_lasts() -> None:
         sink.on_finish(_summary())
     assert current_progress_sink() is not sink
     assert f"job {JOB} completed" in out.getvalue()
+
+
+def test_printed_commands_name_brightrun_as_the_user_can_type_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from cli.progress import typeable
+
+    venv_bin = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not activated: the full path
+    assert typeable(f"brightrun resume {JOB}") == f"{venv_bin}/brightrun resume {JOB}"
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated: the bare name
+    assert typeable(f"brightrun resume {JOB}") == f"brightrun resume {JOB}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from brightrun.compute import CapacityError, Compute, PodInfo, PodRequest, PodState
@@ -150,3 +152,27 @@ def test_estimated_total_steps_follows_max_steps_or_epochs_over_batches() -> Non
     assert estimated_total_steps(spec, 1) == 1
     capped = spec.model_copy(update={"training": spec.training.model_copy(update={"max_steps": 7})})
     assert estimated_total_steps(capped, 100) == 7
+
+
+def test_a_local_attempt_names_the_local_device_not_the_policys_gpus(tmp_path: Path) -> None:
+    from brightrun.compute.local import LocalCompute
+
+    class NoStart(LocalCompute):
+        def start(self, request: PodRequest) -> PodInfo:
+            self.request = request
+            return PodInfo(pod_id="local-1", job_id=request.job_id, state=PodState.running)
+
+    compute = NoStart(tmp_path)
+    events: list[tuple[str, dict]] = []
+    provision(
+        compute,
+        job_id="j",
+        attempt=1,
+        spec_uri="s",
+        env={},
+        policy=policy(),
+        on_event=lambda t, p: events.append((t, p)),
+    )
+    (requested,) = [p for t, p in events if t == "pod_requested"]
+    assert requested["gpu_type"].startswith("local ") and requested["spot"] is False
+    assert compute.request.gpu_type == requested["gpu_type"] and not compute.request.spot

@@ -147,14 +147,19 @@ def test_progress_line_has_what_a_watcher_asks() -> None:
         epoch=0.6,
         loss=2.45123,
         eval_loss=2.6,
+        eval_step=8,
         tokens_per_s=1234.5,
         elapsed_s=62,
         eta=T0 + timedelta(seconds=130),
         now=T0,
     )
     line = progress_line(view)
-    for part in ("step 9/30 (30%)", "epoch 0.60", "loss 2.4512", "eval loss 2.6000", "1,234 tok/s"):
+    for part in ("step 9/30 (30%)", "epoch 0.60", "loss 2.4512", "eval loss 2.6000 @ step 8", "1,234 tok/s"):
         assert part in line
+    baseline_only = ProgressView(
+        job_id="j", status="training", phase="training", step=3, total_steps=30, eval_loss=3.1, eval_step=0
+    )
+    assert "eval" not in progress_line(baseline_only)  # the step-0 value is not the current one
     assert "1m02s elapsed" in line and "ETA 2m10s" in line
     assert "ETA ?" in progress_line(
         ProgressView(job_id="j", status="training", phase="training", step=0, total_steps=30)

@@ -24,6 +24,7 @@ The decision, in order:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -283,3 +284,38 @@ def decide(production: ArmCounts, candidate: ArmCounts, rule: ABRule) -> ABDecis
             f"({rates}; {evidence_better}).",
         )
     return made(Action.keep_going, f"Continue: no significant difference yet ({rates}; {evidence_better}).")
+
+
+# ---------------------------------------------------------------- the app's sticky split
+# The app picks `model` per user from the view `serving_routes_live`: a user's bucket (0-99)
+# from a hash of their id, against the routes' cumulative shares (largest share first, then
+# by served name). The same user keeps the same arm while the split stands. The SQL below and
+# the TypeScript in the README compute exactly `sticky_bucket` / `pick_served_name`.
+
+PICK_MODEL_SQL = """
+SELECT served_name FROM (
+    SELECT served_name,
+           sum(share_percent) OVER (ORDER BY share_percent DESC, served_name) AS upto
+    FROM serving_routes_live WHERE endpoint_id = :endpoint_id
+) AS routes
+WHERE upto > ('x' || substr(encode(sha256(convert_to(:user_id, 'UTF8')), 'hex'), 1, 7))::bit(28)::int % 100
+ORDER BY upto LIMIT 1
+"""
+
+
+def sticky_bucket(user_id: str) -> int:
+    """0-99: the first 7 hex digits of sha256(user id) mod 100."""
+    import hashlib
+
+    return int(hashlib.sha256(user_id.encode()).hexdigest()[:7], 16) % 100
+
+
+def pick_served_name(user_id: str, shares: Sequence[tuple[str, int]]) -> str:
+    """The served name a user is routed to, from (served name, share percent) routes."""
+    upto = 0
+    bucket = sticky_bucket(user_id)
+    for name, share in sorted(shares, key=lambda r: (-r[1], r[0])):
+        upto += share
+        if bucket < upto:
+            return name
+    raise ValueError(f"the shares {list(shares)} add up to {upto}, not 100")

@@ -312,10 +312,13 @@ def sticky_bucket(user_id: str) -> int:
 
 def pick_served_name(user_id: str, shares: Sequence[tuple[str, int]]) -> str:
     """The served name a user is routed to, from (served name, share percent) routes."""
+    total = sum(share for _, share in shares)
+    if total != 100:
+        raise ValueError(f"the shares {list(shares)} add up to {total}, not 100")
     upto = 0
     bucket = sticky_bucket(user_id)
     for name, share in sorted(shares, key=lambda r: (-r[1], r[0])):
         upto += share
         if bucket < upto:
             return name
-    raise ValueError(f"the shares {list(shares)} add up to {upto}, not 100")
+    raise AssertionError("unreachable: the shares add up to 100")

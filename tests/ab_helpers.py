@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, inspect, update
 from sqlalchemy.orm import Session
 
 from brightrun.ab import pick_served_name
@@ -64,6 +64,11 @@ def simulate_users(
     with Session(engine) as session:
         shares = [(r.served_name, r.share_percent) for r in live_routes(session, ENDPOINT)]
     rng = random.Random(seed)
+    # The customer's lexybrain_requests.user_id references auth.users, which the pipeline may
+    # not write: there the simulated users stay anonymous (their id still picks their arm).
+    anonymous = any(
+        fk["referred_table"] == "users" for fk in inspect(engine).get_foreign_keys("lexybrain_requests")
+    )
     requests, responses, feedback = [], [], []
     counts: dict[str, int] = {}
     for i in range(users):
@@ -73,12 +78,13 @@ def simulate_users(
             name = extra_versions[i % len(extra_versions)]  # an answer logged under another label
         at = start + timedelta(seconds=10 * i + 1)
         q, r = uuid.uuid4(), uuid.uuid4()
-        requests.append({"id": q, "user_id": user, "prompt": f"q{i}", "requested_at": at})
+        stored = None if anonymous else user
+        requests.append({"id": q, "user_id": stored, "prompt": f"q{i}", "requested_at": at})
         responses.append({"id": r, "request_id": q, "model_version": name, "created_at": at})
         up = rng.random() < positive_rate.get(name, 0.5)
         value = "positive" if up else "negative"
         feedback.append(
-            {"id": uuid.uuid4(), "response_id": r, "user_id": user, "feedback": value, "created_at": at}
+            {"id": uuid.uuid4(), "response_id": r, "user_id": stored, "feedback": value, "created_at": at}
         )
         counts[name] = counts.get(name, 0) + 1
     with engine.begin() as conn:

@@ -176,3 +176,38 @@ def test_a_split_changed_during_the_decision_is_refused(
     with pytest.raises(ABSplitChanged, match="nothing was done"):
         run_decision(resources, ENDPOINT, RULE, applier=applier)
     assert applier.calls == [] and pm.get_artifact(engine, cand.id).deployment_status == "stored"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from brightrun.errors import BrightrunError
+    from cli.main import app
+
+    result = CliRunner().invoke(app, list(args))
+    if isinstance(result.exception, BrightrunError):  # what cli.main.main prints, and its exit code
+        return result.exception.exit_code, f"error: {result.exception}"
+    return result.exit_code, result.output
+
+
+def test_ab_cli_status_and_decide(resources: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.decide_ab
+
+    engine = resources.registry
+    monkeypatch.setenv("BRIGHTRUN_DATABASE_URL", resources.settings.resolved_database_url)
+    prod, cand = split(engine)
+    simulate_users(engine, {str(prod.served_name): 0.5, str(cand.served_name): 0.85}, users=1500)
+    applier = RecordingApplier()
+    monkeypatch.setattr(flows.decide_ab, "routes_applier", lambda: applier)
+    code, out = _cli("ab", "status", "--endpoint", ENDPOINT, "--min-rated", "100")
+    assert code == 0 and "Promote: the candidate is significantly better" in out
+    assert f"| candidate | `{cand.served_name}` | 10% |" in out and applier.calls == []
+    code, out = _cli(
+        "ab", "status", "--endpoint", ENDPOINT, "--min-rated", "10", "--early-stop-min-rated", "50"
+    )
+    assert code == 2 and "early_stop_min_rated (50) must be at most min_rated_per_arm (10)" in out
+    code, out = _cli("ab", "status", "--endpoint", "ep-nobody")
+    assert code == 2 and "endpoint ep-nobody has 0 live routes" in out
+    code, out = _cli("ab", "decide", "--endpoint", ENDPOINT, "--min-rated", "100", "--json")
+    assert code == 0 and '"action": "promote"' in out and '"applied": true' in out
+    assert pm.get_artifact(engine, cand.id).deployment_status == "production"

@@ -211,3 +211,31 @@ def test_ab_cli_status_and_decide(resources: Resources, monkeypatch: pytest.Monk
     code, out = _cli("ab", "decide", "--endpoint", ENDPOINT, "--min-rated", "100", "--json")
     assert code == 0 and '"action": "promote"' in out and '"applied": true' in out
     assert pm.get_artifact(engine, cand.id).deployment_status == "production"
+
+
+def test_feedback_stats_reports_per_served_name_with_status_and_users(
+    resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    engine = resources.registry
+    monkeypatch.setenv("BRIGHTRUN_DATABASE_URL", resources.settings.resolved_database_url)
+    prod, cand = split(engine)
+    counts = simulate_users(engine, {}, users=300, extra_versions=["gpt-4o"])
+    code, out = _cli("feedback-stats", "--since", "2026-03-01", "--until", "2026-03-02", "--json")
+    assert code == 0, out
+    rows = {r["model_version"]: r for r in json.loads(out)}
+    assert rows[prod.served_name]["deployment_status"] == "production"
+    assert rows[cand.served_name]["deployment_status"] == "stored"
+    assert (
+        rows[cand.served_name]["users"]
+        == rows[cand.served_name]["rated_responses"]
+        == counts[str(cand.served_name)]
+    )
+    assert rows["gpt-4o"]["artifact_id"] is None and rows["gpt-4o"]["deployment_status"] is None
+    code, out = _cli("feedback-stats", "--since", "2026-03-01", "--until", "2026-03-02")
+    lines = out.splitlines()
+    assert lines[0].split()[-2:] == ["users", "status"]
+    assert any(line.startswith(str(prod.served_name)) and line.endswith("production") for line in lines)
+    unknown = next(line for line in lines if line.startswith("unknown model_version"))
+    assert unknown.split()[2] == str(counts["gpt-4o"]) and "gpt-4o" in out

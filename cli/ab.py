@@ -58,7 +58,7 @@ def status(
     fields = _fields(
         min_rated, method, alpha, probability_level, early_stop_alpha, early_stop_min_rated, max_rated
     )
-    _run(endpoint, fields, since, as_json, recommend_only=True)
+    _run(endpoint, fields, since, as_json, recommend_only=True, count_users=True)
 
 
 @ab_app.command("decide")

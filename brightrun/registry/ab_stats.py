@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Table, case, func, select
+from sqlalchemy import Connection, Engine, Table, case, func, literal, select
 
 from brightrun.ab import ArmCounts
 from brightrun.errors import InputError
@@ -88,9 +88,12 @@ def thumbs_by_served_name(
     until: datetime | None = None,
     served_names: Sequence[str] | None = None,
     window: Window = "feedback",
+    count_users: bool = True,
 ) -> list[ServedNameThumbs]:
     """Thumbs per `model_version` in `[since, until)`, most rated first; only `served_names`
-    when given (an arm without a rating is then reported with zeros)."""
+    when given (an arm without a rating is then reported with zeros). `count_users=False`
+    skips the distinct count of users (about two thirds of the query's time on 1M rows),
+    reporting 0."""
     if since is not None and until is not None and until <= since:
         raise InputError(f"--until {until.isoformat()} must be after --since {since.isoformat()}")
 
@@ -126,20 +129,28 @@ def thumbs_by_served_name(
             _artifacts.c.id.label("artifact_id"),
             _artifacts.c.deployment_status,
             func.count().label("rated_responses"),
-            func.count(func.distinct(_requests.c.user_id)).label("users"),
+            (func.count(func.distinct(_requests.c.user_id)) if count_users else literal(0)).label("users"),
             func.coalesce(func.sum(rated.c.positive), 0).label("positive"),
             func.coalesce(func.sum(rated.c.negative), 0).label("negative"),
             func.coalesce(func.sum(rated.c.neutral), 0).label("neutral"),
         )
         .select_from(
-            rated.join(_responses, _responses.c.id == rated.c.response_id)
-            .outerjoin(_requests, _requests.c.id == _responses.c.request_id)
-            .outerjoin(_artifacts, _artifacts.c.served_name == _responses.c.model_version)
+            (
+                rated.join(_responses, _responses.c.id == rated.c.response_id).outerjoin(
+                    _requests, _requests.c.id == _responses.c.request_id
+                )
+                if count_users
+                else rated.join(_responses, _responses.c.id == rated.c.response_id)
+            ).outerjoin(_artifacts, _artifacts.c.served_name == _responses.c.model_version)
         )
         .where(*response_filters)
         .group_by(_responses.c.model_version, _artifacts.c.id, _artifacts.c.deployment_status)
     )
     with repo._tx(bind) as conn:
+        if conn.dialect.name == "postgresql":
+            # Postgres's default 4 MB spills the per-response groups and the sorts to disk on a
+            # million ratings; SET LOCAL ends with the transaction (safe behind a pooler).
+            conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         rows = conn.execute(stmt).all()
     found = [
         ServedNameThumbs(

@@ -113,15 +113,22 @@ def read_arms(resources: Resources, endpoint_id: str) -> Arms:
 
 
 def evaluate_arms(
-    resources: Resources, arms: Arms, rule: ABRule, *, since: datetime | None = None
+    resources: Resources,
+    arms: Arms,
+    rule: ABRule,
+    *,
+    since: datetime | None = None,
+    count_users: bool = False,
 ) -> tuple[ABDecision, datetime, dict[str, int]]:
-    """The thumbs of both arms on responses since `since` (default: the split's start)."""
+    """The thumbs of both arms on responses since `since` (default: the split's start).
+    Distinct users are counted only on request (`count_users`): the hourly decision does
+    not need them and they triple the query's time on a large log."""
     start = since or arms.started_at
     names = [arms.production.served_name, arms.candidate.served_name]
     thumbs = {
         t.model_version: t
         for t in ab_stats.thumbs_by_served_name(
-            resources.registry, since=start, served_names=names, window="response"
+            resources.registry, since=start, served_names=names, window="response", count_users=count_users
         )
     }
     prod, cand = thumbs[names[0]], thumbs[names[1]]
@@ -149,11 +156,12 @@ def run_decision(
     since: datetime | None = None,
     applier: RoutesApplier | None = None,
     webhook_url: str | None = None,
+    count_users: bool = False,
 ) -> ABOutcome:
     """Read, decide and (unless `recommend_only`, or the decision is to continue) act: the
     endpoint re-pointed by the applier, an event on the candidate's job, the webhook."""
     arms = read_arms(resources, endpoint_id)
-    decision, start, users = evaluate_arms(resources, arms, rule, since=since)
+    decision, start, users = evaluate_arms(resources, arms, rule, since=since, count_users=count_users)
     after = routes_after(arms, decision.action)
     act = decision.action is not Action.keep_going and not recommend_only
     outcome = ABOutcome(arms, decision, start, users, recommend_only, act, after)
@@ -228,7 +236,7 @@ def decision_markdown(outcome: ABOutcome) -> str:
         ci_text = f"{ci[0]:.1%}–{ci[1]:.1%}" if ci else "-"
         lines.append(
             f"| {label} | `{route.served_name}` | {route.share_percent}% | {counts.rated_responses} | "
-            f"{outcome.users.get(route.served_name, 0)} | {counts.positive} | {counts.negative} | "
+            f"{outcome.users.get(route.served_name) or '-'} | {counts.positive} | {counts.negative} | "
             f"{counts.neutral} | {_pct(counts.positive_rate)} | {ci_text} |"
         )
     lines += ["", f"- rule: {d.rule.describe()}", f"- window: responses since {outcome.since.isoformat()}"]

@@ -437,6 +437,9 @@ def _stats_row(s: Any) -> dict[str, Any]:
         "positive_rate": s.positive_rate,
         "ci95_low": low_high[0] if low_high else None,
         "ci95_high": low_high[1] if low_high else None,
+        # issue 24: the adapter's status, and how many users asked the rated responses
+        "deployment_status": s.deployment_status,
+        "users": s.users,
     }
 
 
@@ -445,8 +448,9 @@ def _stats_line(label: str, r: dict[str, Any]) -> str:
     ci = f"{r['ci95_low']:.1%}–{r['ci95_high']:.1%}" if r["ci95_low"] is not None else "-"
     return (
         f"{label:<40} {r['rated_responses']:>6} {r['ratings']:>7} "
-        f"{r['positive']:>5} {r['negative']:>5} {r['neutral']:>5} {rate:>9}  {ci}"
-    )
+        f"{r['positive']:>5} {r['negative']:>5} {r['neutral']:>5} {rate:>9}  {ci:<13} "
+        f"{r['users']:>6}  {r['deployment_status'] or ''}"
+    ).rstrip()
 
 
 def feedback_stats(
@@ -455,13 +459,14 @@ def feedback_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Users' ratings per adapter (`lexybrain_responses.model_version` joined to served names):
-    rated responses, positive rate, 95% Wilson interval. Versions that name no adapter are
-    reported on one "unknown model_version" line, never dropped."""
-    from brightrun.registry.feedback_rows import feedback_by_version, unknown_versions
+    rated responses, positive rate, 95% Wilson interval, users, the adapter's status. Versions
+    that name no adapter are reported on one "unknown model_version" line, never dropped."""
+    from brightrun.registry.ab_stats import thumbs_by_served_name
+    from brightrun.registry.ab_stats import unknown_total as unknown_versions
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     with _resources() as resources:
-        stats = feedback_by_version(resources.registry, since=start, until=end)
+        stats = thumbs_by_served_name(resources.registry, since=start, until=end)
     if as_json:
         # Every version, known or not (artifact_id null), so a script sees all of them.
         _print_json([_stats_row(s) for s in stats])
@@ -471,7 +476,7 @@ def feedback_stats(
         return
     typer.echo(
         f"{'adapter (served name)':<40} {'rated':>6} {'ratings':>7} {'+':>5} {'-':>5} {'=':>5} "
-        f"{'positive':>9}  95% CI"
+        f"{'positive':>9}  {'95% CI':<13} {'users':>6}  status"
     )
     for s in stats:
         if s.artifact_id is not None:

@@ -33,6 +33,8 @@ def test_prefect_yaml_declares_what_the_product_needs() -> None:
     assert all(d["concurrency_limit"]["limit"] == 1 for d in train)
     assert by_entry["flows/export_feedback.py:export_feedback"][0]["schedules"][0]["cron"]
     assert by_entry["flows/reap_pods.py:reap_pods"][0]["schedules"][0]["interval"] > 0
+    decide = by_entry["flows/decide_ab.py:decide_ab"][0]
+    assert decide["schedules"][0]["cron"] == "0 * * * *" and "endpoint_id" in decide["parameters"]
 
 
 def test_the_docker_steps_resolve() -> None:

@@ -267,33 +267,40 @@ def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(artifacts)} artifact(s)")
+    # The lineage (train --init-adapter) gets a column only when some adapter has one: a
+    # narrow terminal has no room for a column of dashes.
+    lineage = [
+        ((getattr(a, "metadata", None) or {}).get("continued_from") or {}).get("artifact_id")
+        for a in artifacts
+    ]
     columns = (
         "id",
         "served name",
         "job",
         "type",
         "base model",
-        "continued from",
+        *(("continued from",) if any(lineage) else ()),
         "size",
         "val loss",
         "ppl",
         "status",
         "path",
     )
-    for col in columns:  # ids whole, on one line: they are what the other commands take
-        if col in ("id", "job"):
+    # Ids whole, on one line: they are what the other commands take; type and status are
+    # short words, which read badly folded.
+    for col in columns:
+        if col in ("id", "job", "type", "status"):
             table.add_column(col, no_wrap=True)
         else:
             table.add_column(col, overflow="fold")
-    for a in artifacts:
+    for a, parent in zip(artifacts, lineage, strict=True):
         table.add_row(
             a.id,
             a.served_name or "-",
             a.training_job_id,
             a.artifact_type,
             a.base_model or "-",
-            # The lineage: the adapter this one started from (train --init-adapter).
-            (a.metadata.get("continued_from") or {}).get("artifact_id") or "-",
+            *((parent or "-",) if any(lineage) else ()),
             _fmt(a.file_size_bytes),
             _fmt(a.validation_loss),
             _fmt(a.validation_perplexity),

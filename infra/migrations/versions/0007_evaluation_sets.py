@@ -64,7 +64,7 @@ def upgrade() -> None:
             sa.ForeignKey(
                 "evaluation_sets.id",
                 ondelete="CASCADE",
-                name="fk_evaluation_set_conversations_evaluation_set_id_evaluation_sets",
+                name="fk_evaluation_set_conversations_set",  # 63 characters at most
             ),
             primary_key=True,
         ),

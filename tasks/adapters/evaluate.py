@@ -302,6 +302,14 @@ def evaluation_markdown(record: EvaluationRecord) -> str:
         "",
         f"Ties: {record.wins.get('ties', 0)}. Lower loss: **{better}**.",
     ]
+    if record.judge:
+        j = record.judge
+        lines += [
+            "",
+            f"Judge `{j['model']}` ({j['base_url']}): candidate win rate **{j['win_rate']:.2f}** "
+            f"(95% interval {j['ci95_low']:.2f}–{j['ci95_high']:.2f}) over {len(j['judgements'])} "
+            f"position-swapped judgements of {j['prompts']} prompts.",
+        ]
     if record.samples:
         lines += [
             "",

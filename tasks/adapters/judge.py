@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from brightrun.errors import BrightrunError, InputError
-from brightrun.settings import JudgeSettings
+from brightrun.settings import JudgeSettings, Settings
 
 DEFAULT_RUBRIC = Path(__file__).resolve().parents[2] / "docs" / "judge_rubric.md"
 Verdict = Literal["A", "B", "tie"]
@@ -61,6 +61,22 @@ class JudgeResult(BaseModel):
     win_rate: float
     ci95_low: float
     ci95_high: float
+
+
+def required_judge(settings: Settings, wanted: bool) -> JudgeSettings | None:
+    """The judge's settings when `wanted` (`--judge`), with a clear error when none are set."""
+    if not wanted:
+        return None
+    try:
+        judge = settings.judge
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if judge is None:
+        raise InputError(
+            "--judge needs a judge: set BRIGHTRUN_JUDGE_BASE_URL (an OpenAI-compatible endpoint, "
+            "e.g. https://api.openai.com/v1), BRIGHTRUN_JUDGE_MODEL and BRIGHTRUN_JUDGE_API_KEY"
+        )
+    return judge
 
 
 def load_rubric(path: Path | None) -> str:

@@ -518,7 +518,7 @@ def test_chat_streams_keeps_history_and_resets(trained: Trained) -> None:
     assert seen[1][2]["role"] == "assistant" and seen[1][3]["content"] == "and then?"
 
 
-def test_eval_and_promote_on_a_registered_evaluation_set(trained: Trained) -> None:
+def test_eval_on_a_registered_evaluation_set(trained: Trained) -> None:
     """Issue 25: both adapters sit the same registered exam; the record names it."""
     code, out = cli("evalset", "create", "exam", "--from", str(SAMPLE_DATASET), "--take", "4", "--json")
     assert code == 0, out
@@ -530,5 +530,5 @@ def test_eval_and_promote_on_a_registered_evaluation_set(trained: Trained) -> No
     assert record["evaluation_set"] == "exam@1" and record["eval_set_sha256"] == exam["sha256"]
     assert record["conversations"] == 4 and record["eval_set"] == "evaluation set 'exam' (version 1)"
     assert record["candidate"]["tokens"] == record["against"]["tokens"] > 0
-    code, out = cli("eval", trained.weak.id, "--evalset", "nothing")
+    code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "nothing")
     assert code == 2 and "no evaluation set is named 'nothing'" in out

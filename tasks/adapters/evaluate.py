@@ -73,6 +73,18 @@ def _prepare_whole_file(path: Path, candidate: LocalAdapter) -> tuple[list[Any],
         return _read_jsonl_examples(out / prepared.TRAIN), list(prepared.iter_prompts(out / prepared.PROMPTS))
 
 
+def _exam_prompts(path: Path) -> list[prepared.HeldOutPrompt]:
+    """One prompt per conversation of the exam (its first trained pair, as the dataset stage
+    picks a validation conversation's): a preparation without a validation split has none."""
+    from tasks.dataset import PrepareOptions
+    from tasks.dataset.prepare import _held_out_prompt
+    from tasks.dataset.schema import DatasetScanner
+
+    min_quality = PrepareOptions().min_quality
+    found = (_held_out_prompt(c, min_quality) for c in DatasetScanner(path).conversations())
+    return [prepared.HeldOutPrompt.model_validate(p) for p in found if p is not None]
+
+
 def load_registered_set(resources: Resources, candidate: LocalAdapter, ref: str) -> EvalSet:
     """A registered evaluation set (issue 25), read back verified; its identity is its
     content sha256, the same whichever adapters sit it."""
@@ -82,7 +94,8 @@ def load_registered_set(resources: Resources, candidate: LocalAdapter, ref: str)
     row = evalsets.get(resources.registry, ref)
     with tempfile.TemporaryDirectory(prefix="brightrun-exam-") as tmp:
         path = fetch_evaluation_set(resources, row, Path(tmp) / "evaluation_set.json")
-        examples, prompts = _prepare_whole_file(path, candidate)
+        examples, _ = _prepare_whole_file(path, candidate)
+        prompts = _exam_prompts(path)
     if not examples:
         raise InputError(f"evaluation set {row.label} holds no trainable target to score")
     return EvalSet(examples, prompts, f"evaluation set {row.label}", row.sha256, row.ref)

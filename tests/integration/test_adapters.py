@@ -532,3 +532,28 @@ def test_eval_on_a_registered_evaluation_set(trained: Trained) -> None:
     assert record["candidate"]["tokens"] == record["against"]["tokens"] > 0
     code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "nothing")
     assert code == 2 and "no evaluation set is named 'nothing'" in out
+
+
+def test_eval_with_the_judge_on_real_replies(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25: the judge sees both adapters' real replies to every prompt of the exam, in both
+    orders; a judge that always says A is cancelled by the swap."""
+    from tests.fixtures.http import serve_http
+    from tests.unit.test_judge import handler
+
+    code, out = cli(
+        "evalset", "create", "judged", "--from", str(SAMPLE_DATASET), "--take", "2", "--seed", "5"
+    )
+    assert code == 0, out
+    always_a = handler(lambda _: "VERDICT: A")
+    with serve_http(always_a) as url:
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_BASE_URL", f"{url}/v1")
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_MODEL", "judge")
+        code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judged",
+                        "--judge", "--samples", "1", "--json")  # fmt: skip
+    assert code == 0, out
+    judged = json.loads(out)["judge"]
+    assert judged["prompts"] == 2 and len(judged["judgements"]) == 4 and judged["win_rate"] == 0.5
+    assert len(always_a.calls) == 4
+    monkeypatch.delenv("BRIGHTRUN_JUDGE_BASE_URL")
+    code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judged", "--judge")
+    assert code == 2 and "BRIGHTRUN_JUDGE_BASE_URL" in out

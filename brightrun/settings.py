@@ -77,6 +77,17 @@ class FetchPolicy(BaseModel):
     allow_local_paths: bool = False  # an app row's json_file_path that is absolute or a URL
 
 
+class JudgeSettings(BaseModel):
+    """The pairwise judge (issue 25): any OpenAI-compatible chat completions endpoint."""
+
+    base_url: str
+    model: str
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    rubric_file: Path | None = None  # default: docs/judge_rubric.md of this repository
+
+
 class Settings(BaseSettings):
     """Where things live. Every field has an embedded default that needs no setup."""
 
@@ -131,6 +142,16 @@ class Settings(BaseSettings):
     fetch_redirects: Literal["none", "same-host"] = FetchPolicy().redirects
     fetch_allow_private: bool = FetchPolicy().allow_private
     fetch_allow_local_paths: bool = FetchPolicy().allow_local_paths
+    # Evaluation sets and the judge (issue 25; README "Evaluation sets and the judge").
+    promotion_evalset: str | None = Field(
+        default=None, description="NAME[@VERSION] of the registered set eval and promote score on"
+    )
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: SecretStr | None = None
+    judge_timeout_seconds: float = Field(default=60.0, gt=0)
+    judge_retries: int = Field(default=2, ge=0, le=10)
+    judge_rubric_file: Path | None = None
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")
@@ -176,6 +197,24 @@ class Settings(BaseSettings):
             redirects=self.fetch_redirects,
             allow_private=self.fetch_allow_private,
             allow_local_paths=self.fetch_allow_local_paths,
+        )
+
+    @property
+    def judge(self) -> JudgeSettings | None:
+        """The judge's settings, or None when BRIGHTRUN_JUDGE_BASE_URL is not set."""
+        if not self.judge_base_url:
+            return None
+        if not self.judge_model:
+            raise ValueError(
+                "BRIGHTRUN_JUDGE_BASE_URL is set but BRIGHTRUN_JUDGE_MODEL is not: name the model"
+            )
+        return JudgeSettings(
+            base_url=self.judge_base_url,
+            model=self.judge_model,
+            api_key=self.judge_api_key,
+            timeout_seconds=self.judge_timeout_seconds,
+            retries=self.judge_retries,
+            rubric_file=self.judge_rubric_file,
         )
 
     @cached_property

@@ -27,6 +27,15 @@ BaseModelOpt = Annotated[
     typer.Option("--base-model", help="Which base model's production adapter; or another copy of the base"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+EvalsetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--evalset", help="A registered evaluation set, NAME[@VERSION] (BRIGHTRUN_PROMOTION_EVALSET)"
+    ),
+]
+JudgeOpt = Annotated[
+    bool, typer.Option("--judge", help="Also ask the pairwise judge (BRIGHTRUN_JUDGE_*), position-swapped")
+]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, max=32768, help="Reply length cap")]
 TemperatureOpt = Annotated[
     float, typer.Option("--temperature", min=0.0, max=5.0, help="0 (default): greedy, deterministic")
@@ -254,16 +263,26 @@ def eval_command(
         typer.Option("--eval-set", help="Prepared dir, prepared .jsonl or brightrun-lora-v4 .json"),
     ] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, max=20, help="Side-by-side replies")] = 3,
+    evaluation_set: EvalsetOpt = None,
+    judge: JudgeOpt = False,
     base_model: BaseModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Both models on the same held-out conversations: loss, perplexity, wins, sample replies."""
     from tasks.adapters import evaluate, evaluation_json, evaluation_markdown
+    from tasks.adapters.judge import required_judge
 
     _quiet_libraries()
     with _resources() as resources:
         record = evaluate(
-            resources, artifact, against, eval_set=eval_set, base_model=base_model, samples=samples
+            resources,
+            artifact,
+            against,
+            eval_set=eval_set,
+            evaluation_set=evaluation_set,
+            judge=required_judge(resources.settings, judge),
+            base_model=base_model,
+            samples=samples,
         )
     if as_json:
         _print_json(evaluation_json(record))
@@ -280,6 +299,8 @@ def promote(
         Path | None, typer.Option("--eval-set", help="Evaluate on this set instead of the candidate's split")
     ] = None,
     webhook_url: Annotated[str | None, typer.Option("--webhook-url", help="POST each change here")] = None,
+    evaluation_set: EvalsetOpt = None,
+    judge: JudgeOpt = False,
     base_model: BaseModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -289,6 +310,7 @@ def promote(
     production adapter's on the same held-out set (evaluated first when not yet recorded).
     """
     from tasks.adapters import promote as do_promote
+    from tasks.adapters.judge import required_judge
 
     if to not in ("testing", "production"):
         raise InputError(f"--to must be testing or production, not {to!r}")
@@ -304,6 +326,8 @@ def promote(
             reason=reason,
             base_model=base_model,
             eval_set=eval_set,
+            evaluation_set=evaluation_set,
+            judge=required_judge(resources.settings, judge),
             webhook_url=webhook_url,
         )
     if as_json:

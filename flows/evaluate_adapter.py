@@ -29,6 +29,8 @@ def evaluate_adapter(
     artifact: str,
     against: str = "production",
     eval_set: str | None = None,
+    evaluation_set: str | None = None,
+    judge: bool = False,
 ) -> dict[str, Any]:
     """Compare `artifact` with `against` on one held-out set and record the result.
 
@@ -37,10 +39,15 @@ def evaluate_adapter(
         against: an artifact id, a job id, `production` (default) or `base` (no adapter).
         eval_set: a prepared directory, a prepared .jsonl or a brightrun-lora-v4 .json on
             this machine (default: the candidate's validation split from its job's data).
+        evaluation_set: a registered evaluation set, NAME or NAME@VERSION (default
+            BRIGHTRUN_PROMOTION_EVALSET when no eval_set is given).
+        judge: also ask the pairwise judge (BRIGHTRUN_JUDGE_*) on every held-out prompt.
     """
     logger = get_run_logger()
     with Resources.from_settings() as resources:
-        record = evaluate_adapter_task(resources, artifact, against, Path(eval_set) if eval_set else None)
+        record = evaluate_adapter_task(
+            resources, artifact, against, Path(eval_set) if eval_set else None, evaluation_set, judge
+        )
     markdown = evaluation_markdown(record)
     create_markdown_artifact(
         key=artifact_key("adapter-eval", record.candidate.artifact_id or artifact),

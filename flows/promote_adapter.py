@@ -29,6 +29,8 @@ def promote_adapter(
     force: bool = False,
     reason: str | None = None,
     eval_set: str | None = None,
+    evaluation_set: str | None = None,
+    judge: bool = False,
     webhook_url: str | None = None,
     rollback_base_model: str | None = None,
     rollback_production: bool = False,
@@ -41,6 +43,9 @@ def promote_adapter(
         force: skip the loss gate; `reason` is then required and recorded.
         reason: why (recorded with the change).
         eval_set: evaluate on this set instead of the candidate's validation split.
+        evaluation_set: the registered evaluation set the gate holds to, NAME or NAME@VERSION
+            (default BRIGHTRUN_PROMOTION_EVALSET).
+        judge: also ask the pairwise judge; a candidate it finds clearly worse is refused.
         webhook_url: POST each status change here (signed with BRIGHTRUN_WEBHOOK_SECRET).
         rollback_base_model: the base model whose production adapter is rolled back.
         rollback_production: roll back instead of promoting.
@@ -56,7 +61,15 @@ def promote_adapter(
             if not artifact:
                 raise InputError("artifact is required to promote (or set rollback_production)")
             result, record = promote_adapter_task(
-                resources, artifact, to, force, reason, Path(eval_set) if eval_set else None, webhook_url
+                resources,
+                artifact,
+                to,
+                force,
+                reason,
+                Path(eval_set) if eval_set else None,
+                webhook_url,
+                evaluation_set,
+                judge,
             )
     lines = [f"# {result.message}", "", "| adapter | from | to | event |", "|---|---|---|---|"]
     lines += [

@@ -341,6 +341,46 @@ class FeedbackExportWatermark(Base):
     updated_at: Mapped[datetime] = _updated()
 
 
+# --- Evaluation sets (issue 25, migration 0007_evaluation_sets): the fixed exam.
+
+
+class EvaluationSet(Base):
+    """One registered version of a named evaluation set; its content is stored once under
+    `evalsets/<sha256>.json` in `storage_url` (brightrun/registry/evalsets.py)."""
+
+    __tablename__ = "evaluation_sets"
+    __table_args__ = (
+        CheckConstraint("version >= 1", name="version"),
+        CheckConstraint("conversation_count >= 1", name="conversation_count"),
+        UniqueConstraint("name", "version"),
+        UniqueConstraint("sha256"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(Text)
+    storage_url: Mapped[str] = mapped_column(Text)
+    conversation_count: Mapped[int] = mapped_column(Integer)
+    source_description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _created()
+
+
+class EvaluationSetConversation(Base):
+    """A conversation of an evaluation set, by fingerprint (tasks/evalsets/fingerprint.py)."""
+
+    __tablename__ = "evaluation_set_conversations"
+    __table_args__ = (Index(None, "fingerprint"),)
+
+    evaluation_set_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("evaluation_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(255))
+
+
 # --- LexyHub's inference log (the export flow's sources). Owned by the LexyHub app in
 # production; the migrations create these only where absent (tests, the embedded default).
 

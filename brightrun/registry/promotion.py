@@ -148,6 +148,8 @@ class EvaluationRecord(BaseModel):
     base_model: str
     eval_set: str  # where the conversations came from, in words
     eval_set_sha256: str  # identifies the set: the same set gives the same digest
+    evaluation_set: str | None = None  # a registered set's NAME@VERSION (issue 25), else None
+    judge: dict[str, Any] | None = None  # the pairwise judge's verdicts (tasks/adapters/judge.py)
     conversations: int
     wins: dict[str, int] = Field(default_factory=dict)  # candidate / against / ties
     per_conversation: list[ConversationResult] = Field(default_factory=list)
@@ -279,8 +281,16 @@ def evaluations(bind: Bind, candidate: AdapterRow) -> list[EvaluationRecord]:
     return out
 
 
-def latest_evaluation(bind: Bind, candidate: AdapterRow, against_id: str | None) -> EvaluationRecord | None:
-    found = [e for e in evaluations(bind, candidate) if e.against.artifact_id == against_id]
+def latest_evaluation(
+    bind: Bind, candidate: AdapterRow, against_id: str | None, evaluation_set: str | None = None
+) -> EvaluationRecord | None:
+    """`evaluation_set` (NAME@VERSION): only an evaluation on that registered set counts."""
+    found = [
+        e
+        for e in evaluations(bind, candidate)
+        if e.against.artifact_id == against_id
+        and (evaluation_set is None or e.evaluation_set == evaluation_set)
+    ]
     return found[-1] if found else None
 
 
@@ -343,6 +353,12 @@ def gate_failure(
             f"validation loss {evaluation.candidate.loss:.4f} of {candidate.id} is worse than "
             f"{evaluation.against.loss:.4f} of the production adapter {production.id} on the same "
             f"{evaluation.conversations} conversations ({evaluation.eval_set})"
+        )
+    judged = evaluation.judge or {}
+    if judged.get("ci95_high") is not None and judged["ci95_high"] < 0.5:  # the judge: clearly worse
+        return (
+            f"the judge prefers the production adapter {production.id}: win rate of {candidate.id} "
+            f"{judged['win_rate']:.2f} (95% interval {judged['ci95_low']:.2f}-{judged['ci95_high']:.2f})"
         )
     return None
 
@@ -420,6 +436,7 @@ def promote(
     reason: str | None = None,
     expected_production: str | None = _UNSET,
     actor: str | None = None,
+    evaluation_set: str | None = None,
 ) -> LifecycleResult:
     """Move an adapter to `testing` or `production` (rules in the module docstring).
 
@@ -472,7 +489,7 @@ def promote(
                     f"(expected {expected_production or 'none'}, now {current_id or 'none'}); "
                     "another promotion won; evaluate against the new production adapter and try again"
                 )
-            evaluation = latest_evaluation(conn, candidate, current_id) if current else None
+            evaluation = latest_evaluation(conn, candidate, current_id, evaluation_set) if current else None
             if current is not None:
                 failure = gate_failure(candidate, current, evaluation)
                 if failure and not force:
@@ -483,6 +500,7 @@ def promote(
                     "candidate_loss": evaluation.candidate.loss,
                     "production_loss": evaluation.against.loss,
                     "eval_set_sha256": evaluation.eval_set_sha256,
+                    "evaluation_set": evaluation.evaluation_set,
                     "conversations": evaluation.conversations,
                 }
             events: list[repo.NewEvent] = []

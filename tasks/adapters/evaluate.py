@@ -21,6 +21,7 @@ from brightrun.registry import promotion
 from brightrun.registry import repository as repo
 from brightrun.registry.promotion import AdapterRow, EvaluationRecord
 from brightrun.resources import Resources
+from brightrun.settings import JudgeSettings
 from brightrun.storage import ObjectNotFound
 from tasks.adapters.fetch import LocalAdapter, fetch_adapter
 
@@ -34,6 +35,7 @@ class EvalSet:
     prompts: list[prepared.HeldOutPrompt]
     description: str
     sha256: str
+    evaluation_set: str | None = None  # NAME@VERSION of a registered set
 
 
 def _digest(examples: Sequence[prepared.PreparedExample]) -> str:
@@ -50,6 +52,53 @@ def _read_jsonl_examples(path: Path) -> list[prepared.PreparedExample]:
         raise InputError(
             f"{path}: not a prepared examples file (brightrun prepare writes them): {exc}"
         ) from exc
+
+
+def _prepare_whole_file(path: Path, candidate: LocalAdapter) -> tuple[list[Any], list[Any]]:
+    """Every conversation of a brightrun-lora-v4 file, prepared with the candidate's tokenizer."""
+    from tasks.dataset import PrepareOptions, prepare_dataset
+
+    with tempfile.TemporaryDirectory(prefix="brightrun-evalset-") as tmp:
+        out = Path(tmp) / "prepared"
+        prepare_dataset(
+            path,
+            candidate.directory,
+            out,
+            PrepareOptions(
+                max_seq_length=candidate.max_seq_length or 2048,
+                validation_fraction=0.0,
+                skip_overlong_targets=True,
+            ),
+        )
+        return _read_jsonl_examples(out / prepared.TRAIN), list(prepared.iter_prompts(out / prepared.PROMPTS))
+
+
+def _exam_prompts(path: Path) -> list[prepared.HeldOutPrompt]:
+    """One prompt per conversation of the exam (its first trained pair, as the dataset stage
+    picks a validation conversation's): a preparation without a validation split has none."""
+    from tasks.dataset import PrepareOptions
+    from tasks.dataset.prepare import _held_out_prompt
+    from tasks.dataset.schema import DatasetScanner
+
+    min_quality = PrepareOptions().min_quality
+    found = (_held_out_prompt(c, min_quality) for c in DatasetScanner(path).conversations())
+    return [prepared.HeldOutPrompt.model_validate(p) for p in found if p is not None]
+
+
+def load_registered_set(resources: Resources, candidate: LocalAdapter, ref: str) -> EvalSet:
+    """A registered evaluation set (issue 25), read back verified; its identity is its
+    content sha256, the same whichever adapters sit it."""
+    from brightrun.registry import evalsets
+    from tasks.evalsets import fetch_evaluation_set
+
+    row = evalsets.get(resources.registry, ref)
+    with tempfile.TemporaryDirectory(prefix="brightrun-exam-") as tmp:
+        path = fetch_evaluation_set(resources, row, Path(tmp) / "evaluation_set.json")
+        examples, _ = _prepare_whole_file(path, candidate)
+        prompts = _exam_prompts(path)
+    if not examples:
+        raise InputError(f"evaluation set {row.label} holds no trainable target to score")
+    return EvalSet(examples, prompts, f"evaluation set {row.label}", row.sha256, row.ref)
 
 
 def load_eval_set(resources: Resources, candidate: LocalAdapter, eval_set: Path | None) -> EvalSet:
@@ -91,22 +140,7 @@ def load_eval_set(resources: Resources, candidate: LocalAdapter, eval_set: Path 
         elif path.suffix == ".jsonl":
             examples, prompts = _read_jsonl_examples(path), []
         else:
-            from tasks.dataset import PrepareOptions, prepare_dataset
-
-            with tempfile.TemporaryDirectory(prefix="brightrun-evalset-") as tmp:
-                out = Path(tmp) / "prepared"
-                prepare_dataset(
-                    path,
-                    candidate.directory,
-                    out,
-                    PrepareOptions(
-                        max_seq_length=candidate.max_seq_length or 2048,
-                        validation_fraction=0.0,
-                        skip_overlong_targets=True,
-                    ),
-                )
-                examples = _read_jsonl_examples(out / prepared.TRAIN)
-                prompts = list(prepared.iter_prompts(out / prepared.PROMPTS))
+            examples, prompts = _prepare_whole_file(path, candidate)
         description = str(path)
     if not examples:
         raise InputError(f"the eval set ({description}) holds no examples")
@@ -148,13 +182,19 @@ def evaluate(
     against_ref: str = promotion.PRODUCTION,
     *,
     eval_set: Path | None = None,
+    evaluation_set: str | None = None,
     base_model: str | None = None,
     samples: int = SAMPLE_REPLIES,
     max_new_tokens: int = 48,
     record: bool = True,
+    judge: JudgeSettings | None = None,
 ) -> EvaluationRecord:
     """Both models on the same held-out conversations; the result is stored in the registry
-    (an `adapter_evaluated` event on the candidate's job) unless `record` is False."""
+    (an `adapter_evaluated` event on the candidate's job) unless `record` is False.
+
+    `evaluation_set`: a registered set's NAME[@VERSION] (default `BRIGHTRUN_PROMOTION_EVALSET`
+    when no `eval_set` file is given either). `judge`: also ask the pairwise judge which reply
+    of each sample prompt is better (`tasks/adapters/judge.py`)."""
     from trainer import inference
 
     engine = resources.registry
@@ -171,7 +211,13 @@ def evaluate(
             )
     local = fetch_adapter(resources, candidate)
     other = fetch_adapter(resources, against) if against is not None else None
-    data = load_eval_set(resources, local, eval_set)
+    if eval_set is not None and evaluation_set is not None:
+        raise InputError("give --eval-set FILE or --evalset NAME[@VERSION], not both")
+    evaluation_set = evaluation_set or (None if eval_set else resources.settings.promotion_evalset)
+    if evaluation_set:
+        data = load_registered_set(resources, local, evaluation_set)
+    else:
+        data = load_eval_set(resources, local, eval_set)
 
     dev = inference.device()
     tokenizer = inference.load_tokenizer(local.directory)
@@ -199,7 +245,8 @@ def evaluate(
     chat = inference.ChatModel(model, tokenizer, candidate.id, dev)
     options = inference.GenerationOptions(max_new_tokens=max_new_tokens)
     sample_rows = []
-    for prompt in data.prompts[:samples]:
+    # The judge reads every prompt of the set; the report shows `samples` of them.
+    for prompt in data.prompts if judge is not None else data.prompts[:samples]:
         model.set_adapter("candidate")
         c_reply = chat.generate(prompt.messages, options).text
         if other is not None:
@@ -232,11 +279,16 @@ def evaluate(
         base_model=candidate.base_model or local.base_model,
         eval_set=data.description,
         eval_set_sha256=data.sha256,
+        evaluation_set=data.evaluation_set,
         conversations=len(per_conv),
         wins=_wins(per_conv),
         per_conversation=per_conv,
         samples=sample_rows,
     )
+    if judge is not None:
+        from tasks.adapters.judge import judge_samples
+
+        result.judge = judge_samples(judge, sample_rows).model_dump(mode="json")
     if not (math.isfinite(result.candidate.loss) and math.isfinite(result.against.loss)):
         raise BrightrunError(f"the eval set ({data.description}) gave no finite loss; nothing was recorded")
     if record:
@@ -263,6 +315,14 @@ def evaluation_markdown(record: EvaluationRecord) -> str:
         "",
         f"Ties: {record.wins.get('ties', 0)}. Lower loss: **{better}**.",
     ]
+    if record.judge:
+        j = record.judge
+        lines += [
+            "",
+            f"Judge `{j['model']}` ({j['base_url']}): candidate win rate **{j['win_rate']:.2f}** "
+            f"(95% interval {j['ci95_low']:.2f}–{j['ci95_high']:.2f}) over {len(j['judgements'])} "
+            f"position-swapped judgements of {j['prompts']} prompts.",
+        ]
     if record.samples:
         lines += [
             "",

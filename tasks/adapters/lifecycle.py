@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from brightrun.registry import promotion
+from brightrun.errors import InputError
+from brightrun.registry import evalsets, promotion
 from brightrun.registry import repository as repo
 from brightrun.registry.promotion import EvaluationRecord, LifecycleResult
 from brightrun.resources import Resources
+from brightrun.settings import JudgeSettings
 from tasks.adapters.evaluate import evaluate
 
 log = logging.getLogger("brightrun.adapters")
@@ -56,30 +58,53 @@ def promote(
     base_model: str | None = None,
     evaluate_first: bool = True,
     eval_set: Path | None = None,
+    evaluation_set: str | None = None,
+    judge: JudgeSettings | None = None,
     webhook_url: str | None = None,
 ) -> tuple[LifecycleResult, EvaluationRecord | None]:
     """Promote; for production, first evaluate against the current production adapter when
-    no evaluation against it is recorded yet (and `evaluate_first`)."""
+    no evaluation against it is recorded yet (and `evaluate_first`).
+
+    With a registered evaluation set (`evaluation_set`, else `BRIGHTRUN_PROMOTION_EVALSET`
+    when no `eval_set` file is given) the gate counts only an evaluation on that very set
+    (NAME@VERSION), evaluating on it first when there is none."""
     engine = resources.registry
     artifact = promotion.resolve_artifact(engine, ref, base_model=base_model)
+    exam = _exam(resources, eval_set, evaluation_set)
     record = None
     current = None
     if to == "production" and artifact.base_model is not None:
         current = promotion.production_adapter(engine, artifact.base_model)
     expected = current.id if current else None
     if current is not None and current.id != artifact.id and not force:
-        record = promotion.latest_evaluation(engine, artifact, current.id)
-        if (record is None or eval_set is not None) and evaluate_first:
+        record = promotion.latest_evaluation(engine, artifact, current.id, exam)
+        if (record is None or eval_set is not None or judge is not None) and evaluate_first:
             # Refuse what cannot be promoted before spending minutes on an evaluation.
             job = repo.get_job(engine, artifact.training_job_id)
             promotion.check_promotable(artifact, job.status, promotion.DeploymentStatus(to))
-            record = evaluate(resources, artifact.id, current.id, eval_set=eval_set)
+            record = evaluate(
+                resources, artifact.id, current.id, eval_set=eval_set, evaluation_set=exam, judge=judge
+            )
     result = promotion.promote(
-        engine, artifact.id, to, force=force, reason=reason, expected_production=expected
+        engine,
+        artifact.id,
+        to,
+        force=force,
+        reason=reason,
+        expected_production=expected,
+        evaluation_set=exam,
     )
     secret = resources.settings.webhook_secret
     notify_changes(result, webhook_url, secret.get_secret_value() if secret else None)
     return result, record
+
+
+def _exam(resources: Resources, eval_set: Path | None, evaluation_set: str | None) -> str | None:
+    """The registered set the gate holds to, resolved to NAME@VERSION (a bare NAME: its newest)."""
+    if eval_set is not None and evaluation_set is not None:
+        raise InputError("give --eval-set FILE or --evalset NAME[@VERSION], not both")
+    ref = evaluation_set or (None if eval_set else resources.settings.promotion_evalset)
+    return evalsets.get(resources.registry, ref).ref if ref else None
 
 
 def rollback(

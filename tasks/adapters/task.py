@@ -21,6 +21,7 @@ from brightrun.registry.promotion import EvaluationRecord, LifecycleResult
 from brightrun.resources import Resources
 from brightrun.storage import Storage
 from tasks.adapters.evaluate import evaluate
+from tasks.adapters.judge import required_judge
 from tasks.adapters.lifecycle import promote
 from tasks.adapters.publish import publish
 
@@ -39,9 +40,17 @@ def publish_adapter(
 
 @task(name="evaluate-adapter", cache_policy=NO_CACHE)
 def evaluate_adapter_task(
-    resources: Resources, candidate: str, against: str, eval_set: Path | None
+    resources: Resources,
+    candidate: str,
+    against: str,
+    eval_set: Path | None,
+    evaluation_set: str | None = None,
+    judge: bool = False,
 ) -> EvaluationRecord:
-    return evaluate(resources, candidate, against, eval_set=eval_set)
+    judge_settings = required_judge(resources.settings, judge)
+    return evaluate(
+        resources, candidate, against, eval_set=eval_set, evaluation_set=evaluation_set, judge=judge_settings
+    )
 
 
 @task(name="promote-adapter", cache_policy=NO_CACHE)
@@ -53,7 +62,17 @@ def promote_adapter_task(
     reason: str | None,
     eval_set: Path | None,
     webhook_url: str | None,
+    evaluation_set: str | None = None,
+    judge: bool = False,
 ) -> tuple[LifecycleResult, EvaluationRecord | None]:
     return promote(
-        resources, artifact, to, force=force, reason=reason, eval_set=eval_set, webhook_url=webhook_url
+        resources,
+        artifact,
+        to,
+        force=force,
+        reason=reason,
+        eval_set=eval_set,
+        evaluation_set=evaluation_set,
+        judge=required_judge(resources.settings, judge),
+        webhook_url=webhook_url,
     )

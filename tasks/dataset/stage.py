@@ -1,8 +1,10 @@
 """The dataset stage's one door: `prepare_job_dataset`, called once per job by the flow.
 
-    fetch the source once (hashed once) → store it in the job's storage under its content
-    hash → prepare it (cached by hash + tokenizer + options) → upload the prepared set under
-    the job's `data/` → record the file and the writer's split in the registry → one result
+    fetch the source once (hashed once) → refuse it when it holds a conversation of a
+    registered evaluation set (the registry lookup here, the check in tasks/evalsets) → store
+    it in the job's storage under its content hash → prepare it (cached by hash + tokenizer +
+    options) → upload the prepared set under the job's `data/` → record the file and the
+    writer's split in the registry → one result
 
 The registry records `datasets/<sha256>.json` in the pipeline's own storage: never the
 caller's string (a relative path means nothing to a later export; a signed URL's query is a
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from brightrun import prepared
 from brightrun.layout import JobLayout
-from brightrun.registry import feedback_rows
+from brightrun.registry import evalsets, feedback_rows
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
 from brightrun.settings import DatasetLimits
@@ -29,6 +31,7 @@ from tasks.dataset.fetch import SourceFile, fetch_source
 from tasks.dataset.prepare import DatasetReport, PrepareOptions, prepare_dataset
 from tasks.dataset.report import render_report_markdown
 from tasks.dataset.tokenizer import load_tokenizer, tokenizer_fingerprint
+from tasks.evalsets.fingerprint import HeldOutSet, fingerprint_file, refuse_evaluation_conversations
 
 DATASETS_PREFIX = "datasets"
 
@@ -138,6 +141,21 @@ def record_source(
     return str(training_file.id)
 
 
+def refuse_held_out_conversations(resources: Resources, source: SourceFile) -> None:
+    """`InputError` naming each conversation of `source` that is in a registered evaluation
+    set. Not cached with the preparation: a set registered after a file was first prepared
+    still keeps it out. No set registered: no scan."""
+    engine = resources.registry
+    if not evalsets.any_registered(engine):
+        return
+    conversations = fingerprint_file(source.path, resources.settings.dataset_limits)
+    if conversations is None:
+        return  # a file with problems: the preparation lists every one of them
+    found = evalsets.sets_holding(engine, [c.fingerprint for c in conversations])
+    held_out = {fp: HeldOutSet(row.name, row.version) for fp, row in found.items()}
+    refuse_evaluation_conversations(source.display_name, conversations, held_out)
+
+
 def prepare_job_dataset(
     resources: Resources,
     *,
@@ -157,6 +175,7 @@ def prepare_job_dataset(
     source = fetch_source(
         dataset, settings.cache_dir / DATASETS_PREFIX, resources.open_storage, settings.fetch_policy
     )
+    refuse_held_out_conversations(resources, source)
     options = PrepareOptions.from_spec(spec)
     out_dir = prepared_cache_dir(settings.cache_dir, source, spec, options)
     report = _prepare_cached(out_dir, source, spec, options, settings.dataset_limits)

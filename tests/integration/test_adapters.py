@@ -516,3 +516,44 @@ def test_chat_streams_keeps_history_and_resets(trained: Trained) -> None:
     assert result.output.count("assistant> ") == 3 and "(history cleared)" in result.output
     assert [len(m) for m in seen] == [2, 4, 2]  # system + user; + reply + user; reset
     assert seen[1][2]["role"] == "assistant" and seen[1][3]["content"] == "and then?"
+
+
+def test_eval_on_a_registered_evaluation_set(trained: Trained) -> None:
+    """Issue 25: both adapters sit the same registered exam; the record names it."""
+    code, out = cli("evalset", "create", "exam", "--from", str(SAMPLE_DATASET), "--take", "4", "--json")
+    assert code == 0, out
+    exam = json.loads(out)
+    code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "exam",
+                    "--samples", "0", "--json")  # fmt: skip
+    assert code == 0, out
+    record = json.loads(out)
+    assert record["evaluation_set"] == "exam@1" and record["eval_set_sha256"] == exam["sha256"]
+    assert record["conversations"] == 4 and record["eval_set"] == "evaluation set 'exam' (version 1)"
+    assert record["candidate"]["tokens"] == record["against"]["tokens"] > 0
+    code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "nothing")
+    assert code == 2 and "no evaluation set is named 'nothing'" in out
+
+
+def test_eval_with_the_judge_on_real_replies(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25: the judge sees both adapters' real replies to every prompt of the exam, in both
+    orders; a judge that always says A is cancelled by the swap."""
+    from tests.fixtures.http import serve_http
+    from tests.unit.test_judge import handler
+
+    code, out = cli(
+        "evalset", "create", "judged", "--from", str(SAMPLE_DATASET), "--take", "1", "--seed", "5"
+    )
+    assert code == 0, out
+    always_a = handler(lambda _: "VERDICT: A")
+    with serve_http(always_a) as url:
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_BASE_URL", f"{url}/v1")
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_MODEL", "judge")
+        code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judged",
+                        "--judge", "--samples", "1", "--json")  # fmt: skip
+    assert code == 0, out
+    judged = json.loads(out)["judge"]
+    assert judged["prompts"] == 1 and len(judged["judgements"]) == 2 and judged["win_rate"] == 0.5
+    assert len(always_a.calls) == 2
+    monkeypatch.delenv("BRIGHTRUN_JUDGE_BASE_URL")
+    code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judged", "--judge")
+    assert code == 2 and "BRIGHTRUN_JUDGE_BASE_URL" in out

@@ -72,3 +72,25 @@ def test_estimate_prints_ranges_and_rents_nothing(brightrun_home: Path, tiny_mod
     assert "sharded training (FSDP) is not supported yet" in big.stdout
     assert "approximate" in big.stdout  # no hub here: counted with the tiny tokenizer, and said so
     assert not (brightrun_home / "registry.db").exists()
+
+
+def test_train_on_a_file_holding_an_exam_conversation_exits_2(
+    prefect_harness: str, brightrun_home: Path, tiny_model: Path
+) -> None:
+    """Issue 25: the sample's conversation in a registered evaluation set keeps it out of training."""
+    env = {**os.environ, "BRIGHTRUN_HOME": str(brightrun_home), "PREFECT_API_URL": prefect_harness}
+    sample = REPO / "examples" / "brightrun-sample.json"
+
+    def brightrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+
+    made = brightrun(
+        "evalset", "create", "exam", "--from", str(sample), "--conversation", "conv-0005-6697f21e"
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    done = brightrun("train", str(sample), "--base-model", str(tiny_model), "--max-steps", "1")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "conversation 6 (id " in done.stderr and "is in evaluation set 'exam' (version 1)" in done.stderr
+    assert not list((brightrun_home / "storage").glob("datasets/*"))
+    assert not list((brightrun_home / "storage").glob("jobs/*/data/*"))

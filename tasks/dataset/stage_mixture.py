@@ -31,6 +31,7 @@ from tasks.dataset.stage import (
     _store_source,
     prepared_cache_dir,
     record_source,
+    refuse_held_out_conversations,
 )
 
 
@@ -73,6 +74,7 @@ def prepare_job_mixture(
         source = fetch_source(
             location, settings.cache_dir / DATASETS_PREFIX, resources.open_storage, settings.fetch_policy
         )
+        refuse_held_out_conversations(resources, source)  # every source, as a single file is
         out_dir = prepared_cache_dir(settings.cache_dir, source, spec, options)
         report = _prepare_cached(out_dir, source, spec, options, settings.dataset_limits)
         fetched.append((entry, file_id, source, out_dir, report))

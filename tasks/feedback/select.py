@@ -21,8 +21,8 @@ import orjson
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.feedback.dedup import digest, exact_key, normalize_text
-from tasks.feedback.read import LogRow
 from tasks.feedback.pii import pii_analyzer
+from tasks.feedback.read import LogRow
 from tasks.feedback.scrub import Scrubber
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -73,7 +73,7 @@ class SelectionOptions(BaseModel):
     default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     pii_spacy_model: str | None = Field(
         default=None,
-        description="spaCy pipeline for names and places (None: the export fills in BRIGHTRUN_PII_SPACY_MODEL)",
+        description="spaCy pipeline for names and places (None: BRIGHTRUN_PII_SPACY_MODEL)",
     )
     positive_quality_score: float = 5.0
     neutral_quality_score: float = 4.0

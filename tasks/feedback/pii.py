@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,31 @@ class Finding:
     score: float
 
 
+def _import_presidio_without_torch() -> None:
+    """Import presidio_analyzer with transformers and torch hidden: it imports them only for
+    its optional Hugging Face recognizers (in try/except ImportError), which we do not use,
+    and they would cost the export tens of seconds and break the orchestrator's rule that
+    torch is never loaded there."""
+    if "presidio_analyzer" in sys.modules:
+        return
+    hidden = [name for name in _OPTIONAL_HEAVY if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
+    try:
+        import presidio_analyzer  # noqa: F401
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+_OPTIONAL_HEAVY = ("transformers", "torch", "stanza", "gliner")
+
+
 def _recognizers() -> tuple[list[Any], Any]:
     """Presidio's recognizers, imported here and not at module import: presidio_analyzer
     pulls in spaCy and transformers (seconds, and torch), which only an export needs."""
+    _import_presidio_without_torch()
     from presidio_analyzer.predefined_recognizers import (
         AbaRoutingRecognizer,
         CreditCardRecognizer,

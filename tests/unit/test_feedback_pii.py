@@ -145,3 +145,18 @@ def test_json_values_are_scrubbed_value_by_value() -> None:
     scrubber = Scrubber()
     out = scrubber.value({"client": {"ssn": "536-90-4399", "note": "routing 021000021"}, "n": 3})
     assert out == {"client": {"ssn": pii.SSN, "note": f"routing {pii.ROUTING_NUMBER}"}, "n": 3}
+
+
+def test_scrubbing_never_loads_torch() -> None:
+    """The export runs on the orchestrator, which never loads torch (Presidio would)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tasks.feedback.scrub import Scrubber; Scrubber().text('SSN 219-09-9999 Maria Lopez'); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert out.stdout.strip() == "[]"

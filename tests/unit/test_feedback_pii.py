@@ -153,7 +153,8 @@ def test_scrubbing_never_loads_torch() -> None:
     import sys
 
     code = (
-        "import sys; from tasks.feedback.scrub import Scrubber; Scrubber().text('SSN 219-09-9999 Maria Lopez'); "
+        "import sys; from tasks.feedback.scrub import Scrubber; "
+        "Scrubber().text('SSN 219-09-9999 Maria Lopez'); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

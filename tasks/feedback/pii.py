@@ -203,7 +203,9 @@ _TITLE_RE = re.compile(rf"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+({_CAP}(?:\s+{_CA
 _INTRO_RE = re.compile(
     rf"\b(?:[Mm]y name is|[Nn]ame:|I'm|I am|[Tt]his is|[Cc]lient|[Cc]ustomer)\s+({_CAP}\s+{_CAP})"
 )
-_GIVEN_RE = re.compile(rf"\b({'|'.join(sorted(GIVEN_NAMES))})\b(\s+{_CAP})?")
+# Capitalised words looked up in a set: a regex alternation of ~190 names costs 5x more.
+_CAPWORD_RE = re.compile(r"\b[A-Z][a-z]+\b")
+_SURNAME_RE = re.compile(rf"\s+{_CAP}")
 
 # ---------------------------------------------------------------- street addresses
 
@@ -238,7 +240,10 @@ def _street_addresses(text: str) -> list[Finding]:
 def _fallback_names(text: str) -> list[Finding]:
     out = [Finding(m.start(1), m.end(1), PERSON, 0.6) for m in _TITLE_RE.finditer(text)]
     out += [Finding(m.start(1), m.end(1), PERSON, 0.6) for m in _INTRO_RE.finditer(text)]
-    out += [Finding(m.start(0), m.end(0), PERSON, 0.5) for m in _GIVEN_RE.finditer(text)]
+    for m in _CAPWORD_RE.finditer(text):
+        if m.group() in GIVEN_NAMES:
+            surname = _SURNAME_RE.match(text, m.end())
+            out.append(Finding(m.start(), surname.end() if surname else m.end(), PERSON, 0.5))
     return out
 
 

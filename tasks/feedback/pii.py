@@ -313,7 +313,7 @@ class PiiAnalyzer:
             for recognizer in self._numbers:
                 found += self._presidio(recognizer, text)
             found += _street_addresses(text)
-        elif any(c.isdigit() for c in text):
+        elif _DIGIT_RE.search(text):
             found += _street_addresses(text)
         found += _fallback_names(text)
         if self._nlp is not None and _LATER_CAPITAL_RE.search(text):
@@ -377,7 +377,8 @@ def pii_analyzer(spacy_model: str | None = None) -> PiiAnalyzer:
 def needs_analysis(text: str) -> bool:
     """False when `text` cannot hold anything `PiiAnalyzer.find` finds: no '@', no digit,
     no capitalised word."""
-    return "@" in text or any(c.isdigit() for c in text) or _ANY_CAPITAL_RE.search(text) is not None
+    return _NEEDS_RE.search(text) is not None
 
 
-_ANY_CAPITAL_RE = re.compile(r"[A-Z][a-z]")
+_NEEDS_RE = re.compile(r"[@0-9]|[A-Z][a-z]")
+_DIGIT_RE = re.compile(r"[0-9]")

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     judge_timeout_seconds: float = Field(default=60.0, gt=0)
     judge_retries: int = Field(default=2, ge=0, le=10)
     judge_rubric_file: Path | None = None
+
+    # Personal data in feedback exports (issue 19): the spaCy pipeline that finds names and
+    # places (a package name or a directory); "none", or a pipeline that is not installed,
+    # means the built-in fallback (see tasks/feedback/pii.py). Never downloaded.
+    pii_spacy_model: str = Field(default="en_core_web_lg", description="BRIGHTRUN_PII_SPACY_MODEL")
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")

@@ -233,6 +233,11 @@ def export_feedback_window(
     holds the lock after `options.lock_wait_s`, ExportError when the window cannot be
     exported (nothing registered, watermark unchanged)."""
     options = options or ExportOptions()
+    if options.selection.pii_spacy_model is None:
+        selection = options.selection.model_copy(
+            update={"pii_spacy_model": resources.settings.pii_spacy_model}
+        )
+        options = options.model_copy(update={"selection": selection})
     now = _utc(now or datetime.now(UTC))
     if dry_run and not resources.registry_exists():
         since_, until_ = resolve_window(None, since, until, options.settle_delay_s, now)

@@ -1,9 +1,13 @@
 """Personal data scrubbing for exported inference logs.
 
-Every text that leaves the database for a training file goes through `Scrubber`:
-e-mail addresses, phone numbers, card-like numbers (13-19 digits passing the Luhn
-check), IPv4 addresses and the requesting user's id are replaced by placeholders, and every
-replacement is counted by kind so the export report can say what was removed.
+Every text that leaves the database for a training file goes through `Scrubber`: the
+personal data `pii.PiiAnalyzer` finds (Presidio's recognizers for the numbers finance
+cares about, e-mails, phones, IPs; names and places from a spaCy model or the fallback;
+street addresses) and the requesting user's id are replaced, and every replacement is
+counted by kind so the export report can say what was removed. Names become pseudonyms,
+the same one for the same person throughout one conversation (one `Scrubber`), so the
+way a consultant addresses a client survives; everything else becomes a typed
+placeholder (`[SSN]`, `[BANK_ACCOUNT]`, ...).
 
 JSON values are scrubbed value by value (never as rendered text), so a scrubbed
 output is still valid JSON; a number that is itself a card or phone number becomes
@@ -17,23 +21,37 @@ import re
 from collections import Counter
 from typing import Any
 
-EMAIL = "[EMAIL]"
-PHONE = "[PHONE]"
-CARD = "[CARD]"
-IP = "[IP]"
-USER_ID = "[USER_ID]"
+from tasks.feedback.pii import (
+    CARD,
+    EMAIL,
+    IP,
+    PERSON,
+    PHONE,
+    PiiAnalyzer,
+    needs_analysis,
+    pii_analyzer,
+)
 
-_EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
-# Digit runs with the separators people type inside card and phone numbers; validated below.
-_NUMBERISH_RE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().\-]{7,}\d(?![\w:])")
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4_RE = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
-# A date (or a date and an hour, as in "2024-05-17 12:30") is not a phone number.
-_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}\b|^\d{1,2}[-./]\d{1,2}[-./]\d{4}$")
-# A decimal amount or a thousands-grouped number ("1,250,000.00", "3.14159265") is not a phone.
-_AMOUNT_RE = re.compile(r"^\d+\.\d+$")
+USER_ID = "[USER_ID]"
 # User ids shorter than this are too likely to occur by chance ("7") to replace safely.
 MIN_USER_ID_LENGTH = 4
+
+# Pseudonyms for people, none of them in the fallback's given-name list (so a scrubbed
+# text scrubbed again keeps them) and none a real client's name we could tell apart from.
+PSEUDONYMS = (
+    ("Avery", "Quinlan"),
+    ("Rowan", "Ellery"),
+    ("Reese", "Harlow"),
+    ("Emerson", "Vale"),
+    ("Finley", "Marsh"),
+    ("Hollis", "Brandt"),
+    ("Marlow", "Sutter"),
+    ("Tatum", "Rourke"),
+    ("Kendall", "Voss"),
+    ("Sasha", "Lindqvist"),
+)
+
+__all__ = ["CARD", "EMAIL", "IP", "PHONE", "USER_ID", "Pseudonyms", "Scrubber", "luhn_valid"]
 
 
 def luhn_valid(digits: str) -> bool:
@@ -48,52 +66,60 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _classify_number(candidate: str) -> str | None:
-    """CARD, PHONE or None (a date, an amount, an id-like run we leave alone)."""
-    stripped = candidate.strip()
-    if _DATE_RE.match(stripped) or _AMOUNT_RE.match(stripped):
-        return None
-    digits = re.sub(r"\D", "", stripped)
-    n = len(digits)
-    if 13 <= n <= 19 and luhn_valid(digits) and re.fullmatch(r"[\d \-]+", stripped):
-        return CARD
-    # Phone numbers: 10-15 digits (E.164 allows 15), or 8-9 when written with a leading '+'.
-    if 10 <= n <= 15 or (stripped.startswith("+") and 8 <= n <= 15):
-        separators = re.sub(r"[\d+]", "", stripped)
-        # A bare run of 10-15 digits is as likely an order number as a phone: only count it
-        # when written like a phone (with separators or a '+'), unless it is exactly 10 digits.
-        if separators or stripped.startswith("+") or n == 10:
-            return PHONE
-    return None
-
-
-# A cheap superset of what the patterns above find (an '@', or 8+ digit-ish characters
-# starting with a digit): a text without a match cannot need scrubbing.
-_CANDIDATE_RE = re.compile(r"@|\d[\d ().\-]{7}")
-
-
 @functools.lru_cache(maxsize=4096)
 def _user_pattern(ids: tuple[str, ...]) -> re.Pattern[str]:
     alternatives = "|".join(re.escape(u) for u in sorted(ids, key=len, reverse=True))
     return re.compile(f"(?<![\\w-])(?:{alternatives})(?![\\w-])", re.IGNORECASE)
 
 
-class Scrubber:
-    """Scrubs one log's texts; `counts` accumulates replacements by placeholder."""
+class Pseudonyms:
+    """The same person, the same pseudonym, within one conversation: "Maria Lopez" and a
+    later "Maria" or "Ms. Lopez" all become parts of one pseudonym."""
 
-    def __init__(self, user_ids: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(self) -> None:
+        self._full: dict[str, tuple[str, str]] = {}
+        self._parts: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        tokens = name.split()
+        key = " ".join(t.lower() for t in tokens)
+        if key in self._full:
+            first, last = self._full[key]
+            return f"{first} {last}" if len(tokens) > 1 else first
+        if len(tokens) == 1 and key in self._parts:
+            return self._parts[key]
+        first, last = PSEUDONYMS[len(self._full) % len(PSEUDONYMS)]
+        if len(self._full) >= len(PSEUDONYMS):
+            last = f"{last}-{len(self._full) // len(PSEUDONYMS) + 1}"
+        self._full[key] = (first, last)
+        if len(tokens) > 1:
+            self._parts.setdefault(tokens[0].lower(), first)
+            self._parts.setdefault(tokens[-1].lower(), last)
+            return f"{first} {last}"
+        self._parts.setdefault(key, first)
+        return first
+
+
+class Scrubber:
+    """Scrubs one conversation's texts; `counts` accumulates replacements by placeholder."""
+
+    def __init__(
+        self, user_ids: list[str] | tuple[str, ...] = (), analyzer: PiiAnalyzer | None = None
+    ) -> None:
         self.counts: Counter[str] = Counter()
+        self.analyzer = analyzer or pii_analyzer(None)
+        self.names = Pseudonyms()
         self._ids = tuple(sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}))
         self._ids_lower = tuple(u.lower() for u in self._ids)
         self._user_re: re.Pattern[str] | None = None
 
     def needed(self, *texts: str | None) -> bool:
-        """False when none of `texts` can hold anything to scrub: the common case, checked
-        on the raw texts at once so most logs skip the value-by-value walk."""
+        """False when none of `texts` can hold anything to scrub, checked on the raw texts
+        at once so such logs skip the value-by-value walk."""
         for text in texts:
             if not text:
                 continue
-            if _CANDIDATE_RE.search(text):
+            if needs_analysis(text):
                 return True
             if self._ids_lower:
                 lowered = text.lower()
@@ -108,23 +134,28 @@ class Scrubber:
             value, n = self._user_re.subn(USER_ID, value)
             if n:
                 self.counts[USER_ID] += n
-        value, n = _EMAIL_RE.subn(EMAIL, value)
-        if n:
-            self.counts[EMAIL] += n
-        value, n = _IPV4_RE.subn(IP, value)
-        if n:
-            self.counts[IP] += n
-        value = _NUMBERISH_RE.sub(self._number, value)
-        return value
-
-    def _number(self, match: re.Match[str]) -> str:
-        raw = match.group(0)
-        # The pattern may swallow a trailing/leading bracket or dot that belongs to the prose.
-        kind = _classify_number(raw)
-        if kind is None:
-            return raw
-        self.counts[kind] += 1
-        return kind
+        if not needs_analysis(value):
+            return value
+        findings = self.analyzer.find(value)
+        if not findings:
+            return value
+        pieces: list[str] = []
+        cursor = 0
+        for f in findings:
+            pieces.append(value[cursor : f.start])
+            original = value[f.start : f.end]
+            if f.kind == PERSON:
+                if original.strip(" .").lower() in _PSEUDONYM_WORDS:
+                    pieces.append(original)  # already a pseudonym (a scrubbed text again)
+                    cursor = f.end
+                    continue
+                pieces.append(self.names(original))
+            else:
+                pieces.append(f.kind)
+            self.counts[f.kind] += 1
+            cursor = f.end
+        pieces.append(value[cursor:])
+        return "".join(pieces)
 
     def value(self, value: Any) -> Any:
         """Scrub a JSON value recursively (keys too: a user id can be a key)."""
@@ -141,3 +172,6 @@ class Scrubber:
         if isinstance(value, list | tuple):
             return [self.value(v) for v in value]
         return value
+
+
+_PSEUDONYM_WORDS = frozenset(w.lower() for pair in PSEUDONYMS for w in (*pair, " ".join(pair)))

@@ -21,6 +21,7 @@ import orjson
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.feedback.dedup import digest, exact_key, normalize_text
+from tasks.feedback.pii import pii_analyzer
 from tasks.feedback.read import LogRow
 from tasks.feedback.scrub import Scrubber
 
@@ -70,6 +71,10 @@ class SelectionOptions(BaseModel):
     max_prompt_chars: int = Field(default=8000, gt=0, description="Longer user turns are skipped")
     system_prompts: dict[str, str] = Field(default_factory=dict, description="System prompt per insight type")
     default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    pii_spacy_model: str | None = Field(
+        default=None,
+        description="spaCy pipeline for names and places (None: BRIGHTRUN_PII_SPACY_MODEL)",
+    )
     positive_quality_score: float = 5.0
     neutral_quality_score: float = 4.0
 
@@ -265,7 +270,9 @@ def build_example(decision: Decision, options: SelectionOptions) -> Built:
     ok, context = _parse_json(row.context_text)
     if not ok:
         return Built(None, Skip.invalid_context_json)
-    scrubber = Scrubber([u for u in (row.request_user_id, row.feedback_user_id) if u])
+    scrubber = Scrubber(
+        [u for u in (row.request_user_id, row.feedback_user_id) if u], pii_analyzer(options.pii_spacy_model)
+    )
     try:
         if scrubber.needed(row.prompt, row.context_text, row.output_text):
             user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))

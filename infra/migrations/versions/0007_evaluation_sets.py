@@ -11,7 +11,7 @@ Both are the pipeline's own tables: on Postgres they get row-level security as 0
 the others (`anon` and `authenticated` nothing: the exam is not the dashboard's to read).
 
 Revision ID: 0007_evaluation_sets
-Revises: 0004
+Revises: 0005_endpoint_deployments
 Create Date: 2026-12-02
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_evaluation_sets"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005_endpoint_deployments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -18,6 +18,7 @@ def reap_pods(
     dry_run: bool = False,
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
+    include_untagged: bool = False,
 ) -> list[dict[str, str]]:
     """Terminate pods (local and RunPod) whose job is terminal, unknown, silent or stuck before
     it started; `dry_run` only lists them."""
@@ -30,6 +31,7 @@ def reap_pods(
             dry_run=dry_run,
             stale_after_seconds=stale_after_seconds,
             startup_grace_seconds=startup_grace_seconds,
+            include_untagged=include_untagged,
         )
     for item in reaped:
         logger.warning("%s pod %s: %s", item["result"], item["pod_id"], item["reason"])

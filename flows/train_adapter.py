@@ -328,9 +328,22 @@ def train_adapter(
 
 
 def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None) -> Any:
-    """job → dataset → spec → train → publish → end."""
+    """job → dataset → spec → train → publish → end, holding the job's lease throughout: a
+    second `brightrun resume` of the job is refused while this run lives (issue 20)."""
+    from brightrun.registry.leases import LeaseKeeper, describe_holder
+
     attach_library_loggers()
-    job, ended = open_job(resources, resolved, resume_job_id)
+    job_id = resume_job_id or new_job_id()
+    holder = describe_holder("resume" if resume_job_id else "train", current_flow_run_id())
+    ttl = resources.settings.job_lease_seconds
+    with LeaseKeeper(resources.registry, job_id, holder, ttl_seconds=ttl):
+        return _run_leased_job(resources, resolved, resume_job_id, job_id)
+
+
+def _run_leased_job(
+    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None, job_id: str
+) -> Any:
+    job, ended = open_job(resources, resolved, resume_job_id, job_id=job_id)
     if ended is not None:
         return ended
     status, error_message, bad_input = "failed", None, False
@@ -361,12 +374,12 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
 
 
 def open_job(
-    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None
+    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None, *, job_id: str | None = None
 ) -> tuple[JobRun, dict[str, Any] | None]:
     """The job's row (`queued`), the flow run's name, the recorder; a resume takes the job
     over. Returns the job, and the flow's result when the job had already ended."""
     logger = get_run_logger()
-    job_id = resume_job_id or new_job_id()
+    job_id = job_id or resume_job_id or new_job_id()
     storage = resources.open_storage(resolved.storage_url)
     status = queue_job(resources, resolved, job_id, storage)
     name = run_name(resolved.dataset_name, resolved.spec.base_model, job_id)

@@ -39,6 +39,15 @@ def reap_command(
             startup_grace_seconds=startup_grace,
             include_untagged=include_untagged,
         )
+        if not dry_run and resources.registry_exists():
+            from tasks.webhooks import deliver_pending_with
+
+            webhooks = deliver_pending_with(resources)
+            if webhooks.delivered or webhooks.failed or webhooks.expired:
+                typer.echo(
+                    f"webhook outbox: {webhooks.delivered} delivered, {webhooks.failed} to retry, "
+                    f"{webhooks.expired} expired (lost)"
+                )
     for item in reaped:
         typer.echo(f"{item['result']} {item['pod_id']} (job {item['job_id']}): {item['reason']}")
     failed = [item for item in reaped if item["result"].startswith("failed")]

@@ -33,6 +33,11 @@ def reap_pods(
             startup_grace_seconds=startup_grace_seconds,
             include_untagged=include_untagged,
         )
+        from tasks.webhooks import deliver_pending_with
+
+        webhooks = deliver_pending_with(resources)  # the outbox rides on this schedule
+    if webhooks.delivered or webhooks.failed or webhooks.expired:
+        logger.info("webhook outbox: %s", webhooks)
     for item in reaped:
         logger.warning("%s pod %s: %s", item["result"], item["pod_id"], item["reason"])
     logger.info("%d pod(s) judged for reaping", len(reaped))

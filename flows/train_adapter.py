@@ -396,7 +396,13 @@ def open_job(
     recorder = JobRecorder(
         engine=resources.registry,
         job_id=job_id,
-        notifier=WebhookNotifier(resolved.request.webhook_url, secret.get_secret_value() if secret else None),
+        notifier=WebhookNotifier(
+            resolved.request.webhook_url,
+            secret.get_secret_value() if secret else None,
+            timeout_s=resources.settings.webhook_timeout_seconds,
+            outbox=resources.registry,
+            expiry_seconds=resources.settings.webhook_expiry_seconds,
+        ),
         reporter=RunReporter(job_id),
         flow_run_id=current_flow_run_id(),
         status_value=status,

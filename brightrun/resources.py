@@ -89,6 +89,12 @@ class Resources:
             self._engine = open_registry(self.settings)
         return self._engine
 
+    def registry_id(self) -> str:
+        """The id this registry's pods carry (issue 20): `BRIGHTRUN_REGISTRY_ID`, else its own."""
+        from brightrun.registry.identity import registry_id_of
+
+        return registry_id_of(self.registry, self.settings.registry_id)
+
     def registry_exists(self) -> bool:
         """False for an embedded registry that was never created: read-only commands say
         "no jobs yet" instead of creating one."""
@@ -113,10 +119,14 @@ class Resources:
 
             key = self.settings.runpod_api_key
             if policy is not None:  # a policy is per job: no sharing
-                return RunPodCompute(client_from_env(key.get_secret_value() if key else None), policy)
+                return RunPodCompute(
+                    client_from_env(key.get_secret_value() if key else None),
+                    policy,
+                    registry_id=self.registry_id,
+                )
             if "runpod" not in self._computes:
                 self._computes["runpod"] = RunPodCompute(
-                    client_from_env(key.get_secret_value() if key else None)
+                    client_from_env(key.get_secret_value() if key else None), registry_id=self.registry_id
                 )
             return self._computes["runpod"]
         if "local" not in self._computes:

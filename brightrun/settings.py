@@ -157,6 +157,20 @@ class Settings(BaseSettings):
     # places (a package name or a directory); "none", or a pipeline that is not installed,
     # means the built-in fallback (see tasks/feedback/pii.py). Never downloaded.
     pii_spacy_model: str = Field(default="en_core_web_lg", description="BRIGHTRUN_PII_SPACY_MODEL")
+
+    # Issue 20 (harden): one registry's own pods, one operator per job, trustworthy webhooks.
+    registry_id: str | None = Field(
+        default=None,
+        description="This registry's id on its pods (default: the one its migration made); the reaper "
+        "touches only pods that carry it",
+    )
+    job_lease_seconds: float = Field(
+        default=120.0, gt=0, description="How long a job's lease (resume, cancel, monitor) lives unrenewed"
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Seconds one delivery may take")
+    webhook_expiry_seconds: float = Field(
+        default=86400.0, gt=0, description="How long an undelivered webhook is retried before it is dropped"
+    )
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")

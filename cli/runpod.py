@@ -19,6 +19,12 @@ def reap_command(
     startup_grace: float = typer.Option(
         1800.0, help="Seconds a pod may sit unstarted (CREATED) or without a first heartbeat"
     ),
+    include_untagged: bool = typer.Option(
+        False,
+        "--include-untagged",
+        help="Also reap brightrun-* pods that carry no registry id (by default only reported: "
+        "they may be another registry's)",
+    ),
 ) -> None:
     """Terminate pods (local trainers, and RunPod when a key is set) whose job is terminal,
     unknown, silent, or stuck before it started."""
@@ -27,13 +33,32 @@ def reap_command(
 
     with Resources.from_settings() as resources:
         reaped = reap_pods_with(
-            resources, dry_run=dry_run, stale_after_seconds=stale_after, startup_grace_seconds=startup_grace
+            resources,
+            dry_run=dry_run,
+            stale_after_seconds=stale_after,
+            startup_grace_seconds=startup_grace,
+            include_untagged=include_untagged,
         )
+        if not dry_run and resources.registry_exists():
+            from tasks.webhooks import deliver_pending_with
+
+            webhooks = deliver_pending_with(resources)
+            if webhooks.delivered or webhooks.failed or webhooks.expired:
+                typer.echo(
+                    f"webhook outbox: {webhooks.delivered} delivered, {webhooks.failed} to retry, "
+                    f"{webhooks.expired} expired (lost)"
+                )
     for item in reaped:
         typer.echo(f"{item['result']} {item['pod_id']} (job {item['job_id']}): {item['reason']}")
     failed = [item for item in reaped if item["result"].startswith("failed")]
+    reported = [item for item in reaped if item["result"].startswith("reported")]
     verb = "would terminate" if dry_run else "terminated"
-    typer.echo(f"{verb} {len(reaped) - len(failed)} pod(s)")
+    typer.echo(f"{verb} {len(reaped) - len(failed) - len(reported)} pod(s)")
+    if reported:
+        typer.echo(
+            f"{len(reported)} untagged pod(s) reported, not terminated (they may be another registry's); "
+            "`brightrun reap --include-untagged` reaps them"
+        )
     if failed:
         typer.echo(f"{len(failed)} pod(s) could not be terminated; run `brightrun reap` again", err=True)
         raise typer.Exit(1)

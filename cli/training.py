@@ -298,6 +298,7 @@ def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> Non
     """Continue a job whose process died: same data, from its last committed checkpoint."""
     from brightrun.layout import JobLayout
     from brightrun.registry import repository as repo
+    from brightrun.registry.leases import JobLeaseHeld, current_lease
     from brightrun.registry.short_ids import resolve_job_id
     from brightrun.resources import Resources
     from brightrun.storage import StorageError
@@ -306,6 +307,9 @@ def resume(job_id: str = typer.Argument(..., help="The job to continue")) -> Non
     with Resources.from_settings() as resources:
         job_id = resolve_job_id(resources.registry, job_id)
         job = repo.get_job(resources.registry, job_id)
+        held = current_lease(resources.registry, job_id)  # the flow takes it for real (atomically)
+        if held is not None:
+            raise JobLeaseHeld(job_id, held.holder, held.acquired_at, held.expires_at)
         failure_marker = JobLayout(job.id).failure
         try:
             trainer_failed = job.status == "failed" and resources.job_storage(job).exists(failure_marker)

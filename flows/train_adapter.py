@@ -386,12 +386,29 @@ def train_adapter(
 
 
 def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None) -> Any:
-    """job → dataset → spec → train → publish → end."""
+    """job → dataset → spec → train → publish → end, holding the job's lease throughout: a
+    second `brightrun resume` of the job is refused while this run lives (issue 20)."""
+    from brightrun.registry.leases import LeaseKeeper, describe_holder
+
     attach_library_loggers()
     init_source = None
     if resolved.request.init_adapter:  # refused before any row exists (a resume checks it again)
         init_source = resolve_init_adapter(resources, resolved.request.init_adapter, resolved.spec)
-    job, ended = open_job(resources, resolved, resume_job_id)
+    job_id = resume_job_id or new_job_id()
+    holder = describe_holder("resume" if resume_job_id else "train", current_flow_run_id())
+    ttl = resources.settings.job_lease_seconds
+    with LeaseKeeper(resources.registry, job_id, holder, ttl_seconds=ttl):
+        return _run_leased_job(resources, resolved, resume_job_id, job_id, init_source)
+
+
+def _run_leased_job(
+    resources: Resources,
+    resolved: ResolvedRequest,
+    resume_job_id: str | None,
+    job_id: str,
+    init_source: LocalAdapter | None,
+) -> Any:
+    job, ended = open_job(resources, resolved, resume_job_id, job_id=job_id)
     if ended is not None:
         return ended
     job.init_source = init_source
@@ -428,12 +445,12 @@ def run_training_job(resources: Resources, resolved: ResolvedRequest, resume_job
 
 
 def open_job(
-    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None
+    resources: Resources, resolved: ResolvedRequest, resume_job_id: str | None, *, job_id: str | None = None
 ) -> tuple[JobRun, dict[str, Any] | None]:
     """The job's row (`queued`), the flow run's name, the recorder; a resume takes the job
     over. Returns the job, and the flow's result when the job had already ended."""
     logger = get_run_logger()
-    job_id = resume_job_id or new_job_id()
+    job_id = job_id or resume_job_id or new_job_id()
     storage = resources.open_storage(resolved.storage_url)
     status = queue_job(resources, resolved, job_id, storage)
     name = run_name(resolved.dataset_name, resolved.spec.base_model, job_id)
@@ -450,7 +467,13 @@ def open_job(
     recorder = JobRecorder(
         engine=resources.registry,
         job_id=job_id,
-        notifier=WebhookNotifier(resolved.request.webhook_url, secret.get_secret_value() if secret else None),
+        notifier=WebhookNotifier(
+            resolved.request.webhook_url,
+            secret.get_secret_value() if secret else None,
+            timeout_s=resources.settings.webhook_timeout_seconds,
+            outbox=resources.registry,
+            expiry_seconds=resources.settings.webhook_expiry_seconds,
+        ),
         reporter=RunReporter(job_id),
         flow_run_id=current_flow_run_id(),
         status_value=status,

@@ -353,15 +353,23 @@ def end_pods(
 
 
 def finish_cancel(resources: Any, job: Any) -> None:
-    """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`."""
+    """Cancel a job whose flow is not answering: cancel marker, pods terminated, `cancelled`.
+    It takes the job's lease over (a cancel is the operator's stop), so no resume starts a
+    pod while it terminates them."""
     from brightrun.registry import repository as repo
+    from brightrun.registry.leases import LeaseKeeper, describe_holder
 
-    ended = end_pods(
-        resources, job.id, job.compute_backend, reason="cancelled", cancel_in=resources.job_storage(job)
-    )
-    failed = ended.unterminated
-    message = "cancelled" if not failed else f"cancelled; pods {', '.join(failed)} not confirmed terminated"
-    repo.transition_job(resources.registry, job.id, "cancelled", error_message=message)
+    ttl = resources.settings.job_lease_seconds
+    holder = describe_holder("brightrun jobs cancel")
+    with LeaseKeeper(resources.registry, str(job.id), holder, ttl_seconds=ttl, force=True):
+        ended = end_pods(
+            resources, job.id, job.compute_backend, reason="cancelled", cancel_in=resources.job_storage(job)
+        )
+        failed = ended.unterminated
+        message = (
+            "cancelled" if not failed else f"cancelled; pods {', '.join(failed)} not confirmed terminated"
+        )
+        repo.transition_job(resources.registry, job.id, "cancelled", error_message=message)
 
 
 # ---------------------------------------------------------------- resume (issue 15)

@@ -12,6 +12,11 @@ could not reach the provider. A pod of ours (named `brightrun-<job_id>-a<n>`) is
 - when it runs but its job's heartbeat (the job's own storage, as the registry recorded
   it) has been silent too long, or never came within the startup deadline.
 
+On a provider account other registries share (RunPod), it judges only the pods that carry
+its own registry's id (`BRIGHTRUN_REGISTRY_ID` in the pod's env, issue 20): another
+registry's pod is none of its business. An untagged pod it would reap is reported, never
+terminated, unless `include_untagged` (pods from before the tag, or started by hand).
+
 It never terminates a pod because it could not read something: a registry or storage
 error skips that pod (logged) until a later run can read it. The decision is a pure
 function over lookups (`pods_to_reap`), tested without a provider or a database.
@@ -55,6 +60,22 @@ class ReapDecision:
     reason: str
     terminated: bool = False
     error: str | None = None  # the provider did not confirm the termination
+    reported_only: bool = False  # an untagged pod: named for a person, never terminated
+
+
+def own_pods(
+    compute: Compute, pods: list[PodInfo], registry_id: str | None
+) -> tuple[list[PodInfo], list[PodInfo]]:
+    """(this registry's pods, untagged pods) among `pods`; other registries' pods are dropped.
+    A backend no other registry sees (this machine's trainers) holds only our own."""
+    if not compute.shared_account:
+        return pods, []
+    ours = [p for p in pods if registry_id is not None and p.registry_id == registry_id]
+    untagged = [p for p in pods if p.registry_id is None]
+    others = len(pods) - len(ours) - len(untagged)
+    if others:
+        log.debug("%d pod(s) of other registries on %s left alone", others, compute.name)
+    return ours, untagged
 
 
 def pods_to_reap(
@@ -183,19 +204,33 @@ def reap(
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
     first_seen: MutableMapping[str, float] | None = None,
+    registry_id: str | None = None,
+    include_untagged: bool = False,
 ) -> list[ReapDecision]:
-    """Terminate (or with `dry_run`, only list) the pods no job should hold. A termination the
-    provider does not confirm is reported (`error`), and the next run tries again."""
+    """Terminate (or with `dry_run`, only list) the pods of this registry (`registry_id`) no
+    job should hold. A termination the provider does not confirm is reported (`error`), and
+    the next run tries again. Untagged pods are only reported unless `include_untagged`."""
+    ours, untagged = own_pods(compute, compute.list_pods(), registry_id)
     decisions = pods_to_reap(
-        compute.list_pods(),
+        ours + untagged,
         job_status,
         heartbeat_age,
         stale_after_seconds=stale_after_seconds,
         startup_grace_seconds=startup_grace_seconds,
         first_seen=first_seen,
     )
+    untagged_ids = {p.pod_id for p in untagged}
     done = []
     for decision in decisions:
+        if decision.pod.pod_id in untagged_ids and not include_untagged:
+            log.warning(
+                "pod %s carries no registry id, so it may be another registry's: not terminated (%s); "
+                "`brightrun reap --include-untagged` reaps it",
+                decision.pod.pod_id,
+                decision.reason,
+            )
+            done.append(replace(decision, reported_only=True))
+            continue
         if dry_run:
             log.info("would terminate pod %s: %s", decision.pod.pod_id, decision.reason)
             done.append(decision)
@@ -217,12 +252,18 @@ def reap_with_resources(
     dry_run: bool = False,
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
+    include_untagged: bool = False,
 ) -> list[ReapDecision]:
     """The reaper over every backend a leftover pod can be on (this machine; RunPod when a key is
     set), judged by the registry and each job's own storage."""
     if not resources.registry_exists():
         # No registry, no way to tell a live job from a dead one: terminate nothing.
         log.warning("no registry at %s: nothing can be judged, no pod is reaped", resources.settings.home)
+        return []
+    try:
+        registry_id = resources.registry_id()
+    except Exception as exc:  # without our id, no pod on a shared account can be called ours
+        log.error("the registry cannot be read (%s): nothing can be judged, no pod is reaped", exc)
         return []
     jobs = RegistryJobs(resources)
     first_seen = _load_first_seen(resources.storage)
@@ -237,6 +278,8 @@ def reap_with_resources(
                 stale_after_seconds=stale_after_seconds,
                 startup_grace_seconds=startup_grace_seconds,
                 first_seen=first_seen.setdefault(compute.name, {}),
+                registry_id=registry_id,
+                include_untagged=include_untagged,
             )
         except Exception as exc:  # one provider down must not spare the others
             log.error("reaping %s pods failed: %s", compute.name, exc)
@@ -251,6 +294,7 @@ def reap_pods_with(
     dry_run: bool = False,
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     startup_grace_seconds: float = DEFAULT_STARTUP_GRACE_SECONDS,
+    include_untagged: bool = False,
 ) -> list[dict[str, str]]:
     """The reaper over `resources` (the registry, each job's storage, this machine's trainers and
     the RunPod account when a key is set); one row per pod judged, for people and scripts.
@@ -260,13 +304,16 @@ def reap_pods_with(
         dry_run=dry_run,
         stale_after_seconds=stale_after_seconds,
         startup_grace_seconds=startup_grace_seconds,
+        include_untagged=include_untagged,
     )
     return [
         {
             "pod_id": d.pod.pod_id,
             "job_id": d.pod.job_id,
             "reason": d.reason,
-            "result": "would terminate"
+            "result": "reported (untagged, not terminated)"
+            if d.reported_only
+            else "would terminate"
             if dry_run
             else ("terminated" if d.terminated else f"failed: {d.error}"),
         }

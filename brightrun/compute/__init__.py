@@ -72,10 +72,15 @@ class PodInfo:
     # Other pods found under this attempt's name after an ambiguous create, terminated at once
     # by `start`; the caller records them (`duplicate_pod_terminated`).
     duplicates_terminated: tuple[str, ...] = ()
+    # The registry that started the pod (issue 20); None: untagged.
+    registry_id: str | None = None
 
 
 class Compute(ABC):
     name: str
+    # True where other registries' pods may be listed too (one RunPod account): the reaper
+    # then judges only pods carrying its own registry's id.
+    shared_account: bool = False
 
     @abstractmethod
     def start(self, request: PodRequest) -> PodInfo:

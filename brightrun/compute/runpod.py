@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable
 from dataclasses import replace
 
 from brightrun.compute import (
@@ -23,6 +24,7 @@ from brightrun.compute import (
     PodTerminationError,
 )
 from brightrun.compute.runpod_client import (
+    REGISTRY_ID_ENV,
     PodCreate,
     RemotePod,
     RunPodApi,
@@ -89,6 +91,7 @@ def pod_state(pod: RemotePod | None) -> PodState:
 
 class RunPodCompute(Compute):
     name = "runpod"
+    shared_account = True
 
     def __init__(
         self,
@@ -97,12 +100,21 @@ class RunPodCompute(Compute):
         *,
         trainer_command: str = "python -m trainer",
         create_attempts: int = 3,
+        registry_id: str | Callable[[], str] | None = None,
     ) -> None:
         self.api = api
         self.policy = policy or ProvisioningPolicy()
         self.trainer_command = trainer_command
         self.create_attempts = create_attempts
         self._spot: dict[str, bool] = {}
+        # A callable is asked on the first pod start (it may open the registry).
+        self._registry_id = registry_id
+
+    @property
+    def registry_id(self) -> str | None:
+        if callable(self._registry_id):
+            self._registry_id = self._registry_id()
+        return self._registry_id
 
     def _info(self, pod: RemotePod | None, pod_id: str) -> PodInfo:
         if pod is None:
@@ -118,6 +130,7 @@ class RunPodCompute(Compute):
             gpu_type=pod.gpu_display_name,
             spot=self._spot.get(pod.id, False),
             state_since=pod.status_since,
+            registry_id=pod.registry_id,
         )
 
     def _bid(self, gpu_type: str, requested: float | None) -> float:
@@ -146,6 +159,8 @@ class RunPodCompute(Compute):
             "BRIGHTRUN_SPEC_URI": request.spec_uri,
             SPOT_ENV: "spot" if request.spot else "on_demand",
         }
+        if self.registry_id:
+            env[REGISTRY_ID_ENV] = self.registry_id  # its reaper's and no other registry's
         if policy.network_volume_id:
             # A replacement pod finds the base model weights already on the volume.
             env.setdefault("HF_HOME", f"{policy.volume_mount_path.rstrip('/')}/hf")

@@ -97,6 +97,9 @@ class RemotePod:
     # When the pod entered its current status (RunPod's `lastStatusChange`; for a pod that
     # never ran, its creation), epoch seconds; None if RunPod did not say.
     status_since: float | None = None
+    # The registry that started it (its `BRIGHTRUN_REGISTRY_ID` env value, not a secret);
+    # None: an untagged pod (started before issue 20, or by hand).
+    registry_id: str | None = None
 
     @property
     def has_runtime(self) -> bool:
@@ -187,7 +190,20 @@ def _pod(data: dict[str, Any]) -> RemotePod:
         docker_args=data.get("dockerArgs"),
         env_keys=tuple(str(item).partition("=")[0] for item in env),
         status_since=parse_status_change(data.get("lastStatusChange")),
+        registry_id=_env_value(env, REGISTRY_ID_ENV),
     )
+
+
+REGISTRY_ID_ENV = "BRIGHTRUN_REGISTRY_ID"
+
+
+def _env_value(env: list[Any], key: str) -> str | None:
+    """One env value from RunPod's `env` ("KEY=value" strings); only for keys that are not secrets."""
+    for item in env:
+        name, sep, value = str(item).partition("=")
+        if sep and name == key:
+            return value or None
+    return None
 
 
 def classify(message: str, operation: str) -> RunPodError:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
+
 from brightrun.errors import InputError
 from brightrun.registry import evalsets, promotion
 from brightrun.registry import repository as repo
@@ -18,7 +20,14 @@ from tasks.adapters.evaluate import evaluate
 log = logging.getLogger("brightrun.adapters")
 
 
-def notify_changes(result: LifecycleResult, webhook_url: str | None, secret: str | None) -> int:
+def notify_changes(
+    result: LifecycleResult,
+    webhook_url: str | None,
+    secret: str | None,
+    *,
+    outbox: Engine | None = None,
+    expiry_seconds: float = 86400.0,
+) -> int:
     """POST each status change in the dashboard's webhook shape (DESIGN.md §7), signed; the
     adapter fields ride along. Failures are logged, never raised. Returns deliveries made."""
     if not webhook_url or not result.changes:
@@ -30,7 +39,7 @@ def notify_changes(result: LifecycleResult, webhook_url: str | None, secret: str
         return 0
     import httpx
 
-    from tasks.notify import build_payload, deliver, encode
+    from tasks.notify import build_payload, encode, send_kept
 
     sent = 0
     with httpx.Client(timeout=10) as client:
@@ -44,7 +53,16 @@ def notify_changes(result: LifecycleResult, webhook_url: str | None, secret: str
                 deployment_status=a.deployment_status,
                 previous_deployment_status=change.previous_status,
             )
-            sent += deliver(client, webhook_url, encode(payload), secret)
+            sent += send_kept(
+                client,
+                webhook_url,
+                encode(payload),
+                secret,
+                outbox=outbox,
+                event=change.event,
+                job_id=str(a.training_job_id) if a.training_job_id else None,
+                expiry_seconds=expiry_seconds,
+            )
     return sent
 
 
@@ -95,7 +113,13 @@ def promote(
         evaluation_set=exam,
     )
     secret = resources.settings.webhook_secret
-    notify_changes(result, webhook_url, secret.get_secret_value() if secret else None)
+    notify_changes(
+        result,
+        webhook_url,
+        secret.get_secret_value() if secret else None,
+        outbox=resources.registry,
+        expiry_seconds=resources.settings.webhook_expiry_seconds,
+    )
     return result, record
 
 
@@ -116,5 +140,11 @@ def rollback(
 ) -> LifecycleResult:
     result = promotion.rollback(resources.registry, base_model, reason=reason)
     secret = resources.settings.webhook_secret
-    notify_changes(result, webhook_url, secret.get_secret_value() if secret else None)
+    notify_changes(
+        result,
+        webhook_url,
+        secret.get_secret_value() if secret else None,
+        outbox=resources.registry,
+        expiry_seconds=resources.settings.webhook_expiry_seconds,
+    )
     return result

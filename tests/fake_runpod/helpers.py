@@ -111,13 +111,14 @@ def runpod_compute(
     timeout: float = 30.0,
     max_attempts: int = 3,
     backoff_seconds: float = 0.05,
+    registry_id: str | None = None,
 ) -> RunPodCompute:
     """The RunPod backend on the fake; pods run the image's ENTRYPOINT (the pod supervisor) with
     `trainer` as the trainer command (the fast fake trainer unless told otherwise)."""
     client = GraphQLRunPodClient(
         api_key, base_url=url, backoff_seconds=backoff_seconds, max_attempts=max_attempts, timeout=timeout
     )
-    return RunPodCompute(client, policy, trainer_command=trainer)
+    return RunPodCompute(client, policy, trainer_command=trainer, registry_id=registry_id)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -59,6 +59,8 @@ def test_resume_after_the_flow_process_died(
         "PREFECT_API_URL": prefect_harness,
         # A GPU-like pace, so the flow can be killed mid-training whatever the machine's load.
         "BRIGHTRUN_TRAINER_STEP_DELAY": "0.3",
+        # The killed flow's job lease (issue 20) must lapse before the resume may take over.
+        "BRIGHTRUN_JOB_LEASE_SECONDS": "3",
     }
     first = _cli(
         [
@@ -94,6 +96,7 @@ def test_resume_after_the_flow_process_died(
         orphans = [p for p in compute.list_pods(job.id) if p.state == PodState.running]
         assert len(orphans) == 1
 
+        time.sleep(3.5)  # the dead flow's lease expires (a live one would refuse the resume)
         resumed = _cli(["resume", job.id], {**env, "BRIGHTRUN_TRAINER_STEP_DELAY": "0"})
         output, _ = resumed.communicate(timeout=240)
         assert resumed.returncode == 0, output[-3000:]

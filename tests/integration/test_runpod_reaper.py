@@ -21,18 +21,22 @@ SLEEPER = "python -c 'import time; time.sleep(120)'"  # a trainer that runs and 
 
 
 def test_reaper_terminates_pods_of_terminal_and_silent_jobs_only(fake_runpod) -> None:
-    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, fast_policy(), trainer=SLEEPER)
+    compute = runpod_compute(
+        fake_runpod.url, fake_runpod.api_key, fast_policy(), trainer=SLEEPER, registry_id="this-registry"
+    )
     for job in ("done", "live", "silent"):
         compute.start(PodRequest(job_id=job, attempt=1, spec_uri="/nowhere/spec.json", gpu_type="NVIDIA A40"))
     time.sleep(2.1)  # the fake reports whole seconds of uptime
     statuses = {"done": "completed", "live": "training", "silent": "training"}
     ages = {"done": 1.0, "live": 0.5, "silent": 5000.0}
 
-    planned = reap(compute, statuses.get, ages.get, dry_run=True, stale_after_seconds=1)
+    planned = reap(
+        compute, statuses.get, ages.get, dry_run=True, stale_after_seconds=1, registry_id="this-registry"
+    )
     assert {d.pod.job_id for d in planned} == {"done", "silent"}
     assert len(fake_runpod.fake.live_pods()) == 3  # a dry run terminates nothing
 
-    reap(compute, statuses.get, ages.get, stale_after_seconds=1)
+    reap(compute, statuses.get, ages.get, stale_after_seconds=1, registry_id="this-registry")
     left = fake_runpod.fake.live_pods()
     assert [p.name for p in left] == ["brightrun-live-a1"]
     compute.terminate(left[0].id)
@@ -56,7 +60,9 @@ def test_reap_command_with_the_registry(fake_runpod, brightrun_home, monkeypatch
     repo.transition_job(engine, failed.id, "failed", error_message="boom")
     running = repo.create_job(engine, job_name="running one", base_model="tiny")
     sleeper = "python -c 'import time; time.sleep(120)'"
-    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, fast_policy(), trainer=sleeper)
+    compute = runpod_compute(
+        fake_runpod.url, fake_runpod.api_key, fast_policy(), trainer=sleeper, registry_id=_home_registry_id()
+    )
     for job in (failed.id, running.id):
         compute.start(PodRequest(job_id=job, attempt=1, spec_uri="/x/spec.json", gpu_type="NVIDIA A40"))
 
@@ -72,8 +78,22 @@ def test_reap_command_with_the_registry(fake_runpod, brightrun_home, monkeypatch
     compute.terminate(fake_runpod.fake.live_pods()[0].id)
 
 
-def _sleepers(fake_runpod, *job_ids: str) -> None:
-    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, fast_policy(), trainer=SLEEPER)
+def _home_registry_id() -> str:
+    """The id of the registry the CLI opens (the test's brightrun home)."""
+    from brightrun.resources import Resources
+
+    with Resources.from_settings() as resources:
+        return resources.registry_id()
+
+
+def _sleepers(fake_runpod, *job_ids: str, registry_id: str | None = None) -> None:
+    compute = runpod_compute(
+        fake_runpod.url,
+        fake_runpod.api_key,
+        fast_policy(),
+        trainer=SLEEPER,
+        registry_id=registry_id or _home_registry_id(),
+    )
     for job in job_ids:
         compute.start(PodRequest(job_id=job, attempt=1, spec_uri="/x/spec.json", gpu_type="NVIDIA A40"))
 

@@ -11,9 +11,15 @@ an error naming both, never a silent choice.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from brightrun.registry import repository as repo
+
+log = logging.getLogger("brightrun.flows")
 
 # The seed's GPU names -> RunPod's GPU type ids.
 SEED_GPU_TYPES: dict[str, str] = {"H100_PCIE": "NVIDIA H100 PCIe", "A100_80GB": "NVIDIA A100 80GB PCIe"}
@@ -115,3 +121,16 @@ def seed_response(
         "estimated_duration_minutes": round(estimated_hours * 60, 1) if estimated_hours is not None else None,
         "estimated_cost_usd": estimated_cost_usd,
     }
+
+
+def job_seed_response(engine: Engine, job_id: str, status: str) -> dict[str, Any]:
+    """The seed dashboard's response fields of a job, read back from the registry
+    (training_job_id, runpod_pod_id, the estimates); only the id and status if it can't be read."""
+    try:
+        row = repo.get_job(engine, job_id)
+        estimate = [e for e in repo.list_events(engine, job_id) if e.type == "cost_estimated"]
+    except Exception as exc:  # the result still names the job and its status
+        log.warning("job %s: no seed response fields (%s)", job_id, exc)
+        return seed_response(job_id, status, None, None, None)
+    hours = estimate[-1].payload.get("hours") if estimate else None
+    return seed_response(job_id, status, row.runpod_pod_id, hours, row.estimated_cost_usd)

@@ -42,7 +42,7 @@ from brightrun.spec import (
 )
 from brightrun.storage import Storage
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
-from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, seed_response
+from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, job_seed_response
 from tasks.adapters.continue_from import lineage, resolve_init_adapter, stage_init_adapter
 from tasks.adapters.fetch import LocalAdapter
 from tasks.adapters.task import publish_adapter
@@ -522,7 +522,7 @@ def flow_result(
         "lora_artifact_path": job.recorder.lora_artifact_path,
         "error_message": error_message,
         "run_name": run_name(job.resolved.dataset_name, job.spec.base_model, job.job_id),
-        **seed_result(job, status),
+        **job_seed_response(job.recorder.engine, job.job_id, status),
     }
     if status == "cancelled":
         return Cancelled(message=error_message, data=result)
@@ -532,20 +532,6 @@ def flow_result(
         # Bad input keeps its type, so `brightrun train` exits 2 as for any other bad input.
         raise (InputError if bad_input else BrightrunError)(error_message or f"job {job.job_id} failed")
     return result
-
-
-def seed_result(job: JobRun, status: str) -> dict[str, Any]:
-    """The seed dashboard's response fields (training_job_id, runpod_pod_id, estimates)."""
-    try:
-        row = repo.get_job(job.recorder.engine, job.job_id)
-        estimate = [
-            e for e in repo.list_events(job.recorder.engine, job.job_id) if e.type == "cost_estimated"
-        ]
-    except Exception as exc:  # the result still names the job and its status
-        log.warning("job %s: no seed response fields (%s)", job.job_id, exc)
-        return seed_response(job.job_id, status, None, None, None)
-    hours = estimate[-1].payload.get("hours") if estimate else None
-    return seed_response(job.job_id, status, row.runpod_pod_id, hours, row.estimated_cost_usd)
 
 
 def _cancelled_from_prefect(exc: BaseException, recorder: JobRecorder) -> bool:

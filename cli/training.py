@@ -16,11 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from brightrun.errors import BrightrunError, InputError, validation_problems
+
+if TYPE_CHECKING:
+    from tasks.estimate import EstimateText  # torch-free, but the CLI imports stages lazily
 
 DEMO_MAX_STEPS = 12
 REPO = Path(__file__).resolve().parents[1]
@@ -274,12 +277,15 @@ def train(
         created_by=created_by,
     )
     if estimate:
-        typer.echo(estimate_job(params))
+        estimated = estimate_job(params)
+        typer.echo(estimated.text)
+        if estimated.fit_problem is not None:  # the table is printed; the exit says it can't run
+            raise InputError(estimated.fit_problem)
         return
     _print_result(run_training(params, str(uuid.uuid4())))
 
 
-def estimate_job(params: dict[str, Any]) -> str:
+def estimate_job(params: dict[str, Any]) -> EstimateText:
     """Time and cost ranges of a job before anything is rented (tasks/estimate.py)."""
     from brightrun.resources import Resources
     from flows.params import resolve_train_request

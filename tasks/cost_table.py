@@ -70,6 +70,24 @@ def render_estimate(estimate: JobEstimate, policy: ProvisioningPolicy | None = N
     return "\n".join(lines)
 
 
+def estimate_all(
+    spec: JobSpec,
+    train_examples: int,
+    prices: Mapping[str, tuple[float | None, float | None]],
+    *,
+    train_tokens: int | None = None,
+    model_config: Mapping[str, Any] | None = None,
+) -> JobEstimate:
+    """The estimate over the job's GPU types first, then the usual ones. Raises InputError when
+    the model's size is unknown (no config.json, not in the table)."""
+    shape = model_shape(spec.base_model, model_config)
+    names = [
+        *spec.provisioning.gpu_types,
+        *(g for g in ESTIMATE_GPUS if g not in spec.provisioning.gpu_types),
+    ]
+    return estimate_job(spec, train_examples, prices, shape, train_tokens=train_tokens, gpu_types=names)
+
+
 def estimate_table(
     spec: JobSpec,
     train_examples: int,
@@ -78,12 +96,22 @@ def estimate_table(
     train_tokens: int | None = None,
     model_config: Mapping[str, Any] | None = None,
 ) -> str:
-    """`brightrun train ... --estimate`: the job's GPU types first, then the usual ones.
-    Raises InputError when the model's size is unknown (no config.json, not in the table)."""
-    shape = model_shape(spec.base_model, model_config)
-    names = [
-        *spec.provisioning.gpu_types,
-        *(g for g in ESTIMATE_GPUS if g not in spec.provisioning.gpu_types),
-    ]
-    estimate = estimate_job(spec, train_examples, prices, shape, train_tokens=train_tokens, gpu_types=names)
+    """`brightrun train ... --estimate`: the job's GPU types first, then the usual ones."""
+    estimate = estimate_all(
+        spec, train_examples, prices, train_tokens=train_tokens, model_config=model_config
+    )
     return render_estimate(estimate, spec.provisioning)
+
+
+def policy_fit_problem(estimate: JobEstimate, policy: ProvisioningPolicy) -> str | None:
+    """None when some GPU type of the policy fits the job; else what to change, naming the GPU
+    types of the table that do fit."""
+    if any(g.fits for g in estimate.gpus if g.gpu_type in policy.gpu_types):
+        return None
+    others = [g.gpu_type for g in estimate.gpus if g.fits and g.gpu_type not in policy.gpu_types]
+    hint = (
+        f"GPU types that fit: {', '.join(others)} (set provisioning.gpu_types)"
+        if others
+        else "no GPU type in the table fits it on one pod"
+    )
+    return f"none of provisioning.gpu_types ({', '.join(policy.gpu_types)}) fits this job; {hint}"

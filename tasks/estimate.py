@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ from tasks.cost_model import (
     check_estimate,
     estimated_total_steps,
 )
-from tasks.cost_table import estimate_table
+from tasks.cost_table import estimate_all, policy_fit_problem, render_estimate
 from tasks.provision import runpod_prices
 
 Prices = Mapping[str, tuple[float | None, float | None]]
@@ -115,7 +116,17 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
-def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, sample_dataset: Path) -> str:
+@dataclass(frozen=True)
+class EstimateText:
+    """What `train --estimate` prints, and why the job cannot run as asked (None: it can)."""
+
+    text: str
+    fit_problem: str | None
+
+
+def estimate_dataset_file(
+    resources: Resources, spec: JobSpec, dataset: str, *, sample_dataset: Path
+) -> EstimateText:
     """Time and cost ranges per GPU type for training `spec` on `dataset`, before anything is
     rented: the file is prepared here (in a temporary directory) for its real example and token
     counts, and RunPod's current prices are read when a key is configured. Without hub access
@@ -167,14 +178,17 @@ def estimate_dataset_file(resources: Resources, spec: JobSpec, dataset: str, *, 
             "\nnote: prices read 'no price' because RUNPOD_API_KEY is not set, so RunPod's current "
             "prices were not read; the time ranges and the 'fits' column hold without it."
         )
-    table = estimate_table(
+    estimate = estimate_all(
         spec,
         report.train.examples,
         prices,
         train_tokens=report.train.tokens,
         model_config=local_model_config(spec.base_model),
     )
-    return table + note
+    return EstimateText(
+        render_estimate(estimate, spec.provisioning) + note,
+        policy_fit_problem(estimate, spec.provisioning),
+    )
 
 
 def local_model_config(base_model: str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ import pytest
 from brightrun.errors import InputError
 from brightrun.spec import JobSpec
 from tasks import cost_model as cm
-from tasks.cost_table import estimate_table, render_estimate
+from tasks.cost_table import estimate_table, policy_fit_problem, render_estimate
 
 LLAMA_8B = "meta-llama/Meta-Llama-3-8B-Instruct"
 LLAMA_70B = "meta-llama/Meta-Llama-3-70B-Instruct"
@@ -145,6 +145,18 @@ def test_the_table_lists_every_gpu_and_marks_what_does_not_fit() -> None:
     h200 = next(line for line in table.splitlines() if line.startswith("NVIDIA H200 "))
     assert " NO " in a6000 and " yes " in h200
     assert "fits none of provisioning.gpu_types" in table  # the default policy's GPUs are all 48 GB
+
+
+def test_a_policy_that_nothing_fits_is_a_problem_naming_the_gpus_that_do() -> None:
+    """`train --estimate` exits 2 on it (issue 21): 70B fits none of the default 48 GB GPUs."""
+    job = spec(LLAMA_70B)
+    estimate = cm.estimate_job(job, 1000, PRICES, cm.LLAMA3_70B, gpu_types=cm.ESTIMATE_GPUS)
+    problem = policy_fit_problem(estimate, job.provisioning)
+    assert problem is not None and "none of provisioning.gpu_types" in problem
+    assert "NVIDIA H200" in problem and "NVIDIA RTX A6000" not in problem.split("fit:")[1]
+    small = spec(LLAMA_8B)
+    fits = cm.estimate_job(small, 1000, PRICES, cm.LLAMA3_8B, gpu_types=cm.ESTIMATE_GPUS)
+    assert policy_fit_problem(fits, small.provisioning) is None
 
 
 def test_cuda_device_names_map_to_the_table() -> None:

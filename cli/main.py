@@ -12,7 +12,7 @@ import sys
 import typer
 
 from brightrun.errors import BrightrunError
-from cli import adapters, dataset, export, registry, runpod, training
+from cli import adapters, dataset, deploy, export, registry, runpod, training
 
 app = typer.Typer(
     name="brightrun",
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (dataset, training, registry, runpod, export, adapters):
+for module in (dataset, training, registry, runpod, export, adapters, deploy):
     module.register(app)
 
 

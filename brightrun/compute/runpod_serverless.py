@@ -93,7 +93,10 @@ Q_ACCOUNT = (
     " isServerless env { key value } }"
     " networkVolumes { id name dataCenterId } } }"
 )
-Q_SAVE_TEMPLATE = "mutation SaveTemplate($input: SaveTemplateInput) { saveTemplate(input: $input) { id env { key value } } }"
+Q_SAVE_TEMPLATE = (
+    "mutation SaveTemplate($input: SaveTemplateInput) {"
+    " saveTemplate(input: $input) { id env { key value } } }"
+)
 
 
 def volume_s3_url(data_center_id: str) -> str:
@@ -150,7 +153,8 @@ class ServerlessClient:
         tpl = [t for t in account.get("podTemplates") or [] if t.get("id") == endpoint.template_id]
         if not tpl:
             raise EndpointNotFound(
-                f"RunPod endpoint {endpoint_id} runs template {endpoint.template_id!r}, which this key cannot read"
+                f"RunPod endpoint {endpoint_id} runs template {endpoint.template_id!r}, "
+                "which this key cannot read"
             )
         t = tpl[0]
         template = Template(

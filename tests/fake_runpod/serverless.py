@@ -322,7 +322,7 @@ class Serverless:
             }
         if rest.startswith("openai/v1/"):
             with self._lock:
-                failing = self.openai_failures_left > 0
+                failing = self.openai_failures_left > 0 and rest.endswith("chat/completions")
                 if failing:
                     self.openai_failures_left -= 1
             if failing:

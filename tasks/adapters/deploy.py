@@ -228,7 +228,6 @@ RegistryStep = Callable[[], list[LifecycleResult]]
 
 def _resolve(resources: Resources, routes: Sequence[tuple[str, int]]) -> list[RoutedAdapter]:
     from tasks.adapters.fetch import fetch_adapter
-    from tasks.adapters.serving import served_name
 
     out = []
     for ref, share in routes:
@@ -238,7 +237,8 @@ def _resolve(resources: Resources, routes: Sequence[tuple[str, int]]) -> list[Ro
         out.append(
             RoutedAdapter(
                 artifact=art,
-                served_name=served_name(art),
+                # As `brightrun serve` names it: the served name, else the artifact id.
+                served_name=str(art.served_name or art.id),
                 share_percent=share,
                 rank=int(config.get("r") or 0),
                 base_model=local.base_model,
@@ -308,10 +308,10 @@ def apply_routes(
     started = time.monotonic()
     adapters = _resolve(resources, routes)
     for a in adapters:
-        if a.share_percent > 0 and registry_step is None:  # a rollback restores an archived one
-            promotion.check_promotable(
-                a.artifact, _job_status(resources, a.artifact), DeploymentStatus.testing
-            )
+        # A rollback (its own registry step) restores an archived one; production stays.
+        if registry_step is None and a.share_percent > 0 and a.artifact.deployment_status != "production":
+            target = DeploymentStatus.production if a.share_percent == 100 else DeploymentStatus.testing
+            promotion.check_promotable(a.artifact, _job_status(resources, a.artifact), target)
     step = registry_step or _default_registry_step(resources, adapters, reason, force=force)
     own_client = client is None
     client = client or _client(resources)

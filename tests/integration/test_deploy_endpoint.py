@@ -216,8 +216,20 @@ def test_bad_input_and_faults_leave_the_endpoint_as_it_was(
     graphql = GraphQLRunPodClient(
         endpoint.fake.api_key, base_url=endpoint.fake.url, max_attempts=2, backoff_seconds=0.6
     )
-    client = ServerlessClient(graphql, endpoint.fake.api_key, endpoint_base_url=f"{endpoint.fake.url}/v2")
-    endpoint.fake.fail_for(0.9, status=500, operations=["saveTemplate"])
+    fake = endpoint.fake
+
+    class FailingAtTheSave(ServerlessClient):
+        """The outage starts when the deploy saves the template (after the upload)."""
+
+        outages = 0
+
+        def save_template_env(self, template: Any, env: dict[str, str]) -> None:
+            if not self.outages:
+                self.outages += 1
+                fake.fail_for(0.9, status=500, operations=["saveTemplate"])
+            super().save_template_env(template, env)
+
+    client = FailingAtTheSave(graphql, fake.api_key, endpoint_base_url=f"{fake.url}/v2")
     with pytest.raises(dp.DeployFailed, match="was restored"):
         dp.apply_routes(r, endpoint.id, [(trained.strong.id, 100)], reason="x", force=True, client=client)
     client.close()

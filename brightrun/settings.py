@@ -171,6 +171,29 @@ class Settings(BaseSettings):
     webhook_expiry_seconds: float = Field(
         default=86400.0, gt=0, description="How long an undelivered webhook is retried before it is dropped"
     )
+
+    # Serving on the customer's RunPod Serverless endpoint (issue 24, `brightrun deploy`):
+    # the endpoint promote/rollback deploy to, RunPod's URLs under the runpod SDK's names, and
+    # the endpoint's network volume's S3 API (its own keys, made in RunPod's console).
+    serving_endpoint_id: str | None = Field(
+        default=None,
+        description="The worker-vllm endpoint `promote --to production` and `rollback` deploy to",
+    )
+    runpod_api_base_url: str = Field(default="https://api.runpod.io", validation_alias="RUNPOD_API_BASE_URL")
+    runpod_endpoint_base_url: str = Field(
+        default="https://api.runpod.ai/v2", validation_alias="RUNPOD_ENDPOINT_BASE_URL"
+    )
+    serving_volume_s3_endpoint_url: str | None = Field(
+        default=None, description="The volume's S3 API (default https://s3api-<datacenter>.runpod.io/)"
+    )
+    serving_volume_s3_access_key_id: SecretStr | None = None
+    serving_volume_s3_secret_access_key: SecretStr | None = None
+    serving_volume_prefix: str = Field(
+        default="brightrun/adapters", description="Adapters' folder on the volume"
+    )
+    serving_release_timeout_seconds: float = Field(default=900.0, gt=0)
+    serving_smoke_max_tokens: int = Field(default=8, ge=1, le=256)
+    serving_lease_seconds: float = Field(default=3600.0, gt=0)
     # Secrets that keep their conventional names (no BRIGHTRUN_ prefix).
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     hf_token: SecretStr | None = Field(default=None, validation_alias="HF_TOKEN")

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from brightrun.errors import BrightrunError
-from cli import ab, adapters, dataset, evalset, export, registry, review, runpod, training
+from cli import ab, adapters, dataset, deploy, evalset, export, registry, review, runpod, training
 
 app = typer.Typer(
     name="brightrun",
@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (dataset, training, registry, runpod, export, adapters, ab, evalset, review):
+for module in (dataset, training, registry, runpod, export, adapters, deploy, ab, evalset, review):
     module.register(app)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -476,3 +477,64 @@ class WebhookOutboxEntry(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# ---------------------------------------------------------------- serving (issue 24, migration 0005)
+
+
+class EndpointDeploymentStatus(StrEnum):
+    deploying = "deploying"  # the endpoint's lease: one per endpoint (a partial unique index)
+    live = "live"
+    failed = "failed"  # refused or failed before the endpoint's env changed
+    restored = "restored"  # failed after the env changed; the env before was put back
+    superseded = "superseded"  # a later deploy to the endpoint replaced it
+
+
+class EndpointDeployment(Base):
+    """One deploy (rollback, split) to a RunPod Serverless endpoint; env values redacted."""
+
+    __tablename__ = "endpoint_deployments"
+    __table_args__ = (
+        CheckConstraint(_in("status", EndpointDeploymentStatus), name="status"),
+        Index(None, "endpoint_id"),
+        Index(
+            "uq_endpoint_deployments_one_deploying",
+            "endpoint_id",
+            unique=True,
+            sqlite_where=text("status = 'deploying'"),
+            postgresql_where=text("status = 'deploying'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    template_id: Mapped[str | None] = mapped_column(String(64))
+    env_before: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    env_after: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    served_names: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    artifact_ids: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None]
+    started_at: Mapped[datetime] = _created()
+    finished_at: Mapped[datetime | None]
+
+
+class ServingRoute(Base):
+    """A served name's share of an endpoint's traffic; live while `ended_at` is NULL."""
+
+    __tablename__ = "serving_routes"
+    __table_args__ = (
+        CheckConstraint("share_percent BETWEEN 0 AND 100", name="share_percent"),
+        Index(None, "endpoint_id"),
+        Index(None, "artifact_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    served_name: Mapped[str] = mapped_column(String(40))
+    artifact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_artifacts.id"))
+    share_percent: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _created()
+    ended_at: Mapped[datetime | None]

@@ -1,30 +1,23 @@
-"""THROWAWAY (engineer "ab"): the routes of an endpoint, to the interface agreed with engineer
-"deploy", whose version replaces this file at merge. A route is one served name taking a
-share of an endpoint's traffic; live while `ended_at` is NULL."""
+"""Serving routes: which served names take what share of an endpoint's traffic (issue 24).
+
+The live split of an endpoint is its `serving_routes` rows with `ended_at IS NULL`; the app
+reads them through the view `serving_routes_live` and picks `model` per user by a sticky
+hash (README, "Serve it on the customer's endpoint"). A split is replaced as a whole:
+`open_split` ends every live route of the endpoint and opens the new ones in one
+transaction, so a reader never sees two splits or shares that do not sum to 100.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Uuid, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from brightrun.errors import InputError
-
-serving_routes = Table(
-    "serving_routes",
-    MetaData(),
-    Column("id", Uuid(), primary_key=True),
-    Column("endpoint_id", String(255), nullable=False),
-    Column("served_name", String(40), nullable=False),
-    Column("artifact_id", Uuid(), nullable=False),
-    Column("share_percent", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("ended_at", DateTime(timezone=True)),
-)
+from brightrun.registry.models import ServingRoute, utcnow
 
 
 @dataclass(frozen=True)
@@ -36,29 +29,43 @@ class Route:
     started_at: datetime
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _route(row: ServingRoute) -> Route:
+    return Route(row.endpoint_id, row.served_name, str(row.artifact_id), row.share_percent, row.started_at)
 
 
 def live_routes(session: Session, endpoint_id: str) -> list[Route]:
-    rows = session.execute(
-        select(serving_routes)
-        .where(serving_routes.c.endpoint_id == endpoint_id, serving_routes.c.ended_at.is_(None))
-        .order_by(serving_routes.c.share_percent.desc(), serving_routes.c.served_name)
+    """The endpoint's live routes (ended_at IS NULL), largest share first."""
+    rows = session.scalars(
+        select(ServingRoute)
+        .where(ServingRoute.endpoint_id == endpoint_id, ServingRoute.ended_at.is_(None))
+        .order_by(ServingRoute.share_percent.desc(), ServingRoute.served_name)
     ).all()
-    return [
-        Route(r.endpoint_id, r.served_name, str(r.artifact_id), r.share_percent, _aware(r.started_at))
-        for r in rows
-    ]
+    return [_route(r) for r in rows]
+
+
+def check_split(routes: Sequence[tuple[str, str, int]]) -> None:
+    """Shares are integers 0..100 summing to 100, one per served name (ValueError otherwise)."""
+    if not routes:
+        raise ValueError("a split needs at least one route")
+    names = [name for name, _, _ in routes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a served name appears twice in the split: {names}")
+    for name, _, share in routes:
+        if isinstance(share, bool) or not isinstance(share, int) or not 0 <= share <= 100:
+            raise ValueError(f"{name}: share {share!r} must be an integer percent between 0 and 100")
+    total = sum(share for _, _, share in routes)
+    if total != 100:
+        raise ValueError(f"the shares {[s for _, _, s in routes]} sum to {total}, not 100")
 
 
 def end_routes(session: Session, endpoint_id: str, *, now: datetime | None = None) -> int:
+    """End every live route of the endpoint; returns how many were live."""
     result = session.execute(
-        update(serving_routes)
-        .where(serving_routes.c.endpoint_id == endpoint_id, serving_routes.c.ended_at.is_(None))
-        .values(ended_at=now or datetime.now(UTC))
+        update(ServingRoute)
+        .where(ServingRoute.endpoint_id == endpoint_id, ServingRoute.ended_at.is_(None))
+        .values(ended_at=now or utcnow())
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return int(result.rowcount or 0)
 
 
 def open_split(
@@ -68,20 +75,21 @@ def open_split(
     *,
     now: datetime | None = None,
 ) -> list[Route]:
-    """End the live routes and open these (served name, artifact id, share percent)."""
-    if sum(share for _, _, share in routes) != 100:
-        raise InputError(f"the shares of endpoint {endpoint_id} must add up to 100, not {routes}")
-    now = now or datetime.now(UTC)
-    end_routes(session, endpoint_id, now=now)
-    for name, artifact_id, share in routes:
-        session.execute(
-            insert(serving_routes).values(
-                id=uuid.uuid4(),
-                endpoint_id=endpoint_id,
-                served_name=name,
-                artifact_id=uuid.UUID(artifact_id),
-                share_percent=share,
-                started_at=now,
-            )
+    """End every live route of the endpoint and open (served_name, artifact_id, share_percent)
+    rows; the shares must sum to 100 (ValueError otherwise, and nothing changes)."""
+    check_split(routes)
+    when = now or utcnow()
+    end_routes(session, endpoint_id, now=when)
+    rows = [
+        ServingRoute(
+            endpoint_id=endpoint_id,
+            served_name=name,
+            artifact_id=uuid.UUID(str(artifact_id)),
+            share_percent=share,
+            started_at=when,
         )
-    return live_routes(session, endpoint_id)
+        for name, artifact_id, share in routes
+    ]
+    session.add_all(rows)
+    session.flush()
+    return sorted((_route(r) for r in rows), key=lambda r: (-r.share_percent, r.served_name))

@@ -103,15 +103,25 @@ def promote(
             record = evaluate(
                 resources, artifact.id, current.id, eval_set=eval_set, evaluation_set=exam, judge=judge
             )
-    result = promotion.promote(
-        engine,
-        artifact.id,
-        to,
-        force=force,
-        reason=reason,
-        expected_production=expected,
-        evaluation_set=exam,
-    )
+    endpoint = resources.settings.serving_endpoint_id
+    if to == "production" and endpoint:
+        # Production is what the endpoint serves: deploy, smoke-test, then record (issue 24).
+        from tasks.adapters.deploy import apply_routes
+
+        deployed = apply_routes(
+            resources, endpoint, [(artifact.id, 100)], reason=reason or "promote --to production", force=force
+        )
+        result = deployed.lifecycle[0] if deployed.lifecycle else _unchanged(engine, artifact.id)
+    else:
+        result = promotion.promote(
+            engine,
+            artifact.id,
+            to,
+            force=force,
+            reason=reason,
+            expected_production=expected,
+            evaluation_set=exam,
+        )
     secret = resources.settings.webhook_secret
     notify_changes(
         result,
@@ -138,7 +148,14 @@ def rollback(
     reason: str | None = None,
     webhook_url: str | None = None,
 ) -> LifecycleResult:
-    result = promotion.rollback(resources.registry, base_model, reason=reason)
+    endpoint = resources.settings.serving_endpoint_id
+    if endpoint:
+        # Re-point the endpoint to the previous adapter (smoke-tested) before the registry says so.
+        from tasks.adapters.deploy import rollback as rollback_endpoint
+
+        result = rollback_endpoint(resources, endpoint, base_model, reason=reason).lifecycle[0]
+    else:
+        result = promotion.rollback(resources.registry, base_model, reason=reason)
     secret = resources.settings.webhook_secret
     notify_changes(
         result,
@@ -148,3 +165,8 @@ def rollback(
         expiry_seconds=resources.settings.webhook_expiry_seconds,
     )
     return result
+
+
+def _unchanged(engine: object, artifact_id: str) -> LifecycleResult:
+    artifact = promotion.get_artifact(engine, artifact_id)  # type: ignore[arg-type]
+    return LifecycleResult(artifact, [], f"{artifact.id} is already {artifact.deployment_status}")

@@ -69,6 +69,8 @@ from typing import Any
 
 from graphql import build_schema, graphql_sync
 
+from tests.fake_runpod.serverless import Serverless
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = build_schema((Path(__file__).parent / "schema.graphql").read_text())
 NO_CAPACITY = "There are no longer any instances available with the requested specifications"
@@ -257,6 +259,8 @@ class FakeRunPod:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        # RunPod Serverless: templates, endpoints, volumes, workers (tests/fake_runpod/serverless.py).
+        self.serverless = Serverless(self.workdir, self.pod_env)
 
     @property
     def image(self) -> Image:
@@ -574,7 +578,7 @@ class FakeRunPod:
                 account_only(info, "list pods")
                 with fake._lock:
                     pods = [p.as_graphql() for p in fake.pods.values() if p.status != "TERMINATED"]
-                return {"id": "fake-user", "pods": pods}
+                return {"id": "fake-user", "pods": pods, **fake.serverless.myself_fields()}
 
             def pod(self, info: Any, input: dict[str, Any] | None = None) -> dict[str, Any] | None:  # noqa: A002
                 pod_id = (input or {}).get("podId", "")
@@ -623,6 +627,14 @@ class FakeRunPod:
                 own_pod(info, input["podId"])
                 return fake._stop(input["podId"])
 
+            def saveTemplate(self, info: Any, input: dict[str, Any] | None = None):  # noqa: N802, A002
+                account_only(info, "save templates")
+                return fake.serverless.save_template(input or {})
+
+            def saveEndpoint(self, info: Any, input: dict[str, Any] | None = None):  # noqa: N802, A002
+                account_only(info, "save endpoints")
+                return fake.serverless.save_endpoint(input or {})
+
             def podTerminate(self, info: Any, input: dict[str, Any]) -> None:  # noqa: N802, A002
                 own_pod(info, input["podId"])
                 fake.terminate(input["podId"], from_inside=info.context.get("pod_scope") is not None)
@@ -662,7 +674,20 @@ class FakeRunPod:
                     self.end_headers()
                     self.wfile.write(raw)
 
+            def _serverless(self, method: str, body: bytes) -> bool:
+                # /v2/<endpoint id>/...: RunPod's endpoint API ($RUNPOD_ENDPOINT_BASE_URL).
+                if not self.path.startswith("/v2/"):
+                    return False
+                endpoint_id, _, rest = self.path.removeprefix("/v2/").partition("/")
+                if self.headers.get("Authorization", "") != f"Bearer {fake.api_key}" or fake.auth_failing:
+                    self._send(401, {"error": "Unauthorized"})
+                else:
+                    self._send(*fake.serverless.endpoint_http(method, endpoint_id, rest, body))
+                return True
+
             def do_GET(self) -> None:  # noqa: N802
+                if self._serverless("GET", b""):
+                    return
                 if self.path == "/admin/state":
                     self._send(200, fake.state())
                 else:
@@ -671,6 +696,8 @@ class FakeRunPod:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if self._serverless("POST", raw):
+                    return
                 try:
                     body = json.loads(raw or b"{}")
                 except ValueError:
@@ -773,6 +800,7 @@ class FakeRunPod:
         """Stop serving and kill every pod process; returns the ids of pods that were still alive
         (a terminated pod whose container the runtime is still killing is not one of them)."""
         alive = [p.id for p in self.running_processes() if p.status != "TERMINATED"]
+        self.serverless.shutdown()
         with self._lock:
             pods = list(self.pods.values())
         for pod in pods:
@@ -789,6 +817,8 @@ class FakeRunPod:
 
 def _operation_of(query: str) -> str:
     for name in (
+        "saveTemplate",
+        "saveEndpoint",
         "podFindAndDeployOnDemand",
         "podRentInterruptable",
         "podTerminate",

@@ -58,11 +58,12 @@ def simulate_users(
     start: datetime = T0,
     seed: int = 24,
     extra_versions: Sequence[str] = (),
+    endpoint_id: str = ENDPOINT,
 ) -> dict[str, int]:
     """Each user asks once, is answered by their sticky arm and rates it up with that arm's
     probability (else down). Returns rated responses per served name."""
     with Session(engine) as session:
-        shares = [(r.served_name, r.share_percent) for r in live_routes(session, ENDPOINT)]
+        shares = [(r.served_name, r.share_percent) for r in live_routes(session, endpoint_id)]
     rng = random.Random(seed)
     # The customer's lexybrain_requests.user_id references auth.users, which the pipeline may
     # not write: there the simulated users stay anonymous (their id still picks their arm).

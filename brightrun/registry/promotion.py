@@ -618,6 +618,35 @@ def rollback(
     )
 
 
+def retire_candidate(bind: Bind, artifact_id: str, *, reason: str | None = None) -> LifecycleResult:
+    """A `testing` adapter that its endpoint no longer serves (an A/B candidate rolled back):
+    archived, with an `adapter_archived` event. Production leaves only by promote or rollback."""
+    with repo.transaction(bind) as conn:
+        row = conn.execute(select(artifacts_t).where(artifacts_t.c.id == uuid.UUID(artifact_id))).one()
+        artifact = _row(row)
+        if artifact.deployment_status != DeploymentStatus.testing.value:
+            raise PromotionRefused(f"artifact {artifact_id} is {artifact.deployment_status}, not testing")
+        _set_status(conn, artifact.id, DeploymentStatus.archived)
+        repo.add_events(
+            conn,
+            [
+                repo.NewEvent(
+                    job_id=artifact.training_job_id,
+                    type=ARCHIVED,
+                    payload={
+                        "artifact_id": artifact.id,
+                        "from": artifact.deployment_status,
+                        "reason": reason,
+                    },
+                )
+            ],
+        )
+    archived = _replace(artifact, DeploymentStatus.archived)
+    return LifecycleResult(
+        archived, [Change(archived, artifact.deployment_status, ARCHIVED)], f"{artifact.id} archived"
+    )
+
+
 def _previous_production(conn: Connection, base_model: str, *, exclude: str) -> AdapterRow | None:
     """The newest archived adapter that was in production and was not itself rolled back."""
     rows = conn.execute(

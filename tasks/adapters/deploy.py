@@ -253,9 +253,15 @@ def _resolve(resources: Resources, routes: Sequence[tuple[str, int]]) -> list[Ro
 
 
 def _default_registry_step(
-    resources: Resources, adapters: Sequence[RoutedAdapter], reason: str, *, force: bool = False
+    resources: Resources,
+    adapters: Sequence[RoutedAdapter],
+    reason: str,
+    *,
+    force: bool = False,
+    dropped: Sequence[str] = (),
 ) -> RegistryStep:
-    """100% → production (the one it replaces archived); a candidate below 100% → testing."""
+    """100% → production (the one it replaces archived); a candidate below 100% → testing; a
+    `testing` candidate the endpoint no longer serves (`dropped` artifact ids) → archived."""
     engine = resources.registry
     full = [a for a in adapters if a.share_percent == 100]
     seen = {}
@@ -286,6 +292,12 @@ def _default_registry_step(
                 results.append(
                     promotion.promote(engine, a.artifact.id, DeploymentStatus.testing, reason=reason)
                 )
+        for artifact_id in dropped:
+            if (
+                promotion.get_artifact(engine, artifact_id).deployment_status
+                == DeploymentStatus.testing.value
+            ):
+                results.append(promotion.retire_candidate(engine, artifact_id, reason=reason))
         return results
 
     return step
@@ -312,7 +324,9 @@ def apply_routes(
         if registry_step is None and a.share_percent > 0 and a.artifact.deployment_status != "production":
             target = DeploymentStatus.production if a.share_percent == 100 else DeploymentStatus.testing
             promotion.check_promotable(a.artifact, _job_status(resources, a.artifact), target)
-    step = registry_step or _default_registry_step(resources, adapters, reason, force=force)
+    kept = {a.artifact.id for a in adapters}
+    dropped = [r.artifact_id for r in live_split(resources, endpoint_id) if r.artifact_id not in kept]
+    step = registry_step or _default_registry_step(resources, adapters, reason, force=force, dropped=dropped)
     own_client = client is None
     client = client or _client(resources)
     try:

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +303,86 @@ def test_routes_open_a_split_and_end_it(endpoint: Endpoint, trained: Trained) ->
         assert end_routes(session, "ep-ab") == 1
         session.commit()
         assert live_routes(session, "ep-ab") == []
+
+
+def test_ab_on_the_endpoint_promotes_a_better_candidate_and_rolls_back_a_worse_one(
+    endpoint: Endpoint,
+    trained: Trained,  # noqa: F811
+) -> None:
+    """The loop of issue 24 on the fake: production alone → a candidate at 10 % beside it (two
+    LORA_MODULES) → users, each sticky to one arm by the app's hash, rate the answers → the
+    decision re-points the endpoint (real `apply_routes`: release, smoke test, registry)."""
+    from brightrun.ab import ABRule, pick_served_name
+    from tasks.ab.decide import run_decision
+    from tests.ab_helpers import simulate_users
+
+    r = endpoint.resources
+    # Fresh adapters (the module's own may be production or archived by the tests before):
+    # copies of the trained ones under new jobs. The thumbs are simulated, so which is which
+    # only matters for what the endpoint must serve.
+    weak = _copy_adapter(r, trained, trained.weak, "ab-weak")
+    strong = _copy_adapter(r, trained, trained.strong, "ab-strong")
+    worse = _copy_adapter(r, trained, trained.weak, "ab-worse")
+    dp.deploy(r, weak.id, endpoint.id, force=True, reason="production first")
+    split = dp.deploy(r, strong.id, endpoint.id, share=10, reason="try the candidate on 10 %")
+    assert sorted((x.served_name, x.share_percent) for x in split.routes) == sorted(
+        [(str(weak.served_name), 90), (str(strong.served_name), 10)]
+    )
+    assert len(json.loads(endpoint.template_env()["LORA_MODULES"])) == 2
+    assert int(endpoint.template_env()["MAX_LORAS"]) >= 2
+    assert _status(r, strong).deployment_status == "testing"
+    shares = [(x.served_name, x.share_percent) for x in split.routes]
+    for user in ("user-1", "user-7", "user-42"):  # the app picks `model` per user; the endpoint answers as it
+        picked = pick_served_name(user, shares)
+        assert endpoint.chat(picked, max_tokens=4)["model"] == picked
+
+    rule = ABRule(min_rated_per_arm=60, early_stop_min_rated=30)
+    now = datetime.now(UTC)
+    rates = {str(weak.served_name): 0.45, str(strong.served_name): 0.9}
+    simulate_users(r.registry, rates, users=1200, start=now, endpoint_id=endpoint.id)
+    promoted = run_decision(r, endpoint.id, rule)
+    assert promoted.decision.action.value == "promote" and promoted.applied
+    assert _status(r, strong).deployment_status == "production"
+    assert _status(r, weak).deployment_status == "archived"
+    assert [m["name"] for m in json.loads(endpoint.template_env()["LORA_MODULES"])] == [strong.served_name]
+    assert endpoint.chat(str(strong.served_name), max_tokens=4)["model"] == strong.served_name
+
+    # A worse candidate beside the new production is stopped early and dropped from the endpoint.
+    dp.deploy(r, worse.id, endpoint.id, share=10, reason="try another candidate")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    simulate_users(
+        r.registry,
+        {str(weak.served_name): 0.1, str(strong.served_name): 0.8},
+        users=600,
+        start=later,
+        seed=7,
+        endpoint_id=endpoint.id,
+    )
+    stopped = run_decision(r, endpoint.id, rule, since=later)
+    assert stopped.decision.action.value == "roll_back" and "early" in stopped.decision.reason
+    assert _status(r, strong).deployment_status == "production"
+    assert _status(r, worse).deployment_status == "archived"
+    with Session(r.registry) as session:
+        assert [(x.served_name, x.share_percent) for x in live_routes(session, endpoint.id)] == [
+            (str(strong.served_name), 100)
+        ]
+    assert [m["name"] for m in json.loads(endpoint.template_env()["LORA_MODULES"])] == [strong.served_name]
+
+
+def _copy_adapter(resources: Resources, trained: Trained, art: pm.AdapterRow, name: str) -> pm.AdapterRow:  # noqa: F811
+    """A new completed job holding a copy of `art`'s trained files, registered as its adapter."""
+    import shutil
+
+    from brightrun import layout
+    from brightrun.registry import repository as repo
+    from tasks.adapters.task import publish_adapter
+
+    engine = resources.registry
+    job = repo.create_job(engine, job_name=name, base_model=str(trained.base_model))
+    for step in ("preprocessing", "model_loaded", "training", "completed"):
+        repo.transition_job(engine, job.id, step)
+    root = trained.storage.root
+    source, target = layout.JobLayout(art.training_job_id).prefix, layout.JobLayout(job.id).prefix
+    shutil.copytree(root / source, root / target)
+    copy = publish_adapter.fn(engine, trained.storage, job.id, base_model=str(trained.base_model))
+    return pm.get_artifact(engine, copy.id)

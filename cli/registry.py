@@ -264,50 +264,28 @@ def jobs_show(
 
 
 def _artifacts_table(console: Any, artifacts: list[Any]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{len(artifacts)} artifact(s)")
-    # The lineage (train --init-adapter) gets a column only when some adapter has one: a
-    # narrow terminal has no room for a column of dashes.
-    lineage = [
-        ((getattr(a, "metadata", None) or {}).get("continued_from") or {}).get("artifact_id")
-        for a in artifacts
-    ]
-    columns = (
-        "id",
-        "served name",
-        "job",
-        "type",
-        "base model",
-        *(("continued from",) if any(lineage) else ()),
-        "size",
-        "val loss",
-        "ppl",
-        "status",
-        "path",
-    )
-    # Ids whole, on one line: they are what the other commands take; type and status are
-    # short words, which read badly folded.
-    for col in columns:
-        if col in ("id", "job", "type", "status"):
-            table.add_column(col, no_wrap=True)
-        else:
-            table.add_column(col, overflow="fold")
-    for a, parent in zip(artifacts, lineage, strict=True):
-        table.add_row(
-            a.id,
-            a.served_name or "-",
-            a.training_job_id,
-            a.artifact_type,
-            a.base_model or "-",
-            *((parent or "-",) if any(lineage) else ()),
-            _fmt(a.file_size_bytes),
-            _fmt(a.validation_loss),
-            _fmt(a.validation_perplexity),
-            a.deployment_status,
-            a.storage_path,
+    """Two lines per adapter, never folded: the first holds what the other commands take (the
+    id, the served name, the job) with the status and figures, the second where it lives and,
+    for a round that continued from another adapter (train --init-adapter), its lineage. A
+    table of eleven columns folds ids in any terminal narrower than 200 characters."""
+    console.print(f"{len(artifacts)} artifact(s)", soft_wrap=True)
+    for a in artifacts:
+        parent = ((getattr(a, "metadata", None) or {}).get("continued_from") or {}).get("artifact_id")
+        console.print(
+            f"{a.id}  {a.served_name or '-'}  {a.deployment_status}  {a.artifact_type}  "
+            f"job {a.training_job_id}  val loss {_fmt(a.validation_loss)}  "
+            f"ppl {_fmt(a.validation_perplexity)}  size {_fmt(a.file_size_bytes)}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
         )
-    console.print(table)
+        lineage = f"  continued from {parent}" if parent else ""
+        console.print(
+            f"    base {a.base_model or '-'}  path {a.storage_path}{lineage}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
 
 
 @artifacts_app.command("list")

@@ -170,8 +170,18 @@ def make_engine(
                 return  # no transaction: SET LOCAL would only warn
             # A plain DBAPI cursor: the Connection may carry stream_results (a named server
             # cursor cannot run SET). psycopg opens the transaction with this statement.
-            with conn.connection.dbapi_connection.cursor() as cur:
-                cur.execute(timeouts)
+            dbapi = conn.dialect.loaded_dbapi
+            try:
+                with conn.connection.dbapi_connection.cursor() as cur:
+                    cur.execute(timeouts)
+            except dbapi.Error as error:
+                # A pooled connection whose server went away fails here first, raw from the
+                # driver: wrapped and invalidated as SQLAlchemy would, so `retry_on_disconnect`
+                # and the monitor's outbox see a lost connection, not an unknown error.
+                conn.invalidate()
+                raise exc.DBAPIError.instance(
+                    timeouts, None, error, dbapi.Error, connection_invalidated=True, dialect=conn.dialect
+                ) from None
 
     log.debug("registry engine for %s", mask_url(parsed))
     _set_patience(engine, retry_seconds)

@@ -294,7 +294,7 @@ def test_merged_export_matches_the_adapter_on_the_full_precision_base(
     assert row.base_model == trained.strong.base_model and row.metadata["merged_from"] == trained.strong.id
     assert trained.storage.exists(f"jobs/{trained.strong.training_job_id}/merged/{layout.MANIFEST}")
     code, out = cli("export", trained.strong.id, "--out", str(out_dir))
-    assert code == 2 and "not empty" in out
+    assert code == 2 and "not an empty directory" in out
 
 
 def test_download_verifies_the_manifest(trained: Trained, tmp_path: Path) -> None:

@@ -66,7 +66,9 @@ def test_estimate_prints_ranges_and_rents_nothing(brightrun_home: Path, tiny_mod
         text=True,
         timeout=300,
     )
-    assert big.returncode == 0, big.stderr[-2000:]
+    # 70B fits none of the default policy's 48 GB GPUs: the table, then exit 2 saying what fits.
+    assert big.returncode == 2, big.stderr[-2000:]
+    assert "none of provisioning.gpu_types" in big.stderr and "NVIDIA H200" in big.stderr
     a6000 = next(line for line in big.stdout.splitlines() if line.startswith("NVIDIA RTX A6000"))
     assert " NO " in a6000
     assert "sharded training (FSDP) is not supported yet" in big.stdout

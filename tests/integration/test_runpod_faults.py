@@ -185,7 +185,7 @@ def test_an_outage_longer_than_the_monitors_patience_ends_with_zero_pods_after_t
     root = tmp_path / "storage"
     uri = write_job(root, job_id, steps=STEPS, every=5)
     policy = fast_policy(api_outage_patience_seconds=2.0)
-    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, policy)
+    compute = runpod_compute(fake_runpod.url, fake_runpod.api_key, policy, registry_id="this-registry")
     recorder = ListRecorder()
     _when_step(root, job_id, 1, lambda: fake.fail_for(3600, status=500))
     try:
@@ -207,7 +207,7 @@ def test_an_outage_longer_than_the_monitors_patience_ends_with_zero_pods_after_t
     assert pod.id not in [p.get("pod_id") for p in recorder.of("pod_terminated")]
 
     fake.recover()
-    (decision,) = reap(compute, {job_id: "failed"}.get, {}.get)
+    (decision,) = reap(compute, {job_id: "failed"}.get, {}.get, registry_id="this-registry")
     assert decision.terminated and decision.pod.pod_id == pod.id
     wait_for(lambda: not fake.running_processes(), timeout=30)
     assert fake.billing_pods() == [] and fake.live_pods() == []

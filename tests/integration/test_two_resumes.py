@@ -66,7 +66,10 @@ def test_two_concurrent_resumes_run_one_pod_and_bill_once(
     refused = [s for s in states.values() if not s.is_completed()]
     assert len(completed) == 1 and len(refused) == 1, ([s.message for s in states.values()], logs)
     refusal = str(refused[0].result(raise_on_failure=False))
-    assert f"job {job_id} is being operated by" in refusal and "flow run" in refusal, refusal
+    # Refused by the lease while the other runs; on a loaded machine the second thread may
+    # only start once the first has finished, and is then refused as completed: one pod either way.
+    leased = f"job {job_id} is being operated by" in refusal and "flow run" in refusal
+    assert leased or f"job {job_id} already completed" in refusal, refusal
 
     engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Table
@@ -29,6 +29,8 @@ def row_view(cls: type[V], row: Any) -> V:
     data = row._mapping
     values = {}
     for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in data and f.default is not MISSING:
+            continue  # a column a later migration added, absent from the app's own table
         value = data[f.name]
         if value is None and f.name in _JSON_FIELDS:
             value = {}  # a row written by the app's own SQL may leave a JSON column NULL

@@ -224,6 +224,8 @@ def register_export(
     metadata: Mapping[str, Any],
     refs: Sequence[repo.ConversationRef],
     watermark: str = WATERMARK,
+    review_status: str = "pending",
+    corrections_exported: Sequence[str] = (),
 ) -> tuple[repo.TrainingFileView, bool]:
     """Register an exported training file, its conversations and the advanced watermark in
     one transaction: either all three are there afterwards or none. Idempotent on the
@@ -242,9 +244,14 @@ def register_export(
             window_start=window_start,
             window_end=window_end,
             metadata=metadata,
+            review_status=review_status,
         )
         if created:
             record_conversations(conn, tf.id, refs)
+            if corrections_exported:
+                from brightrun.registry.review import mark_corrections_exported
+
+                mark_corrections_exported(conn, corrections_exported, tf.id)
         repo.advance_watermark(conn, watermark, position=window_end, training_file_id=tf.id)
     return tf, created
 

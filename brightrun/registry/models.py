@@ -177,6 +177,13 @@ class TrainingFile(Base):
     updated_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime(), default=utcnow, onupdate=utcnow, server_default=func.now()
     )
+    # Issue 19 (migration 0010): review before training. Rows registered without a status
+    # (curated, uploaded) are approved; a feedback export sets pending unless its policy approves.
+    review_status: Mapped[str | None] = mapped_column(String(16), default="approved")
+    reviewed_by: Mapped[str | None] = mapped_column(String(255))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    review_excluded: Mapped[list[str] | None] = mapped_column(JsonType)
 
 
 class TrainingFileConversation(Base):
@@ -477,6 +484,22 @@ class WebhookOutboxEntry(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# Issue 19 (migration 0010): a reviewer's corrected answer for a rated response.
+class FeedbackCorrection(Base):
+    """The SFT target and the preference pair's chosen side for `response_id` (the original
+    answer is the rejected side). `exported_in`: the training file that first carried it."""
+
+    __tablename__ = "feedback_corrections"
+    __table_args__ = (Index("ix_feedback_corrections_response_id", "response_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(64))
+    corrected_text: Mapped[str] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _created()
+    exported_in: Mapped[str | None] = mapped_column(String(64))
 
 
 # ---------------------------------------------------------------- serving (issue 24, migration 0005)

@@ -56,6 +56,12 @@ class TrainingFileView:
     window_end: datetime | None
     metadata: dict[str, Any]
     created_at: datetime | None
+    # Issue 19: None on a registry or app table without the review columns.
+    review_status: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    review_reason: str | None = None
+    review_excluded: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ def register_training_file(
     window_end: datetime | None = None,
     metadata: Mapping[str, Any] | None = None,
     conversation_refs: Sequence[ConversationRef] = (),
+    review_status: str = "approved",
 ) -> tuple[TrainingFileView, bool]:
     """Register a training file, idempotent on its sha256: returns (file, created).
 
@@ -111,6 +118,7 @@ def register_training_file(
         "window_start": window_start,
         "window_end": window_end,
         "metadata": dict(metadata or {}),
+        "review_status": review_status,
         "created_at": now,
         "updated_at": now,
     }

@@ -35,11 +35,13 @@ from sqlalchemy import Engine, exc
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
 from brightrun.registry.feedback_rows import WATERMARK, export_lock
+from tasks.feedback.corrections import CorrectionPass, add_earlier_corrections, load_corrections
 from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text
 from tasks.feedback.register import existing_export, publish
 from tasks.feedback.result import ExportResult, ExportStats, ExportStatus, render_report
+from tasks.feedback.review import ReviewPolicy, review_decision
 from tasks.feedback.select import (
     PreferencePairs,
     Rating,
@@ -75,6 +77,7 @@ class ExportOptions(BaseModel):
     cache_earlier_keys: bool = Field(
         default=True, description="Keep earlier files' dedup keys under BRIGHTRUN_HOME/cache (by sha256)"
     )
+    review: ReviewPolicy = Field(default_factory=ReviewPolicy, description="Issue 19: pending or approved")
 
 
 # ---------------------------------------------------------------- the fold (pure)
@@ -87,6 +90,7 @@ def process_rows(
     writer: ExportWriter | None,
     preferences: PreferencePairs,
     stats: ExportStats,
+    corrections: CorrectionPass | None = None,
 ) -> None:
     """Fold the stream into examples (written to `writer`) and preference candidates."""
 
@@ -100,6 +104,15 @@ def process_rows(
         decision = decide(group, options)
         if decision.rating is not None:
             stats.ratings[decision.rating.value] += 1
+        if corrections is not None and corrections.wants(decision):
+            # A reviewer's correction replaces the answer, whatever its rating (issue 19).
+            corrected = corrections.take(decision)
+            if corrected is not None:
+                stats.corrections += 1
+                stats.selected += 1
+                if writer is not None:
+                    writer.add(corrected)
+            continue
         skip = wanted(decision, options)
         if skip is Skip.rated_negative:
             built = build_example(decision, options)
@@ -160,6 +173,7 @@ def _read_with_retries(
     *,
     on_progress: Callable[[int], None] | None,
     progress_every: int,
+    corrections: CorrectionPass,
 ) -> tuple[ExportStats, ExportWriter, PreferencePairs]:
     """Read the whole window; a lost connection discards everything read and starts over
     from the window start (the watermark), so no partial file can ever be registered."""
@@ -168,6 +182,7 @@ def _read_with_retries(
         attempt += 1
         stats, preferences = ExportStats(read_attempts=attempt), PreferencePairs()
         writer = ExportWriter(out_dir, since, until, options.file)
+        corrections.reset()
         try:
             with engine.connect() as conn, tolerant_text(conn):
                 rows = read_rows(
@@ -178,7 +193,10 @@ def _read_with_retries(
                     on_progress=on_progress,
                     progress_every=progress_every,
                 )
-                process_rows(rows, options.selection, earlier.fresh(), writer, preferences, stats)
+                process_rows(
+                    rows, options.selection, earlier.fresh(), writer, preferences, stats, corrections
+                )
+                add_earlier_corrections(conn, corrections, since, writer, stats, options.batch_size)
             return stats, writer, preferences
         except exc.DBAPIError as error:
             writer.abort()
@@ -266,6 +284,7 @@ def export_feedback_window(
             cache_dir=resources.settings.cache_dir / "feedback-dedup" if options.cache_earlier_keys else None,
             write_cache=not dry_run,
         )
+        corrections = CorrectionPass(load_corrections(engine), options.selection)
         stats, writer, preferences = _read_with_retries(
             engine,
             since_,
@@ -275,12 +294,13 @@ def export_feedback_window(
             workdir / "out",
             on_progress=on_progress,
             progress_every=progress_every,
+            corrections=corrections,
         )
-        pairs = preferences.pairs()
+        pairs = preferences.pairs() + corrections.pairs
         stats.preference_pairs = len(pairs)
         result = ExportResult(since_, until_, stats, dry_run, ExportStatus.empty, "", earlier=corpus)
         window = f"[{since_.isoformat()}, {until_.isoformat()})"
-        if stats.rows_read == 0:
+        if stats.rows_read == 0 and stats.corrections == 0:
             writer.abort()
             result.message = (
                 f"no ratings in {window}: no file written, nothing registered, "
@@ -308,5 +328,14 @@ def export_feedback_window(
                 "nothing uploaded or registered"
             )
             return _finish(result)
-        publish(resources.storage, engine, result, written, writer.refs, existing)
+        publish(
+            resources.storage,
+            engine,
+            result,
+            written,
+            writer.refs,
+            existing,
+            review_status=review_decision(stats, options.review),
+            corrected=corrections.exported_response_ids(),
+        )
         return _finish(result)

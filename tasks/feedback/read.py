@@ -110,10 +110,12 @@ def read_rows(
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
+    query: Select[Any] | None = None,
 ) -> Iterator[LogRow]:
-    """Stream the window through a server-side cursor (`yield_per`), never the whole result."""
+    """Stream the window through a server-side cursor (`yield_per`), never the whole result.
+    `query`: `log_query` narrowed further (the corrected responses of earlier windows)."""
     result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-        log_query(since, until)
+        query if query is not None else log_query(since, until)
     )
     for n, row in enumerate(result, start=1):
         if on_progress is not None and n % progress_every == 0:

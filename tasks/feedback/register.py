@@ -58,8 +58,13 @@ def publish(
     written: WrittenFiles,
     refs: list[tuple[str, str]],
     existing: repo.TrainingFileView | None,
+    *,
+    review_status: str = "pending",
+    corrected: list[str] | None = None,
 ) -> None:
-    """Upload to `storage`, then register and advance the watermark in one transaction."""
+    """Upload to `storage`, then register and advance the watermark in one transaction;
+    the file lands `review_status` (the review policy's decision) and the corrections of
+    the `corrected` responses are marked as carried by it in the same transaction."""
     if existing is not None and existing.sha256 != written.sha256:
         # Registering it would train twice on everything the first file already holds.
         raise ExportError(
@@ -107,10 +112,14 @@ def publish(
             "deduped": dict(stats.deduped),
             "scrubbed": dict(stats.scrubbed),
             "preference_pairs": stats.preference_pairs,
+            "corrections": stats.corrections,
             "files": result.files,
         },
         refs=conversation_refs(refs),
+        review_status=review_status,
+        corrections_exported=corrected or [],
     )
+    result.review_status = review_status if created else (tf.review_status or "approved")
     result.training_file_id = tf.id
     result.training_file_uri = result.files["training_file"]
     if created:

@@ -30,6 +30,7 @@ class ExportStats:
     ratings: Counter[str] = field(default_factory=Counter)
     preference_pairs: int = 0
     read_attempts: int = 0
+    corrections: int = 0  # examples whose target is a reviewer's correction (issue 19)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ExportResult:
     sha256: str | None = None
     examples: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    review_status: str | None = None  # issue 19: pending or approved when registered
     earlier: EarlierCorpus = field(default_factory=EarlierCorpus)
     report: str = ""
 

@@ -19,12 +19,14 @@ from brightrun.registry.repository import TrainingFileView
 def is_accepted(row: Any) -> bool:
     """A feedback file may train once a reviewer approved it; a registry without review
     (no `review_status` column or value) accepts every file. The one place that decides."""
+    from brightrun.registry.review import is_accepted as status_accepted
+
     status = getattr(row, "review_status", None)
     if status is None and isinstance(row, dict):
         status = row.get("review_status")
     if status is None:
         status = (getattr(row, "metadata", None) or {}).get("review_status")
-    return status is None or status == "approved"
+    return status_accepted(status)
 
 
 def is_feedback(row: TrainingFileView) -> bool:

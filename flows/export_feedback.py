@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -106,6 +106,9 @@ def export_feedback(
     continue_from_production: bool = True,
     dry_run: bool = False,
     lock_wait_seconds: Annotated[float, Field(ge=0)] = 0.0,
+    review: Literal["none", "pause"] = "none",
+    review_timeout_minutes: Annotated[float, Field(gt=0)] = 24 * 60.0,
+    review_poll_seconds: Annotated[int, Field(ge=1)] = 10,
 ) -> dict[str, Any]:
     """Export rated inference logs of `[since, until)` into a brightrun-lora-v4 training file.
 
@@ -130,6 +133,11 @@ def export_feedback(
         continue_from_production: start from the production adapter of train_base_model.
         dry_run: read, select and report; write nothing (no file, row, watermark or cache).
         lock_wait_seconds: wait this long for a running export, then exit cleanly.
+        review: `pause`: a pending export (BRIGHTRUN_REVIEW_* policy) pauses this run for the
+            reviewer's form in the Prefect UI (approve / reject / approve with exclusions);
+            `none`: it stays pending for `brightrun review`. Only approved files train.
+        review_timeout_minutes: how long the paused run waits; then the file stays pending.
+        review_poll_seconds: how often the paused run checks for the reviewer's answer.
     """
     logger = get_run_logger()
     if since is not None and until is not None and until <= since:
@@ -168,7 +176,29 @@ def export_feedback(
     logger.info(result.message)
     summary = result.summary()
     summary["training_run"] = None
-    if result.status == "exported" and auto_train:
+    summary["review"] = None
+    trainable = result.review_status == "approved"
+    if result.status == "exported" and result.review_status == "pending":
+        if review == "pause":
+            from flows.review_step import wait_for_review
+
+            with Resources.from_settings() as resources:
+                summary["review"] = wait_for_review(
+                    resources,
+                    result,
+                    timeout_s=int(review_timeout_minutes * 60),
+                    poll_s=review_poll_seconds,
+                )
+            trainable = summary["review"]["status"] == "approved"
+        else:
+            logger.info(
+                "training file %s awaits review: `brightrun review approve %s` (or reject) decides",
+                result.training_file_id,
+                result.training_file_id,
+            )
+    if result.status == "exported" and auto_train and not trainable:
+        logger.info("not training: training file %s is not approved", result.training_file_id)
+    elif result.status == "exported" and auto_train:
         if result.examples >= min_examples and result.training_file_uri:
             with Resources.from_settings() as resources:
                 parameters = retrain_parameters(

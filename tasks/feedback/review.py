@@ -6,12 +6,16 @@ status it returns (`register.publish`), and the flow pauses for a reviewer when 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.feedback.result import ExportStats
+
+if TYPE_CHECKING:
+    from brightrun.registry.training_files import TrainingFileView
+    from brightrun.resources import Resources
 
 ReviewDecision = Literal["approved", "pending"]
 
@@ -55,3 +59,42 @@ def review_decision(stats: ExportStats, policy: ReviewPolicy) -> ReviewDecision:
     if policy.auto_approve_max_pii is not None:
         conditions.append(sum(stats.scrubbed.values()) <= policy.auto_approve_max_pii)
     return "approved" if conditions and all(conditions) else "pending"
+
+
+# ---------------------------------------------------------------- a reviewer's decision
+
+Verdict = Literal["approve", "reject", "approve_with_exclusions"]
+
+
+class ReviewForm(BaseModel):
+    """What a reviewer answers about a pending export (the Prefect form, the CLI)."""
+
+    decision: Verdict = Field(description="approve, reject, or approve_with_exclusions")
+    reviewer: str = Field(min_length=1, description="Who decides (recorded on the training file)")
+    reason: str = Field(default="", description="Why (required to reject)")
+    exclude_example_ids: list[str] = Field(
+        default_factory=list, description="With approve_with_exclusions: example ids left out (fb-...)"
+    )
+
+
+def apply_review(resources: Resources, file_id: str, form: ReviewForm) -> TrainingFileView:
+    """Record the reviewer's decision on `file_id`. Approve with exclusions writes the file
+    again without those examples, registers it approved, and rejects the original as
+    replaced by it, in one transaction (the new file is uploaded before, so nothing half-
+    written is ever registered). Returns the file that may now train (or the rejected one)."""
+    from brightrun.registry import review as reviews
+
+    engine = resources.registry
+    if form.decision == "reject":
+        return reviews.decide_review(
+            engine, file_id, reviews.REJECTED, reviewer=form.reviewer, reason=form.reason
+        )
+    if form.decision == "approve" or not form.exclude_example_ids:
+        return reviews.decide_review(
+            engine, file_id, reviews.APPROVED, reviewer=form.reviewer, reason=form.reason or None
+        )
+    from tasks.feedback.exclusions import approve_without
+
+    return approve_without(
+        resources, file_id, form.exclude_example_ids, reviewer=form.reviewer, reason=form.reason
+    )

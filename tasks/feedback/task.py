@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
 
 from brightrun.registry.db import DatabaseUnavailable
 from brightrun.registry.feedback_rows import ExportBusy
@@ -18,6 +19,7 @@ from brightrun.resources import Resources
 from brightrun.storage import StorageError
 from tasks.feedback.export import ExportOptions, export_feedback_window
 from tasks.feedback.result import ExportResult
+from tasks.feedback.review import ReviewForm
 
 
 def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
@@ -73,4 +75,9 @@ def start_training(deployment: str, parameters: dict[str, Any]) -> dict[str, Any
     return {"flow_run_id": str(run.id), "flow_run_name": run.name, "deployment": deployment}
 
 
-__all__ = ["export_window_task", "start_training", "transient_failure"]
+class ReviewInput(RunInput, ReviewForm):
+    """The form a paused `export_feedback` run shows in the Prefect UI (issue 19): approve,
+    reject (with a reason) or approve with exclusions (the example ids left out)."""
+
+
+__all__ = ["ReviewInput", "export_window_task", "start_training", "transient_failure"]

@@ -61,9 +61,12 @@ def _train_deployment() -> str:
     return "train_adapter/feedback-test"
 
 
-def test_flow_exports_reports_and_starts_training(prefect_api: None, brightrun_home: Path) -> None:
+def test_flow_exports_reports_and_starts_training(
+    prefect_api: None, brightrun_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect import get_client
 
+    monkeypatch.setenv("BRIGHTRUN_REVIEW_REQUIRED", "false")  # approved on export: trains at once
     from flows.export_feedback import CONCURRENCY_LIMIT, export_feedback
 
     _seed(brightrun_home / "registry.db", 3)

@@ -36,6 +36,7 @@ from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
 from brightrun.registry.feedback_rows import WATERMARK, export_lock
 from tasks.feedback.corrections import CorrectionPass, add_earlier_corrections, load_corrections
+from tasks.feedback.cross_window import earlier_pairs
 from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text
@@ -296,7 +297,9 @@ def export_feedback_window(
             progress_every=progress_every,
             corrections=corrections,
         )
-        pairs = preferences.pairs() + corrections.pairs
+        # Pairs within the window, across windows (issue 25), and the reviewers' corrections.
+        pairs = preferences.pairs() + earlier_pairs(engine, preferences, since_, options.selection)
+        pairs += corrections.pairs
         stats.preference_pairs = len(pairs)
         result = ExportResult(since_, until_, stats, dry_run, ExportStatus.empty, "", earlier=corpus)
         window = f"[{since_.isoformat()}, {until_.isoformat()})"

@@ -351,6 +351,25 @@ class PreferencePairs:
     def rejected(self, example: Example) -> None:
         self._rejected.setdefault(preference_key(example), []).append(example)
 
+    def unmatched(self) -> tuple[dict[bytes, list[Example]], dict[bytes, Example]]:
+        """Prompts with only negatives, and prompts with only a positive, in this window:
+        what `cross_window.earlier_pairs` looks for in earlier windows (issue 25)."""
+        rejected = {k: v for k, v in self._rejected.items() if k not in self._chosen}
+        chosen = {k: self._unpack(k) for k in self._chosen if k not in self._rejected}
+        return rejected, chosen
+
+    def _unpack(self, key: bytes) -> Example:
+        system, user, target, insight, quality, provenance = self._chosen[key]
+        return Example(
+            system_prompt=system,
+            user=user,
+            target=target,
+            insight_type=insight,
+            rating=Rating.positive,
+            quality_score=quality,
+            provenance=dict(provenance),
+        )
+
     def pairs(self) -> list[tuple[Example, Example]]:
         out = []
         for key, rejected in self._rejected.items():

@@ -143,3 +143,36 @@ def test_approve_with_exclusions_trains_a_reviewed_copy(resources: Resources, en
     ids = [c["conversation_metadata"]["conversation_id"] for c in body["conversations"]]
     assert ids == [f"fb-{kept['response']}"]
     assert _sources(engine) == [copy.json_file_path]
+
+
+def test_preference_pairs_are_found_across_windows_once(resources: Resources, engine: Engine) -> None:
+    logs = Logs(engine)
+    a_bad = logs.add(T0 + timedelta(hours=1), prompt="Prompt A?", output={"a": "bad"}, rating="negative")
+    b_good = logs.add(T0 + timedelta(hours=2), prompt="Prompt B?", output={"b": "good"})
+    logs.add(T0 + timedelta(hours=3), prompt="Filler?")
+    first = export_feedback_window(resources, since=W1[0], until=W1[1])
+    assert first.stats.preference_pairs == 0  # nothing to pair within the window
+
+    a_good = logs.add(W2[0] + timedelta(hours=1), prompt="Prompt A?", output={"a": "good"})
+    b_bad = logs.add(W2[0] + timedelta(hours=2), prompt="Prompt B?", output={"b": "bad"}, rating="negative")
+    second = export_feedback_window(resources, since=W2[0], until=W2[1])
+    assert second.stats.preference_pairs == 2, second.message
+    records = read_preferences(Path(second.files["preferences"]), "dpo")
+    by_prompt = {r.prompt[-1]["content"]: (json.loads(r.chosen), json.loads(r.rejected)) for r in records}
+    # A: this window's thumbs-up over the earlier thumbs-down; B: the earlier thumbs-up over this one's.
+    assert by_prompt == {
+        "Prompt A?": ({"a": "good"}, {"a": "bad"}),
+        "Prompt B?": ({"b": "good"}, {"b": "bad"}),
+    }
+    assert {
+        json.loads(line)["id"] for line in Path(second.files["preferences"]).read_text().splitlines()
+    } == {
+        f"pref-{a_bad['response']}",
+        f"pref-{b_bad['response']}",
+    }
+    assert b_good and a_good
+
+    # A third thumbs-up on A pairs nothing again: A's thumbs-down was paired by the second export.
+    logs.add(W3[0] + timedelta(hours=1), prompt="Prompt A?", output={"a": "also good"})
+    third = export_feedback_window(resources, since=W3[0], until=W3[1])
+    assert third.status == "exported" and third.stats.preference_pairs == 0

@@ -73,6 +73,20 @@ def review_summary(result: ExportResult) -> str:
     )
 
 
+def _running_again() -> None:
+    """After an unanswered pause the run is still Paused on the server, which would end it
+    Failed ("completed and never resumed"); it carries on by itself, so it says so."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Running
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(context.flow_run.id, Running(), force=True)
+
+
 def wait_for_review(
     resources: Resources, result: ExportResult, *, timeout_s: int, poll_s: int
 ) -> dict[str, Any]:
@@ -90,6 +104,7 @@ def wait_for_review(
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=poll_s)
     except FlowPauseTimeout:
+        _running_again()
         message = (
             f"no review within {timeout_s} s: training file {result.training_file_id} stays pending and "
             "nothing trains on it; decide later with "

@@ -165,3 +165,21 @@ def test_rejecting_the_form_ends_the_run_cleanly_without_training(
         "bob",
         "answers leak prices",
     )
+
+
+def test_no_answer_in_time_leaves_the_file_pending_and_ends_cleanly(
+    prefect_api: None, brightrun_home: Path
+) -> None:
+    _seed(brightrun_home / "registry.db", 1)
+    deployment = _train_deployment()
+    before = _training_runs()
+    parameters = {**_parameters(deployment), "review_timeout_minutes": 0.05}  # 3 s
+    thread, out = _start(parameters)
+    thread.join(timeout=120)
+    assert "error" not in out, out.get("error")
+    state = out["state"]
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["review"]["status"] == "pending" and "stays pending" in summary["review"]["message"]
+    assert summary["training_run"] is None and _training_runs() == before
+    assert _file(brightrun_home).review_status == "pending"

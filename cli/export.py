@@ -46,6 +46,12 @@ def export_feedback_command(
         result = export_feedback_window(resources, since=start, until=end, options=options, dry_run=dry_run)
     typer.echo(result.report)
     typer.echo(result.message)
+    if result.review_status == "pending" and result.training_file_id:
+        # Issue 19: nothing trains on it until someone approves it.
+        typer.echo(
+            f"training file {result.training_file_id} awaits review: "
+            f"brightrun review show {result.training_file_id[:8]}, then approve or reject it"
+        )
 
 
 def register(app: typer.Typer) -> None:

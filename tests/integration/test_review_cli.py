@@ -35,6 +35,7 @@ def test_review_commands(brightrun_home: Path, tmp_path: Path, monkeypatch: pyte
     logs.add(T0 + timedelta(days=1, hours=1), prompt="Second?")
     for until in ("2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z"):
         done = Ran("export-feedback", "--until", until)
+        assert "awaits review: brightrun review show" in done.output
         assert done.exit_code == 0, done.output
     older, newer = sorted(repo.list_training_files(engine), key=lambda f: f.window_end)
 

@@ -36,6 +36,7 @@ STATUSES = [*LIFECYCLE, "failed", "cancelled"]
 TERMINAL = {"completed", "failed", "cancelled"}
 OUR_TABLES = {
     "training_files",
+    "feedback_corrections",
     "training_file_conversations",
     "training_jobs",
     "model_artifacts",

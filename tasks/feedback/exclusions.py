@@ -40,6 +40,16 @@ def storage_key(storage: Storage, uri: str) -> str:
     return uri[len(base) :]
 
 
+def _conversation_id(conversation: dict) -> str:
+    return str(conversation["conversation_metadata"]["conversation_id"])
+
+
+def _source_ref(conversation: dict) -> str:
+    """The source response of a conversation (its last turn's), as the export recorded it."""
+    pairs = conversation.get("training_pairs") or [{}]
+    return str((pairs[-1].get("provenance") or {}).get("response_id", _conversation_id(conversation)))
+
+
 def without_examples(document: dict, excluded: set[str]) -> tuple[dict, int]:
     """The brightrun-lora-v4 document without the conversations in `excluded`; its totals updated."""
     kept = [
@@ -90,13 +100,7 @@ def approve_without(
         validate_written(written)
         new_key = key.rsplit("/", 1)[0] + "/" + path.name
         storage.put_file(new_key, path)
-    refs = [
-        (
-            c["conversation_metadata"]["conversation_id"],
-            str(c["training_pairs"][0]["provenance"]["response_id"]),
-        )
-        for c in reviewed["conversations"]
-    ]
+    refs = [(_conversation_id(c), _source_ref(c)) for c in reviewed["conversations"]]
     now, who = utcnow(), reviewer.strip()
     with engine.begin() as conn:
         copy, _ = repo.register_training_file(

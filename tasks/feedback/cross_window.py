@@ -14,7 +14,7 @@ not pair:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
@@ -32,7 +32,7 @@ from tasks.feedback.select import (
     preference_key,
 )
 
-CHUNK = 500  # prompts per look-back query
+CHUNK = 5000  # prompts per look-back query (one scan of the earlier logs each)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -41,12 +41,12 @@ def _chunks(values: Sequence[str]) -> Iterator[list[str]]:
         yield list(values[start : start + CHUNK])
 
 
-def _ids(examples: Sequence[Example]) -> list[uuid.UUID]:
+def _ids(request_ids: Iterable[object]) -> list[uuid.UUID]:
     out = []
-    for example in examples:
+    for request_id in request_ids:
         try:
-            out.append(uuid.UUID(str(example.provenance["request_id"])))
-        except (KeyError, ValueError):
+            out.append(uuid.UUID(str(request_id)))
+        except ValueError:
             continue
     return out
 
@@ -59,12 +59,13 @@ def earlier_pairs(
     wanted = set(rejected_here) | set(chosen_here)
     if not wanted:
         return []
-    examples = [e for group in rejected_here.values() for e in group] + list(chosen_here.values())
+    asked = [e.provenance.get("request_id") for group in rejected_here.values() for e in group]
+    asked += list(chosen_here.values())
     requests = LexybrainRequest.__table__
     earlier_positive: dict[bytes, Example] = {}
     earlier_negative: dict[bytes, list[Example]] = {}
     with engine.connect() as conn, tolerant_text(conn):
-        request_ids = _ids(examples)
+        request_ids = _ids(asked)
         prompts: set[str] = set()
         for start in range(0, len(request_ids), CHUNK):
             chunk = request_ids[start : start + CHUNK]
@@ -92,7 +93,8 @@ def earlier_pairs(
         if key in earlier_positive:
             chosen = earlier_positive[key]
             pairs.extend((chosen, r) for r in rejected if r.target != chosen.target)
-    for key, chosen in chosen_here.items():
-        if key not in earlier_positive:
-            pairs.extend((chosen, r) for r in earlier_negative.get(key, []) if r.target != chosen.target)
+    for key in chosen_here:
+        if key not in earlier_positive and key in earlier_negative:
+            chosen = preferences.chosen_example(key)
+            pairs.extend((chosen, r) for r in earlier_negative[key] if r.target != chosen.target)
     return sorted(pairs, key=lambda cr: str(cr[1].provenance["response_id"]))

@@ -351,14 +351,19 @@ class PreferencePairs:
     def rejected(self, example: Example) -> None:
         self._rejected.setdefault(preference_key(example), []).append(example)
 
-    def unmatched(self) -> tuple[dict[bytes, list[Example]], dict[bytes, Example]]:
-        """Prompts with only negatives, and prompts with only a positive, in this window:
-        what `cross_window.earlier_pairs` looks for in earlier windows (issue 25)."""
+    def unmatched(self) -> tuple[dict[bytes, list[Example]], dict[bytes, Any]]:
+        """Prompts with only negatives (their examples), and prompts with only a positive
+        (their request ids; `chosen_example` unpacks one), in this window: what
+        `cross_window.earlier_pairs` looks for in earlier windows (issue 25)."""
         rejected = {k: v for k, v in self._rejected.items() if k not in self._chosen}
-        chosen = {k: self._unpack(k) for k in self._chosen if k not in self._rejected}
+        chosen = {
+            k: dict(packed[5]).get("request_id")
+            for k, packed in self._chosen.items()
+            if k not in self._rejected
+        }
         return rejected, chosen
 
-    def _unpack(self, key: bytes) -> Example:
+    def chosen_example(self, key: bytes) -> Example:
         system, user, target, insight, quality, provenance = self._chosen[key]
         return Example(
             system_prompt=system,

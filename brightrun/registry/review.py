@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, insert, or_, select, update
 
 from brightrun.errors import InputError
 from brightrun.registry.binding import Bind, row_view, to_uuid, transaction
@@ -75,7 +75,9 @@ def list_for_review(
     if status is not None:
         if status not in REVIEW_STATUSES:
             raise InputError(f"--status {status!r} is not one of {', '.join(REVIEW_STATUSES)}")
-        stmt = stmt.where(files_t.c.review_status == status)
+        column = files_t.c.review_status
+        # A file from before reviews (NULL) is approved.
+        stmt = stmt.where(or_(column == status, column.is_(None)) if status == APPROVED else column == status)
     stmt = stmt.order_by(files_t.c.created_at.desc(), files_t.c.id)
     if limit is not None:
         stmt = stmt.limit(limit)

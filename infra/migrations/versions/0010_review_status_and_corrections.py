@@ -3,9 +3,9 @@
 - `training_files` gets `review_status` (pending | approved | rejected), `reviewed_by`,
   `reviewed_at`, `review_reason` and `review_excluded` (the example ids an "approve with
   exclusions" leaves out, JSON). Rows that exist already (curated and uploaded files, earlier
-  exports) become `approved`, so nothing that trained before stops training; a new feedback
-  export sets `pending` itself unless the review policy approves it. Added only where missing:
-  on Supabase the app owns `training_files`.
+  exports, the app's own rows) keep NULL, which reads as approved, so nothing that trained
+  before stops training; a new feedback export sets `pending` itself unless the review
+  policy approves it. Added only where missing: on Supabase the app owns `training_files`.
 - `feedback_corrections`: a reviewer's corrected answer for a rated response, who wrote it
   and when, and the training file that first exported it.
 
@@ -50,8 +50,8 @@ def upgrade() -> None:
     for name, type_ in REVIEW_COLUMNS:
         if name not in existing:
             op.add_column("training_files", sa.Column(name, type_, nullable=True))
-    # Everything registered before reviews existed was trainable: it stays so.
-    op.execute("UPDATE training_files SET review_status = 'approved' WHERE review_status IS NULL")
+    # Rows from before reviews keep NULL, which reads as approved (`review.is_accepted`): no
+    # UPDATE of the app's rows, whose own triggers would stamp them as changed.
     op.create_table(
         CORRECTIONS,
         sa.Column("id", sa.String(64), primary_key=True),

@@ -13,22 +13,12 @@ import pytest
 from brightrun import layout
 from brightrun.protocol import EvalReport
 from tasks.dataset.preferences import PreferenceOptions, prepare_preferences
+from tests.fixtures import training as tr
 from tests.fixtures.preferences import write_dpo, write_kto
-from tests.fixtures.training import (
-    TEST_MAX_SEQ_LENGTH,
-    adapter_tensors,
-    create_job,
-    events,
-    job_storage,
-    max_abs_diff,
-    metric_records,
-    run_trainer,
-    small_spec,
-)
+from tests.fixtures.training import EXACT, job_storage, metric_records, run_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EXACT = 1e-6
 STEPS = 12
 
 
@@ -47,11 +37,11 @@ def _runs(objective: str, root: Path, tiny_model: Path, sample_dataset: Path) ->
         source,
         tiny_model,
         prepared,
-        PreferenceOptions(objective, max_seq_length=TEST_MAX_SEQ_LENGTH, validation_fraction=0.25, seed=7),
+        PreferenceOptions(objective, max_seq_length=tr.TEST_MAX_SEQ_LENGTH, validation_fraction=0.25, seed=7),
     )
 
     def spec(job_id: str) -> dict:
-        return small_spec(
+        return tr.small_spec(
             job_id,
             tiny_model,
             quantization={"load_in_4bit": False},
@@ -59,13 +49,9 @@ def _runs(objective: str, root: Path, tiny_model: Path, sample_dataset: Path) ->
             evaluation={"sample_generations": 0},
         )
 
-    reference = create_job(root / "ref", prepared, spec("ref"))
-    done = run_trainer(reference)
-    assert done.returncode == 0, done.stderr[-4000:]
+    reference = tr.trained_job(root / "ref", prepared, spec("ref"))
     kill_step = random.randint(4, STEPS - 1)  # after the first commit (step 3)
-    killed = create_job(root / "killed", prepared, spec("killed"))
-    proc = run_trainer(killed, env={"BRIGHTRUN_TRAINER_FAULT": f"kill_after_step:{kill_step}"})
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    killed = tr.killed_job(root / "killed", prepared, spec("killed"), kill_step)
     return PreferenceRuns(reference, killed, kill_step)
 
 
@@ -104,9 +90,9 @@ def test_killed_and_resumed_preference_run_ends_equal(preference_runs: Preferenc
     committed = int(storage.get_bytes(layout.LATEST).decode())
     proc = run_trainer(preference_runs.killed)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [committed]
-    reference, resumed = adapter_tensors(job_storage(preference_runs.reference)), adapter_tensors(storage)
-    diff = max_abs_diff(reference, resumed)
+    assert [e["payload"]["from_step"] for e in tr.events(storage, "resumed")] == [committed]
+    resumed = tr.adapter_tensors(storage)
+    diff = tr.adapter_diff(preference_runs.reference, preference_runs.killed)
     assert diff <= EXACT, f"killed at {preference_runs.kill_step}, resumed from {committed}: {diff}"
     assert max(float(t.abs().max()) for k, t in resumed.items() if "lora_B" in k) > 1e-3
     a = EvalReport.model_validate(job_storage(preference_runs.reference).get_json(layout.EVAL))

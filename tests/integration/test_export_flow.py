@@ -143,36 +143,29 @@ def test_a_later_round_replays_the_curated_set_with_every_accepted_file_from_pro
 
     _seed(brightrun_home / "registry.db", 3)
     # Real files: the export reads every earlier training file to drop repeats of them.
+    # (name, conversations, source, examples counted, review status)
+    earlier = (
+        ("curated", 12, "upload", 12, None),
+        ("fb1", 2, "feedback_export", 6, "approved"),
+        ("fb0", 3, "feedback_export", 50, "rejected"),
+    )
     files = {}
-    for name, count in (("curated", 12), ("fb1", 2), ("fb0", 3)):
-        data = json.loads(SAMPLE_DATASET.read_text())
-        data["conversations"] = data["conversations"][:count]
-        files[name] = tmp_path / f"{name}.json"
-        files[name].write_text(json.dumps(data))
     engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
     try:
-        repo.register_training_file(
-            engine, name="curated", json_file_path=str(files["curated"]),
-            sha256=sha256_file(files["curated"]), examples=12,
-        )  # fmt: skip
-        repo.register_training_file(
-            engine,
-            name="feedback week 1",
-            json_file_path=str(files["fb1"]),
-            sha256=sha256_file(files["fb1"]),
-            source="feedback_export",
-            examples=6,
-            metadata={"review_status": "approved"},
-        )
-        repo.register_training_file(
-            engine,
-            name="feedback rejected",
-            json_file_path=str(files["fb0"]),
-            sha256=sha256_file(files["fb0"]),
-            source="feedback_export",
-            examples=50,
-            metadata={"review_status": "rejected"},
-        )
+        for name, count, source, examples, review in earlier:
+            data = json.loads(SAMPLE_DATASET.read_text())
+            data["conversations"] = data["conversations"][:count]
+            files[name] = tmp_path / f"{name}.json"
+            files[name].write_text(json.dumps(data))
+            repo.register_training_file(
+                engine,
+                name=name,
+                json_file_path=str(files[name]),
+                sha256=sha256_file(files[name]),
+                source=source,
+                examples=examples,
+                metadata={"review_status": review} if review else None,
+            )
         job = repo.create_job(engine, job_name="round 1", base_model="tiny")
         for step in ("preprocessing", "model_loaded", "training", "completed"):
             repo.transition_job(engine, job.id, step)

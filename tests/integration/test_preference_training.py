@@ -4,6 +4,7 @@ ends with the uninterrupted run's adapter."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,45 @@ def test_killed_and_resumed_preference_run_ends_equal(preference_runs: Preferenc
     b = EvalReport.model_validate(storage.get_json(layout.EVAL))
     assert a.preference is not None and b.preference is not None
     assert abs(a.preference["loss"] - b.preference["loss"]) <= EXACT
+
+
+def test_a_preference_round_from_an_sft_adapter_takes_it_as_its_reference(
+    tmp_path: Path, tiny_model: Path, sample_dataset: Path, prepared_dataset: Path
+) -> None:
+    """Issue 25: a preference round starts from an SFT adapter, and its reference model is that
+    adapter frozen. Before step 0 the policy is its reference, so every reward is 0 and the DPO
+    loss is ln 2; and the reference is the SFT adapter's numbers, not the bare base's."""
+    plain = {"load_in_4bit": False}
+    sft = tr.trained_job(
+        tmp_path / "sft", prepared_dataset, tr.small_spec("sft", tiny_model, quantization=plain)
+    )
+    source = write_dpo(sample_dataset, tmp_path / "dpo.jsonl")
+    pairs = tmp_path / "pairs"
+    options = PreferenceOptions(
+        "dpo", max_seq_length=tr.TEST_MAX_SEQ_LENGTH, validation_fraction=0.25, seed=7
+    )
+    prepare_preferences(source, tiny_model, pairs, options)
+
+    def spec(job_id: str, **sections: dict) -> dict:
+        training = {"objective": "dpo", "max_steps": 2, "learning_rate": 1e-2, "beta": 0.1}
+        return tr.small_spec(job_id, tiny_model, quantization=plain, training=training,
+                             evaluation={"sample_generations": 0}, **sections)  # fmt: skip
+
+    fresh = tr.trained_job(tmp_path / "fresh", pairs, spec("fresh"))
+    continued = tr.with_init_adapter(
+        tmp_path / "continued", pairs, spec("continued", init_adapter=tr.init_adapter_of(sft, "sft")), sft
+    )
+    done = run_trainer(continued)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    import torch
+
+    def reference_logps(uri: str) -> torch.Tensor:
+        path = job_storage(uri).root / "reference" / "logps.pt"
+        return torch.load(path, weights_only=True)["validation"]
+
+    # The reference of the continued round is the SFT adapter, not the base a fresh LoRA starts at.
+    assert float((reference_logps(continued) - reference_logps(fresh)).abs().max()) > 1e-3
+    (start,) = [r for r in metric_records(job_storage(continued)) if r["step"] == 0 and r["eval_loss"]]
+    assert start["reward_accuracy"] == 0.0
+    assert start["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # zero margin: -log sigmoid(0)

@@ -568,7 +568,7 @@ def test_a_judge_that_answers_garbage_or_times_out_fails_the_evaluation(
     from tests.unit.test_judge import handler
 
     code, out = cli(
-        "evalset", "create", "judge-faults", "--from", str(SAMPLE_DATASET), "--take", "1", "--seed", "6"
+        "evalset", "create", "judge-faults", "--from", str(SAMPLE_DATASET), "--take", "2", "--seed", "6"
     )
     assert code == 0, out
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import parse_when
+from cli.options import option, parse_when, shared_options
 
 ab_app = typer.Typer(help="A/B tests on an endpoint: production and a candidate, judged by thumbs.")
 
@@ -41,66 +41,43 @@ def _run(endpoint: str, rule_fields: dict[str, Any], since: str | None, as_json:
         typer.echo(decision_markdown(outcome), nl=False)
 
 
+# The decision rule's options, written once for both commands; each command receives them as
+# `rule_fields`, keyed by ABRule's field names.
+RULE_OPTIONS = (
+    option("min_rated_per_arm", MinRatedOpt, 200),
+    option("method", MethodOpt, "two_proportion"),
+    option("alpha", AlphaOpt, 0.05),
+    option("probability_level", LevelOpt, 0.95),
+    option("early_stop_alpha", StopOpt, 0.01),
+    option("early_stop_min_rated", StopMinOpt, 50),
+    option("max_rated_per_arm", MaxOpt, None),
+)
+
+
 @ab_app.command("status")
+@shared_options("rule_fields", *RULE_OPTIONS)
 def status(
     endpoint: EndpointOpt,
-    min_rated: MinRatedOpt = 200,
-    method: MethodOpt = "two_proportion",
-    alpha: AlphaOpt = 0.05,
-    probability_level: LevelOpt = 0.95,
-    early_stop_alpha: StopOpt = 0.01,
-    early_stop_min_rated: StopMinOpt = 50,
-    max_rated: MaxOpt = None,
+    rule_fields: dict[str, Any],
     since: SinceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Both arms' thumbs and what the rule would decide now; changes nothing, sends nothing."""
-    fields = _fields(
-        min_rated, method, alpha, probability_level, early_stop_alpha, early_stop_min_rated, max_rated
-    )
-    _run(endpoint, fields, since, as_json, recommend_only=True, count_users=True)
+    _run(endpoint, rule_fields, since, as_json, recommend_only=True, count_users=True)
 
 
 @ab_app.command("decide")
+@shared_options("rule_fields", *RULE_OPTIONS)
 def decide(
     endpoint: EndpointOpt,
+    rule_fields: dict[str, Any],
     recommend_only: Annotated[bool, typer.Option("--recommend-only", help="decide, change nothing")] = False,
     webhook_url: Annotated[str | None, typer.Option("--webhook-url", help="POST the decision here")] = None,
-    min_rated: MinRatedOpt = 200,
-    method: MethodOpt = "two_proportion",
-    alpha: AlphaOpt = 0.05,
-    probability_level: LevelOpt = 0.95,
-    early_stop_alpha: StopOpt = 0.01,
-    early_stop_min_rated: StopMinOpt = 50,
-    max_rated: MaxOpt = None,
     since: SinceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Decide and act: promote the candidate (100 %), roll it back, or continue."""
-    fields = _fields(
-        min_rated, method, alpha, probability_level, early_stop_alpha, early_stop_min_rated, max_rated
-    )
-    _run(endpoint, fields, since, as_json, recommend_only=recommend_only, webhook_url=webhook_url)
-
-
-def _fields(
-    min_rated: int,
-    method: str,
-    alpha: float,
-    probability_level: float,
-    early_stop_alpha: float,
-    early_stop_min_rated: int,
-    max_rated: int | None,
-) -> dict[str, Any]:
-    return {
-        "min_rated_per_arm": min_rated,
-        "method": method,
-        "alpha": alpha,
-        "probability_level": probability_level,
-        "early_stop_alpha": early_stop_alpha,
-        "early_stop_min_rated": early_stop_min_rated,
-        "max_rated_per_arm": max_rated,
-    }
+    _run(endpoint, rule_fields, since, as_json, recommend_only=recommend_only, webhook_url=webhook_url)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,9 @@ result equals an uninterrupted one's exactly when resume is right.
 
 Knobs (env): FAKE_TRAINER_FAIL_AT=<step> writes failure.json and exits 1;
 FAKE_TRAINER_HANG_AT=<step> stops the heartbeat and hangs (first attempt only); FAKE_TRAINER_ECHO_ENV=<NAME>
-writes that env value to `echo/<NAME>` (to check what reached the pod).
+writes that env value to `echo/<NAME>` (to check what reached the pod);
+FAKE_TRAINER_GATE_FILE=<path> holds the first step (heartbeat running) until that file exists,
+so a test can act while the job is certainly live.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main() -> int:
     step_seconds = float(os.environ.get("FAKE_TRAINER_STEP_SECONDS", "0.2"))
     fail_at = int(os.environ.get("FAKE_TRAINER_FAIL_AT", "0") or 0)
     hang_at = int(os.environ.get("FAKE_TRAINER_HANG_AT", "0") or 0)
+    gate_file = os.environ.get("FAKE_TRAINER_GATE_FILE", "")
     for var in filter(None, os.environ.get("FAKE_TRAINER_ECHO_ENV", "").split(",")):
         storage.put_bytes(f"echo/{var}", os.environ.get(var, "<unset>").encode())
 
@@ -81,6 +84,8 @@ def main() -> int:
     threading.Thread(target=beat, daemon=True).start()
     if step:
         event("resumed", from_step=step)
+    while gate_file and not os.path.exists(gate_file):
+        time.sleep(0.05)
     chunk = 0
     while step < total:
         time.sleep(step_seconds)

@@ -557,3 +557,36 @@ def test_eval_with_the_judge_on_real_replies(trained: Trained, monkeypatch: pyte
     monkeypatch.delenv("BRIGHTRUN_JUDGE_BASE_URL")
     code, out = cli("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judged", "--judge")
     assert code == 2 and "BRIGHTRUN_JUDGE_BASE_URL" in out
+
+
+def test_a_judge_that_answers_garbage_or_times_out_fails_the_evaluation(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: a broken judge is an error naming it, never a silent pass: `eval --judge`
+    exits non-zero and records no evaluation (the gate would otherwise read it)."""
+    from tests.fixtures.http import serve_http
+    from tests.unit.test_judge import handler
+
+    code, out = cli(
+        "evalset", "create", "judge-faults", "--from", str(SAMPLE_DATASET), "--take", "2", "--seed", "6"
+    )
+    assert code == 0, out
+
+    def evaluations() -> int:
+        events = repo.list_events(registry(), trained.weak.training_job_id)
+        return sum(e.type == "adapter_evaluated" for e in events)
+
+    before = evaluations()
+    monkeypatch.setenv("BRIGHTRUN_JUDGE_MODEL", "judge")
+    monkeypatch.setenv("BRIGHTRUN_JUDGE_RETRIES", "0")
+    args = ("eval", trained.weak.id, "--against", trained.strong.id, "--evalset", "judge-faults", "--judge")
+    with serve_http(handler(lambda _: "I like both replies.")) as url:
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_BASE_URL", f"{url}/v1")
+        code, out = cli(*args)
+    assert code == 1 and f"the judge at {url}/v1 answered 'I like both replies.'" in out, out
+    monkeypatch.setenv("BRIGHTRUN_JUDGE_TIMEOUT_SECONDS", "0.3")
+    with serve_http(handler(lambda _: "VERDICT: A", delay=2.0)) as url:
+        monkeypatch.setenv("BRIGHTRUN_JUDGE_BASE_URL", f"{url}/v1")
+        code, out = cli(*args)
+    assert code == 1 and f"the judge at {url}/v1 did not answer within 0.3 s" in out, out
+    assert evaluations() == before

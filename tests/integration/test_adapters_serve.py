@@ -39,13 +39,16 @@ def chat(tiny_model: Path) -> Any:
 
 
 class SlowModel:
-    """The model, each forward pass `delay` seconds late; counts the passes."""
+    """The model, each forward pass `delay` seconds late and, with a `gate`, held until the
+    gate opens (the model certainly busy, however fast the machine); counts the passes."""
 
-    def __init__(self, model: Any, delay: float) -> None:
-        self._model, self.delay, self.calls = model, delay, 0
+    def __init__(self, model: Any, delay: float, gate: threading.Event | None = None) -> None:
+        self._model, self.delay, self.gate, self.calls = model, delay, gate, 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(timeout=300)
         time.sleep(self.delay)
         return self._model(*args, **kwargs)
 
@@ -83,12 +86,12 @@ def running(engine: Any, settings: ServeSettings | None = None) -> Iterator[str]
         engine.stop()
 
 
-def engine_of(chat: Any, *, slow: float = 0.0, **kwargs: Any) -> Any:
+def engine_of(chat: Any, *, slow: float = 0.0, gate: threading.Event | None = None, **kwargs: Any) -> Any:
     from trainer.serving import engine_from_chat
 
     engine = engine_from_chat(chat, ["tiny"], **kwargs)
-    if slow:
-        engine.model = SlowModel(chat.model, slow)
+    if slow or gate is not None:
+        engine.model = SlowModel(chat.model, slow, gate)
     return engine
 
 
@@ -191,9 +194,13 @@ def test_a_chunked_body_over_the_limit_is_cut_off(chat: Any) -> None:
 
 
 def test_health_answers_while_100_requests_are_in_flight(chat: Any) -> None:
-    engine = engine_of(chat, slow=0.02, queue_size=200, max_batch=8)
+    """/health and /v1/models answer while the model is held mid-batch with requests queued
+    behind it: they never wait for the model. (How fast they answer is a figure for
+    benchmarks/bench_serve.py, not a bound here.)"""
+    model_may_run = threading.Event()
+    engine = engine_of(chat, gate=model_may_run, queue_size=200, max_batch=8)
 
-    async def scenario(base: str) -> tuple[list[httpx.Response], httpx.Response, httpx.Response, float, int]:
+    async def scenario(base: str) -> tuple[list[httpx.Response], httpx.Response, httpx.Response, bool]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
             done = 0
@@ -205,29 +212,30 @@ def test_health_answers_while_100_requests_are_in_flight(chat: Any) -> None:
                     json={
                         "model": "tiny",
                         "messages": [{"role": "user", "content": f"hi {i}"}],
-                        "max_tokens": 24,
+                        "max_tokens": 8,  # the point is the queue, not the replies
                     },
                 )
                 done += 1
                 return response
 
             tasks = [asyncio.create_task(ask(i)) for i in range(100)]
-            while engine.waiting < 10:  # the queue is filling: the model is busy
-                await asyncio.sleep(0.01)
-            async with httpx.AsyncClient(base_url=base, timeout=30) as probe:
-                start = time.monotonic()
-                health = await probe.get("/health")
-                elapsed = time.monotonic() - start
-                models = await probe.get("/v1/models")
-            in_flight = 100 - done
-            return await asyncio.gather(*tasks), health, models, elapsed, in_flight
+            try:
+                # The first batch is held in the model; the rest queue behind it.
+                while engine.waiting < 100 - 8:
+                    await asyncio.sleep(0.01)
+                async with httpx.AsyncClient(base_url=base, timeout=60) as probe:
+                    health = await probe.get("/health")
+                    models = await probe.get("/v1/models")
+                answered_before_any_reply = done == 0
+            finally:
+                model_may_run.set()
+            return await asyncio.gather(*tasks), health, models, answered_before_any_reply
 
     with running(engine) as base:
-        replies, health, models, elapsed, in_flight = asyncio.run(scenario(base))
+        replies, health, models, answered_before_any_reply = asyncio.run(scenario(base))
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert models.status_code == 200 and models.json()["data"][0]["id"] == "tiny"
-    assert in_flight > 0  # health answered while requests were still waiting for the model
-    assert elapsed < 1.0, f"/health took {elapsed:.2f} s under load"
+    assert answered_before_any_reply  # while the model held every request
     assert [r.status_code for r in replies] == [200] * 100
     assert max(engine.batch_sizes) > 1  # waiting requests were generated together
     assert sum(engine.batch_sizes) == 100

@@ -6,7 +6,6 @@ init adapter that does not fit (another rank) or was altered is refused."""
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,21 +13,12 @@ import pytest
 
 from brightrun import layout
 from brightrun.protocol import EvalReport, TrainerFailure
-from brightrun.storage import LocalStorage, sha256_file
-from tests.fixtures.training import (
-    adapter_tensors,
-    create_job,
-    events,
-    job_storage,
-    max_abs_diff,
-    metric_records,
-    run_trainer,
-    small_spec,
-)
+from brightrun.storage import LocalStorage
+from tests.fixtures import training as tr
+from tests.fixtures.training import EXACT, job_storage, metric_records, run_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EXACT = 1e-6
 QLORA = {"load_in_4bit": True}
 
 
@@ -40,24 +30,15 @@ class Rounds:
     root: Path
 
 
-def _with_init_adapter(root: Path, prepared: Path, spec: dict, round1: str) -> str:
-    """A round-2 job with round 1's adapter staged under its prefix, as the orchestrator
-    stages it (tasks/adapters/continue_from.py): the files plus the manifest."""
-    uri = create_job(root, prepared, spec)
-    shutil.copytree(job_storage(round1).root / layout.ADAPTER_DIR, job_storage(uri).root / "init_adapter")
-    return uri
-
-
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, prepared_dataset: Path) -> Rounds:
     root = tmp_path_factory.mktemp("rounds")
-    round1 = create_job(root / "r1", prepared_dataset, small_spec("r1", tiny_model, quantization=QLORA))
-    done = run_trainer(round1)
-    assert done.returncode == 0, done.stderr[-4000:]
-    manifest = job_storage(round1).root / layout.ADAPTER_DIR / layout.MANIFEST
-    init = {"prefix": "init_adapter", "manifest_sha256": sha256_file(manifest), "artifact_id": "r1-adapter"}
-    spec = small_spec("r2", tiny_model, quantization=QLORA, init_adapter=init)
-    reference = _with_init_adapter(root / "r2", prepared_dataset, spec, round1)
+    round1 = tr.trained_job(
+        root / "r1", prepared_dataset, tr.small_spec("r1", tiny_model, quantization=QLORA)
+    )
+    init = tr.init_adapter_of(round1, "r1-adapter")
+    spec = tr.small_spec("r2", tiny_model, quantization=QLORA, init_adapter=init)
+    reference = tr.with_init_adapter(root / "r2", prepared_dataset, spec, round1)
     done = run_trainer(reference)
     assert done.returncode == 0, done.stderr[-4000:]
     return Rounds(round1, init, reference, root)
@@ -80,18 +61,18 @@ def test_a_killed_round_two_resumes_to_the_uninterrupted_adapter(
     rounds: Rounds, tiny_model: Path, prepared_dataset: Path
 ) -> None:
     kill_step = random.randint(4, 9)
-    spec = small_spec("r2-killed", tiny_model, quantization=QLORA, init_adapter=rounds.init)
-    killed = _with_init_adapter(rounds.root / "killed", prepared_dataset, spec, rounds.round1)
+    spec = tr.small_spec("r2-killed", tiny_model, quantization=QLORA, init_adapter=rounds.init)
+    killed = tr.with_init_adapter(rounds.root / "killed", prepared_dataset, spec, rounds.round1)
     proc = run_trainer(killed, env={"BRIGHTRUN_TRAINER_FAULT": f"kill_after_step:{kill_step}"})
     assert proc.returncode == -9, proc.stderr[-3000:]
     proc = run_trainer(killed)
     assert proc.returncode == 0, proc.stderr[-4000:]
     storage = job_storage(killed)
-    assert [e["attempt"] for e in events(storage, "resumed")] == [2]
-    diff = max_abs_diff(adapter_tensors(job_storage(rounds.reference)), adapter_tensors(storage))
+    assert [e["attempt"] for e in tr.events(storage, "resumed")] == [2]
+    diff = tr.adapter_diff(rounds.reference, killed)
     assert diff <= EXACT, f"killed at step {kill_step}: max abs diff {diff}"
     # Round 2 moved away from round 1 (else the equality above says nothing about training).
-    assert max_abs_diff(adapter_tensors(job_storage(rounds.round1)), adapter_tensors(storage)) > 1e-4
+    assert tr.adapter_diff(rounds.round1, killed) > 1e-4
 
 
 def _failure(uri: str) -> TrainerFailure:
@@ -101,16 +82,16 @@ def _failure(uri: str) -> TrainerFailure:
 def test_an_init_adapter_of_another_rank_or_altered_is_refused(
     rounds: Rounds, tiny_model: Path, prepared_dataset: Path
 ) -> None:
-    spec = small_spec(
+    spec = tr.small_spec(
         "r2-rank", tiny_model, quantization=QLORA, init_adapter=rounds.init, lora={"r": 4, "alpha": 8}
     )
-    other_rank = _with_init_adapter(rounds.root / "rank", prepared_dataset, spec, rounds.round1)
+    other_rank = tr.with_init_adapter(rounds.root / "rank", prepared_dataset, spec, rounds.round1)
     assert run_trainer(other_rank).returncode != 0
     message = _failure(other_rank).error
     assert "does not fit this job's LoRA" in message and "shape" in message
 
-    spec = small_spec("r2-altered", tiny_model, quantization=QLORA, init_adapter=rounds.init)
-    altered = _with_init_adapter(rounds.root / "altered", prepared_dataset, spec, rounds.round1)
+    spec = tr.small_spec("r2-altered", tiny_model, quantization=QLORA, init_adapter=rounds.init)
+    altered = tr.with_init_adapter(rounds.root / "altered", prepared_dataset, spec, rounds.round1)
     weights = LocalStorage(job_storage(altered).root).root / "init_adapter" / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF

@@ -14,6 +14,7 @@ from brightrun.resources import Resources
 from tests.unit.test_evalsets import (  # noqa: F401
     test_create_list_show_and_refuse_a_duplicate,
     test_registration_is_all_or_nothing,
+    test_reviewed_logs_are_held_out_whole_beside_the_curated_pick,
     test_the_dataset_stage_refuses_a_training_file_holding_an_exam_conversation,
 )
 

@@ -3,6 +3,7 @@ limit and the automatic `train_adapter` run started through its deployment."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,8 @@ from sqlalchemy import insert
 from brightrun.registry import open_registry_url
 from brightrun.registry import repository as repo
 from brightrun.registry.models import LexybrainFeedback, LexybrainRequest, LexybrainResponse
+from brightrun.storage import sha256_file
+from tests.fixtures.common import SAMPLE_DATASET
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +131,71 @@ def test_flow_exits_cleanly_while_another_export_runs(prefect_api: None, brightr
     assert summary["status"] == "busy" and summary["training_run"] is None
     assert repo.list_training_files(engine) == [] and repo.get_watermark(engine) is None
     engine.dispose()
+
+
+def test_a_later_round_replays_the_curated_set_with_every_accepted_file_from_production(
+    prefect_api: None, brightrun_home: Path, tmp_path: Path
+) -> None:
+    """Issue 25: the auto-retrain trains on the curated set (at the stated replay share) plus
+    every accepted feedback file, oldest first, and continues from the production adapter
+    with its rank and target modules."""
+    from prefect import get_client
+
+    from brightrun.registry import promotion as pm
+    from flows.export_feedback import export_feedback
+
+    _seed(brightrun_home / "registry.db", 3)
+    # Real files: the export reads every earlier training file to drop repeats of them.
+    # (name, conversations, source, examples counted, review status)
+    earlier = (
+        ("curated", 12, "upload", 12, None),
+        ("fb1", 2, "feedback_export", 6, "approved"),
+        ("fb0", 3, "feedback_export", 50, "rejected"),
+    )
+    files = {}
+    engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
+    try:
+        for name, count, source, examples, review in earlier:
+            data = json.loads(SAMPLE_DATASET.read_text())
+            data["conversations"] = data["conversations"][:count]
+            files[name] = tmp_path / f"{name}.json"
+            files[name].write_text(json.dumps(data))
+            repo.register_training_file(
+                engine,
+                name=name,
+                json_file_path=str(files[name]),
+                sha256=sha256_file(files[name]),
+                source=source,
+                examples=examples,
+                metadata={"review_status": review} if review else None,
+            )
+        job = repo.create_job(engine, job_name="round 1", base_model="tiny")
+        for step in ("preprocessing", "model_loaded", "training", "completed"):
+            repo.transition_job(engine, job.id, step)
+        lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"]}
+        art = repo.register_artifact(
+            engine, training_job_id=job.id, storage_path="/s/r1/adapter", base_model="tiny", lora_config=lora
+        )
+        pm.promote(engine, art.id, "production")
+    finally:
+        engine.dispose()
+
+    summary = export_feedback(
+        since=T0, until=T0 + timedelta(days=1), min_examples=2, auto_train=True,
+        train_deployment=_train_deployment(), train_base_model="tiny", replay_share=0.25,
+    )  # fmt: skip
+    assert summary["status"] == "exported" and summary["examples"] == 3
+    with get_client(sync_client=True) as client:
+        training = client.read_flow_run(uuid.UUID(summary["training_run"]["flow_run_id"]))
+    datasets = training.parameters["datasets"]
+    assert [d["source"] for d in datasets] == [
+        str(files["curated"]),
+        str(files["fb1"]),
+        summary["training_file_uri"],
+    ]
+    # The curated examples are a quarter of what trains: w * 12 / (w * 12 + 6 + 3) = 0.25.
+    weight = datasets[0]["weight"]
+    assert weight * 12 / (weight * 12 + 6 + 3) == pytest.approx(0.25, abs=1e-3)
+    assert [d["weight"] for d in datasets[1:]] == [1.0, 1.0]
+    assert training.parameters["init_adapter"] == "production"
+    assert training.parameters["lora"] == {"r": 4, "alpha": 8, "target_modules": ["q_proj", "o_proj"]}

@@ -14,22 +14,11 @@ import pytest
 from brightrun import layout
 from brightrun.protocol import EvalReport, Manifest, TrainerFailure, TrainerResult, TrainerStatus
 from brightrun.storage import S3Storage, sha256_file
-from tests.fixtures.training import (
-    adapter_tensors,
-    copy_job,
-    create_job,
-    events,
-    job_storage,
-    max_abs_diff,
-    metric_records,
-    run_trainer,
-    small_spec,
-)
+from tests.fixtures import training as tr
+from tests.fixtures.training import EXACT, adapter_tensors, events, job_storage, metric_records, run_trainer
 from trainer.run import job_workdir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-EXACT = 1e-6
 
 
 @dataclass(frozen=True)
@@ -45,14 +34,11 @@ class Scenario:
 
 def _scenario(root: Path, tiny_model: Path, prepared: Path, four_bit: bool) -> Scenario:
     quant = {"load_in_4bit": four_bit}
-    reference = create_job(root / "ref", prepared, small_spec("ref", tiny_model, quantization=quant))
-    done = run_trainer(reference)
-    assert done.returncode == 0, done.stderr[-4000:]
+    reference = tr.trained_job(root / "ref", prepared, tr.small_spec("ref", tiny_model, quantization=quant))
     # Any step after the first commit (step 3); random so that no one position is special.
     kill_step = random.randint(4, 9)
-    killed = create_job(root / "killed", prepared, small_spec("killed", tiny_model, quantization=quant))
-    proc = run_trainer(killed, env={"BRIGHTRUN_TRAINER_FAULT": f"kill_after_step:{kill_step}"})
-    assert proc.returncode == -9, f"expected SIGKILL at step {kill_step}: {proc.stderr[-3000:]}"
+    spec = tr.small_spec("killed", tiny_model, quantization=quant)
+    killed = tr.killed_job(root / "killed", prepared, spec, kill_step)
     assert not job_storage(killed).exists(layout.RESULT)
     return Scenario(four_bit, reference, killed, kill_step, root)
 
@@ -90,7 +76,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_adapter(
     assert [e["payload"]["from_step"] for e in resumed] == [committed]
     assert resumed[0]["attempt"] == 2
     reference, result = adapter_tensors(job_storage(scenario.reference)), adapter_tensors(storage)
-    diff = max_abs_diff(reference, result)
+    diff = tr.max_abs_diff(reference, result)
     assert diff <= EXACT, f"kill at step {scenario.kill_step}, resumed from {committed}: max abs diff {diff}"
     # The adapter did train (LoRA B starts at zero), so equality is not trivial.
     assert max(float(t.abs().max()) for k, t in result.items() if "lora_B" in k) > 1e-3
@@ -146,10 +132,10 @@ def upload_killed(
 ) -> str:
     """A plain LoRA job SIGKILLed in the middle of uploading checkpoint 9 (LATEST = 6)."""
     root = tmp_path_factory.mktemp("upload-killed")
-    uri = create_job(
+    uri = tr.create_job(
         root,
         prepared_dataset,
-        small_spec("killed-in-upload", tiny_model, quantization={"load_in_4bit": False}),
+        tr.small_spec("killed-in-upload", tiny_model, quantization={"load_in_4bit": False}),
     )
     proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "kill_in_upload:9"})
     assert proc.returncode == -9, proc.stderr[-3000:]
@@ -160,23 +146,13 @@ def upload_killed(
     return uri
 
 
-class _RunsCode:
-    """An object whose unpickling writes `marker`: the attacker's payload."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[Path, str]]:
-        return (Path.write_text, (self.marker, "pwned"))
-
-
 @pytest.mark.parametrize(
     "damage", ["none", "flip_bytes", "delete_file", "truncate_manifest", "crafted_pickle"]
 )
 def test_damaged_or_half_written_checkpoints_are_never_loaded(
     damage: str, upload_killed: str, lora_runs: Scenario, tmp_path: Path
 ) -> None:
-    uri = copy_job(upload_killed, tmp_path)
+    uri = tr.copy_job(upload_killed, tmp_path)
     storage = job_storage(uri)
     six = storage.root / layout.checkpoint_dir(6)
     if damage == "flip_bytes":
@@ -197,7 +173,7 @@ def test_damaged_or_half_written_checkpoints_are_never_loaded(
 
         local = tmp_path / "planted"
         storage.get_dir(layout.checkpoint_dir(6), local)
-        torch.save({"torch": _RunsCode(tmp_path / "marker")}, local / "rng.pt")
+        torch.save({"torch": tr.RunsCode(tmp_path / "marker")}, local / "rng.pt")
         (local / layout.MANIFEST).unlink()
         storage.put_file(f"{layout.checkpoint_dir(6)}/rng.pt", local / "rng.pt")
         manifest_bytes = checkpoints.build_manifest(local, 6).model_dump_json().encode()
@@ -212,8 +188,7 @@ def test_damaged_or_half_written_checkpoints_are_never_loaded(
     if damage == "crafted_pickle":
         assert not (tmp_path / "marker").exists()
         assert "checkpoints/00000006/rng.pt: refused" in rejected[0]["reason"]
-    diff = max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), adapter_tensors(storage))
-    assert diff <= EXACT
+    assert tr.adapter_diff(lora_runs.reference, uri) <= EXACT
 
 
 def test_two_failed_checkpoint_reads_lose_no_checkpoint(
@@ -221,21 +196,20 @@ def test_two_failed_checkpoint_reads_lose_no_checkpoint(
 ) -> None:
     """The reproduction: two storage errors during resume used to reject both valid
     checkpoints, delete them all and restart from step 0. Now they are retried."""
-    uri = copy_job(upload_killed, tmp_path)
+    uri = tr.copy_job(upload_killed, tmp_path)
     storage = job_storage(uri)
     proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "checkpoint_read_errors:2"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "injected storage outage" in proc.stderr
     assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [6]
     assert events(storage, "checkpoint_rejected") == []
-    diff = max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), adapter_tensors(storage))
-    assert diff <= EXACT
+    assert tr.adapter_diff(lora_runs.reference, uri) <= EXACT
 
 
 def test_a_storage_outage_past_the_retries_fails_the_attempt_and_keeps_every_checkpoint(
     upload_killed: str, lora_runs: Scenario, tmp_path: Path
 ) -> None:
-    uri = copy_job(upload_killed, tmp_path)
+    uri = tr.copy_job(upload_killed, tmp_path)
     storage = job_storage(uri)
     before = {k: storage.stat(k) for k in storage.list(layout.CHECKPOINTS_DIR + "/")}
     before[layout.LATEST] = storage.stat(layout.LATEST)
@@ -263,7 +237,7 @@ def test_resume_against_s3_storage(
     client = seaweed.client()
     storage = S3Storage(seaweed.bucket, "trainer-s3/jobs/s3job", client=client)
     storage.put_dir("data", prepared_dataset)
-    storage.put_json("spec.json", small_spec("s3job", tiny_model, quantization={"load_in_4bit": False}))
+    storage.put_json("spec.json", tr.small_spec("s3job", tiny_model, quantization={"load_in_4bit": False}))
     uri = storage.uri("spec.json")
     env = seaweed.env()
     killed = run_trainer(uri, env={**env, "BRIGHTRUN_TRAINER_FAULT": "kill_after_step:7"})
@@ -275,15 +249,15 @@ def test_resume_against_s3_storage(
     from safetensors.torch import load
 
     resumed = load(storage.get_bytes(f"{layout.ADAPTER_DIR}/adapter_model.safetensors"))
-    assert max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), resumed) <= EXACT
+    assert tr.max_abs_diff(adapter_tensors(job_storage(lora_runs.reference)), resumed) <= EXACT
     assert [e for e in storage.list("events/") if e.startswith("events/002-")]
 
 
 def test_nan_loss_stops_the_run_as_a_failure(
     tmp_path: Path, tiny_model: Path, prepared_dataset: Path
 ) -> None:
-    uri = create_job(
-        tmp_path, prepared_dataset, small_spec("nan", tiny_model, quantization={"load_in_4bit": False})
+    uri = tr.create_job(
+        tmp_path, prepared_dataset, tr.small_spec("nan", tiny_model, quantization={"load_in_4bit": False})
     )
     proc = run_trainer(uri, env={"BRIGHTRUN_TRAINER_FAULT": "nan_loss_at_step:2"})
     assert proc.returncode == 1

@@ -20,22 +20,10 @@ from pathlib import Path
 import pytest
 
 from brightrun import layout
-from tests.fixtures.training import (
-    REPO,
-    adapter_tensors,
-    copy_job,
-    create_job,
-    events,
-    job_storage,
-    max_abs_diff,
-    run_trainer,
-    small_spec,
-    trainer_env,
-)
+from tests.fixtures import training as tr
+from tests.fixtures.training import EXACT, events, job_storage, run_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-EXACT = 1e-6
 
 
 def run_torchrun(
@@ -54,8 +42,8 @@ def run_torchrun(
             "--spec",
             spec_uri,
         ],
-        env=trainer_env(env),
-        cwd=REPO,
+        env=tr.trainer_env(env),
+        cwd=tr.REPO,
         capture_output=True,
         text=True,
         timeout=300,
@@ -66,22 +54,21 @@ def test_two_processes_killed_and_resumed_end_with_the_single_process_adapter(
     tmp_path: Path, tiny_model: Path, prepared_dataset: Path
 ) -> None:
     uneven = {"gradient_accumulation_steps": 3}
-    reference = create_job(tmp_path / "one", prepared_dataset, small_spec("one", tiny_model, training=uneven))
-    done = run_trainer(reference)
-    assert done.returncode == 0, done.stderr[-4000:]
-
-    uri = create_job(tmp_path / "two", prepared_dataset, small_spec("two", tiny_model, training=uneven))
+    reference = tr.trained_job(
+        tmp_path / "one", prepared_dataset, tr.small_spec("one", tiny_model, training=uneven)
+    )
+    uri = tr.create_job(tmp_path / "two", prepared_dataset, tr.small_spec("two", tiny_model, training=uneven))
     # Both ranks are SIGKILLed after step 5; the checkpoint of step 3 is committed.
     killed = run_torchrun(uri, env={"BRIGHTRUN_TRAINER_FAULT": "kill_after_step:5"})
     assert killed.returncode != 0
     storage = job_storage(uri)
     assert storage.get_bytes(layout.LATEST).decode().strip() == "3"
     assert not storage.exists(layout.RESULT)
-    single_resume = copy_job(uri, tmp_path / "copy")  # the same state, resumed by one process
+    single_resume = tr.copy_job(uri, tmp_path / "copy")  # the same state, resumed by one process
 
     resumed = run_torchrun(uri)
     assert resumed.returncode == 0, resumed.stderr[-6000:]
-    assert max_abs_diff(adapter_tensors(job_storage(reference)), adapter_tensors(storage)) <= EXACT
+    assert tr.adapter_diff(reference, uri) <= EXACT
     # Rank 0 alone wrote: one `resumed` event, one commit per checkpoint step, no per-rank files.
     assert [e["payload"]["from_step"] for e in events(storage, "resumed")] == [3]
     assert sorted(e["payload"]["step"] for e in events(storage, "checkpoint_committed")) == [3, 6, 9, 10]
@@ -94,4 +81,4 @@ def test_two_processes_killed_and_resumed_end_with_the_single_process_adapter(
     assert [e["payload"] for e in events(changed, "world_size_changed")] == [
         {"step": 3, "previous": 2, "current": 1}
     ]
-    assert max_abs_diff(adapter_tensors(job_storage(reference)), adapter_tensors(changed)) <= EXACT
+    assert tr.adapter_diff(reference, single_resume) <= EXACT

@@ -1,6 +1,8 @@
 """Issue 20, item 5: two `brightrun resume` runs of one job at once. Before the job lease both
 ran: one terminated the other's same-named pod, two pods trained side by side, the fake
-billed more than the registry recorded, and one marked the other's live flow run Crashed."""
+billed more than the registry recorded, and one marked the other's live flow run Crashed.
+The second resume starts only once the first holds the lease and its pod is held before its
+first step, so the lease (not a finished job) is what refuses it, every time."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from cli.training import demo_params
-from tests.fake_runpod.helpers import FAKE_TRAINER
+from tests.fake_runpod.helpers import FAKE_TRAINER, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CENT_FRACTION = 0.001
@@ -24,10 +26,12 @@ def test_two_concurrent_resumes_run_one_pod_and_bill_once(
     s3_storage: Any,
     fake_runpod: Any,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     from brightrun.compute.runpod import RunPodCompute
     from brightrun.registry import open_registry_url
     from brightrun.registry import repository as repo
+    from brightrun.registry.leases import current_lease
     from flows.train_adapter import train_adapter
 
     defaults = dict(RunPodCompute.__init__.__kwdefaults__ or {})
@@ -48,31 +52,45 @@ def test_two_concurrent_resumes_run_one_pod_and_bill_once(
         "startup_timeout_seconds": 90.0,
         "capacity_backoff_seconds": 0.0,
     }
+    # The first resume's pod holds its first step until the gate file exists, so the second
+    # resume certainly meets a live lease (not a finished job) however loaded the machine is.
+    gate = tmp_path / "first-resume-may-train"
+    fake.pod_env["FAKE_TRAINER_GATE_FILE"] = str(gate)
     states: dict[str, Any] = {}
-    barrier = threading.Barrier(2)
 
     def resume(name: str) -> None:
-        barrier.wait()
         states[name] = train_adapter(**params, job_id=job_id, return_state=True)
 
-    threads = [threading.Thread(target=resume, args=(name,)) for name in ("one", "two")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-
-    logs = "\n".join(p.log_path.read_text()[-1500:] for p in fake.pods.values())
-    completed = [s for s in states.values() if s.is_completed()]
-    refused = [s for s in states.values() if not s.is_completed()]
-    assert len(completed) == 1 and len(refused) == 1, ([s.message for s in states.values()], logs)
-    refusal = str(refused[0].result(raise_on_failure=False))
-    # Refused by the lease while the other runs; on a loaded machine the second thread may
-    # only start once the first has finished, and is then refused as completed: one pod either way.
-    leased = f"job {job_id} is being operated by" in refusal and "flow run" in refusal
-    assert leased or f"job {job_id} already completed" in refusal, refusal
-
+    first = threading.Thread(target=resume, args=("first",), name="first-resume")
+    second = threading.Thread(target=resume, args=("second",), name="second-resume")
+    brightrun_home.mkdir(parents=True, exist_ok=True)
     engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
     try:
+        first.start()
+        try:
+            # Observed state, not a pause: the lease row is written and the pod exists.
+            lease = wait_for(lambda: fake.pods and current_lease(engine, job_id), timeout=120)
+            second.start()
+            second.join(timeout=120)  # a refusal is immediate; without the lease it would run on
+            second_refused_while_first_held = not second.is_alive()
+        finally:
+            gate.touch()
+            first.join(timeout=300)
+            second.join(timeout=300)
+        assert second_refused_while_first_held, "the second resume ran beside the first"
+        assert not first.is_alive(), "the first resume did not finish"
+
+        second_state = states["second"]
+        refusal = str(second_state.result(raise_on_failure=False))
+        assert not second_state.is_completed(), refusal
+        assert f"job {job_id} is being operated by {lease.holder} since" in refusal, refusal
+        first_state = states["first"]
+        logs = "\n".join(p.log_path.read_text()[-1500:] for p in fake.pods.values())
+        assert first_state.is_completed(), (first_state.message, logs)
+        # The holder the refusal names is the first resume's own flow run.
+        assert lease.holder == f"resume (flow run {first_state.state_details.flow_run_id})", lease.holder
+        assert current_lease(engine, job_id) is None  # released on the way out
+
         job = repo.get_job(engine, job_id)
         types = [e.type for e in repo.list_events(engine, job_id)]
     finally:

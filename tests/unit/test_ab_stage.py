@@ -239,3 +239,27 @@ def test_feedback_stats_reports_per_served_name_with_status_and_users(
     assert any(line.startswith(str(prod.served_name)) and line.endswith("production") for line in lines)
     unknown = next(line for line in lines if line.startswith("unknown model_version"))
     assert unknown.split()[2] == str(counts["gpt-4o"]) and "gpt-4o" in out
+
+
+@pytest.mark.parametrize("command", ["status", "decide"])
+def test_ab_cli_passes_every_rule_option_to_the_rule(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule's options are written once (cli/options.shared_options) for both commands:
+    each reaches the rule under its ABRule name, with its default when not given."""
+    import cli.ab
+
+    seen: list[dict] = []
+    monkeypatch.setattr(cli.ab, "_run", lambda endpoint, fields, since, as_json, **kw: seen.append(fields))
+    code, out = _cli("ab", command, "--endpoint", ENDPOINT, "--method", "bayesian", "--probability-level",
+                     "0.9", "--max-rated", "300", "--since", "2026-03-01")  # fmt: skip
+    assert code == 0, out
+    assert seen == [
+        {
+            "min_rated_per_arm": 200,
+            "method": "bayesian",
+            "alpha": 0.05,
+            "probability_level": 0.9,
+            "early_stop_alpha": 0.01,
+            "early_stop_min_rated": 50,
+            "max_rated_per_arm": 300,
+        }
+    ]

@@ -256,3 +256,57 @@ def test_the_stage_prepares_the_rest_of_the_file(
         prepare_job_dataset(
             resources, job_id=str(job.id), dataset=str(SAMPLE_DATASET), spec=spec, storage=resources.storage
         )
+
+
+def _reviewed_logs(path: Path, count: int) -> tuple[Path, list[str]]:
+    """A brightrun-lora-v4 file of `count` reviewed log conversations: new ones (their
+    replies differ from every curated one), as the review export writes them."""
+    data = sample()
+    logs = []
+    for i, raw in enumerate(data["conversations"][:count]):
+        log = copy.deepcopy(raw)
+        log["conversation_metadata"]["conversation_id"] = f"log-{i}"
+        for j, pair in enumerate(log["training_pairs"]):
+            pair["id"] = f"log-{i}-pair-{j}"
+            if pair["target_response"] is not None:
+                pair["target_response"] = f"(reviewed log {i}) " + pair["target_response"]
+        logs.append(log)
+    data["conversations"] = logs
+    path.write_text(json.dumps(data))
+    return path, [c["conversation_metadata"]["conversation_id"] for c in logs]
+
+
+def test_reviewed_logs_are_held_out_whole_beside_the_curated_pick(
+    resources: Resources, tmp_path: Path
+) -> None:
+    """Issue 25: an evaluation set from held-out conversations of the curated file plus
+    reviewed logs; a training file holding one of those logs is refused too."""
+    logs, log_ids = _reviewed_logs(tmp_path / "reviewed.json", 2)
+    code, out = cli("evalset", "create", "exam", "--from", str(SAMPLE_DATASET), "--take", "2", "--seed", "3",
+                    "--logs", str(logs), "--json")  # fmt: skip
+    assert code == 0, out
+    made = json.loads(out)
+    assert made["conversation_count"] == 4
+    shown = json.loads(cli("evalset", "show", "exam", "--json")[1])
+    held = {c["conversation_id"] for c in shown["conversations"]}
+    assert set(log_ids) <= held and len(held - set(log_ids)) == 2
+    stored = json.loads(resources.storage.get_bytes(made["storage_key"]))
+    assert {c["conversation_metadata"]["conversation_id"] for c in stored["conversations"]} == held
+
+    # Only logs, no curated file: also a set (it may share conversations with another set).
+    more, more_ids = _reviewed_logs(tmp_path / "more.json", 3)
+    code, out = cli("evalset", "create", "logs-only", "--logs", str(more), "--json")
+    assert code == 0 and json.loads(out)["conversation_count"] == 3, out
+
+    training = tmp_path / "training.json"
+    data = sample()
+    data["conversations"] = [*data["conversations"], json.loads(more.read_text())["conversations"][2]]
+    training.write_text(json.dumps(data))
+    job_id, spec = _new_job(resources)
+    with pytest.raises(InputError) as info:
+        prepare_job_dataset(
+            resources, job_id=job_id, dataset=str(training), spec=spec, storage=resources.storage
+        )
+    assert f"conversation 13 (id {more_ids[2]}) is in evaluation set 'logs-only' (version 1)" in str(
+        info.value
+    )

@@ -9,6 +9,7 @@ import torch
 
 from brightrun import layout
 from brightrun.storage import LocalStorage, ObjectInfo, StorageError
+from tests.fixtures.training import RunsCode
 from trainer import checkpoints
 from trainer.checkpoints import REQUIRED_FILES
 
@@ -32,16 +33,6 @@ def _local_checkpoint(tmp: Path, step: int) -> Path:
     )
     checkpoints.save_local(directory, model, optimizer, scheduler, state)
     return directory
-
-
-class _RunsCode:
-    """Loading this with full pickle would create `marker`: what an attacker plants."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (Path.write_text, (self.marker, "pwned"))  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -121,7 +112,7 @@ def test_a_crafted_pickle_with_a_matching_manifest_is_refused_and_never_run(
         checkpoints.commit(storage, _local_checkpoint(tmp_path, step), step, keep_last=2)
     marker = tmp_path / "ran-attackers-code"
     six = tmp_path / "local-6"
-    torch.save({"state": _RunsCode(marker)}, six / planted)
+    torch.save({"state": RunsCode(marker)}, six / planted)
     manifest = checkpoints.build_manifest(six, 6)
     storage.put_file(f"{layout.checkpoint_dir(6)}/{planted}", six / planted)
     storage.put_bytes(layout.checkpoint_manifest(6), manifest.model_dump_json().encode())

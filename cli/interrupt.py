@@ -31,6 +31,11 @@ from tasks.monitor.user_stop import STOPPED_BY_USER, request_user_stop
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 SECOND_PRESS_RECORD_WAIT_S = 3.0
+# After a stop the job is recorded and the hint printed; what is left is Prefect's exit work
+# (stopping its embedded server waits up to 5 s for uvicorn, then the log and event workers
+# drain), which a loaded machine stretches to many seconds. It gets this long, then the
+# process ends anyway; the watchdog (cli/prefect_watchdog.py) stops the server.
+TEARDOWN_BOUND_S = 2.0
 
 
 def resume_hint(job_id: str) -> str:
@@ -106,6 +111,20 @@ def stop_job_now(job_id: str) -> None:
         job = repo.get_job(resources.registry, job_id)
         repo.update_job(resources.registry, job_id, metadata={**job.metadata, "failure_kind": "stopped"})
         repo.add_event(resources.registry, job_id, "interrupted", reason=STOPPED_BY_USER, source="user")
+
+
+def exit_within(seconds: float, code: int = EXIT_INTERRUPTED) -> None:
+    """End the process with `code` at the latest `seconds` from now, whatever exit work is left."""
+
+    def end() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,11 @@ def test_the_line_names_seconds_cores_and_load() -> None:
 
 
 def test_process_age_counts_from_the_process_start_not_the_call() -> None:
-    code = "import time; time.sleep(1.2)\nfrom cli.training import seconds_since_process_start as s\nprint(s())"
+    code = (
+        "import time; time.sleep(1.2)\n"
+        "from cli.training import seconds_since_process_start\n"
+        "print(seconds_since_process_start())"
+    )
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}

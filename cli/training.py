@@ -139,15 +139,16 @@ def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
         from pydantic import SecretStr
 
         flow_params["dataset"] = SecretStr(flow_params["dataset"])
-    from cli.interrupt import EXIT_INTERRUPTED, TEARDOWN_BOUND_S, ctrl_c_stops, exit_within, resume_hint
+    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops, exit_after_stop, resume_hint
     from tasks.monitor.user_stop import user_stop_requested
 
-    with terminal_progress() as progress, prefect_startup_errors(), ctrl_c_stops(job_id):
+    with terminal_progress() as progress, prefect_startup_errors(), ctrl_c_stops(job_id) as ctrl_c:
         state = train_adapter(**flow_params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
     if user_stop_requested():
         typer.secho(resume_hint(job_id), fg="yellow", bold=True)
-        exit_within(TEARDOWN_BOUND_S)  # the job is recorded: Prefect's teardown may not hold the user
+        if ctrl_c.presses:  # a person at a terminal, not a caller in this process
+            exit_after_stop(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED)
     if state.is_cancelled():
         typer.secho(f"job {job_id} cancelled", fg="yellow")

@@ -11,8 +11,6 @@ by name (`-n train_adapter/docker`) it fails with that line (exit 1), since noth
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,24 +18,24 @@ from typing import Any
 DOCKER_PROBE_TIMEOUT_S = 15.0
 
 
-def docker_engine_problem(
-    which: Callable[[str], str | None] = shutil.which,
-    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
-) -> str | None:
-    """Why no image can be built here, or None when a Docker engine answers."""
-    if which("docker") is None:
-        return "no `docker` command on PATH"
+def _ping_engine() -> None:
+    import docker  # prefect-docker's own client: DOCKER_HOST and the socket as its build sees them
+
+    client = docker.from_env(timeout=DOCKER_PROBE_TIMEOUT_S)
     try:
-        probe = run(
-            ["docker", "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            text=True,
-            timeout=DOCKER_PROBE_TIMEOUT_S,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`docker version` failed ({exc})"
-    if probe.returncode != 0 or not probe.stdout.strip():
-        said = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+        client.ping()
+    finally:
+        client.close()
+
+
+def docker_engine_problem(ping: Callable[[], None] = _ping_engine) -> str | None:
+    """Why no image can be built here, or None when a Docker engine answers."""
+    try:
+        ping()
+    except ImportError:
+        return 'the docker Python package is not installed (pip install ".[docker]")'
+    except Exception as exc:  # the SDK's errors wrap requests' and urllib3's, whatever failed
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"the Docker engine does not answer ({said})"
     return None
 

@@ -59,9 +59,7 @@ def test_deploy_all_skips_docker_with_a_message(prefect_harness: str, tmp_path: 
         [sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True
     ).stdout
 
-    by_name = _deploy(
-        ["--prefect-file", str(trimmed), "-n", "train_adapter/docker"], prefect_harness, tmp_path
-    )
+    by_name = _deploy(["--prefect-file", str(trimmed), "-n", "train_adapter/docker"], prefect_harness)
     assert by_name.returncode == 1, by_name.stdout[-3000:] + by_name.stderr[-3000:]
     assert "Cannot deploy train_adapter/docker here: the Docker engine does not answer" in by_name.stdout
     assert "docker" not in _deployment_names(prefect_harness)

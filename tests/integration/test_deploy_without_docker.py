@@ -69,5 +69,8 @@ def test_deploy_all_skips_docker_with_a_message(prefect_harness: str) -> None:
     assert "Traceback" not in out
     names = _deployment_names(prefect_harness)
     assert {d["name"] for d in config["deployments"]} - names == {"docker"}, names
+    # `prefect deploy` honours prefect.yaml's setting, which test_deployment_bad_params.py mirrors.
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("train_adapter/local").enforce_parameter_schema is False
     pip_after = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
     assert pip_after == pip_before

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli.prefect_watchdog import SERVER_MARKER
+from tests.fixtures.cli_runs import alive
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = f"""
@@ -31,14 +32,6 @@ os._exit(130)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] not in "ZX"
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="the watchdog reads /proc (Linux)")
 def test_a_cli_gone_by_os_exit_takes_its_server_with_it() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -49,9 +42,9 @@ def test_a_cli_gone_by_os_exit_takes_its_server_with_it() -> None:
     server = int(done.stdout.split()[0])
     try:
         deadline = time.monotonic() + 10
-        while _alive(server) and time.monotonic() < deadline:
+        while alive(server) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(server), "the server outlived the CLI"
+        assert not alive(server), "the server outlived the CLI"
     finally:
-        if _alive(server):
+        if alive(server):
             os.kill(server, 9)

@@ -59,7 +59,17 @@ def test_bad_parameters_fail_the_run_listing_every_problem(
     for where in ("training.max_steps", "training.learning_rate", "lora.r"):
         assert where in message, message
     assert "Traceback" not in message
-    assert not (brightrun_home / "registry.db").exists() or "jobs" not in message
+    assert "invalid train_adapter parameters (nothing was started)" in message
+    registry = brightrun_home / "registry.db"
+    if registry.exists():  # the run's Resources may open it; no job row is written
+        from brightrun.registry import open_registry_url
+        from brightrun.registry import repository as repo
+
+        engine = open_registry_url(f"sqlite:///{registry}")
+        try:
+            assert repo.list_jobs(engine) == []
+        finally:
+            engine.dispose()
 
 
 def test_the_served_deployment_leaves_the_check_to_the_flow() -> None:

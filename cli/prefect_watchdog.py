@@ -43,6 +43,9 @@ while True:
         except OSError:
             continue
         servers.update(int(c) for c in children if marker in cmdline(c))
+# This watchdog is a child too, and its own command line holds the marker: it must not be
+# the first one it stops (it once was, and the server lived on).
+servers.discard(os.getpid())
 for pid in servers:
     if marker in cmdline(pid):  # still that server, not a reused pid
         try:

@@ -139,14 +139,16 @@ def run_training(params: dict[str, Any], job_id: str) -> dict[str, Any]:
         from pydantic import SecretStr
 
         flow_params["dataset"] = SecretStr(flow_params["dataset"])
-    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops, resume_hint
+    from cli.interrupt import EXIT_INTERRUPTED, ctrl_c_stops, exit_after_stop, resume_hint
     from tasks.monitor.user_stop import user_stop_requested
 
-    with terminal_progress() as progress, prefect_startup_errors(), ctrl_c_stops(job_id):
+    with terminal_progress() as progress, prefect_startup_errors(), ctrl_c_stops(job_id) as ctrl_c:
         state = train_adapter(**flow_params, job_id=job_id, return_state=True)
     result = state.result(raise_on_failure=False)
     if user_stop_requested():
         typer.secho(resume_hint(job_id), fg="yellow", bold=True)
+        if ctrl_c.presses:  # a person at a terminal, not a caller in this process
+            exit_after_stop(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED)
     if state.is_cancelled():
         typer.secho(f"job {job_id} cancelled", fg="yellow")
@@ -370,12 +372,32 @@ def demo(
         params["webhook_url"] = webhook_url
     _print_result(run_training(params, str(uuid.uuid4())))
     typer.echo(DEMO_NOISE_NOTE)
+    typer.echo(demo_time_line(seconds_since_process_start(), os.cpu_count(), os.getloadavg()[0]))
 
 
 DEMO_NOISE_NOTE = (
     "note: the demo's model is a tiny random network (a few MB, trained for seconds), so its replies "
     "are noise by design; the demo shows the pipeline end to end, not a useful adapter."
 )
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process began (imports included, as the user waited for them)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(") ", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):  # not Linux: from the CLI's import instead
+        return time.monotonic() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.monotonic()
+
+
+def demo_time_line(seconds: float, cores: int | None, load: float) -> str:
+    """The demo's time with the conditions it ran under: a figure without them misleads (a
+    loaded 2-core machine takes several times a quiet one's)."""
+    return f"demo took {seconds:.0f} s on {cores or '?'} cores, load average {load:.1f} (1 min)"
 
 
 def cancel_job(

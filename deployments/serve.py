@@ -34,6 +34,8 @@ def build_deployments(include_scheduled: bool = True) -> list[Any]:
                 tags=["brightrun", "training"],
                 description="train_adapter served from this process",
                 concurrency_limit=1,
+                # The flow lists every bad parameter at once; the server's check names one.
+                enforce_parameter_schema=False,
             )
         ),
         evaluate_adapter.to_deployment(name="on-demand", tags=["brightrun", "adapters"]),

@@ -229,6 +229,27 @@ def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> li
     return []
 
 
+def check_local_contents(request: TrainRequest, settings: Settings) -> list[str]:
+    """Every problem of each local training file's contents, located (conversation, pair,
+    field), before a job row or Prefect exists: a bad file once started a job that failed 41 s
+    later and left a `resume` hint. Files behind s3://, https:// or a training_file_id are
+    checked by the dataset stage once fetched; a local one is read twice (here and there)."""
+    from tasks.dataset.schema import validate_dataset
+
+    if request.dataset:
+        sources = [("dataset", request.dataset)]
+    else:
+        sources = [(f"datasets.{i}.source", e.source) for i, e in enumerate(request.datasets or [])]
+    problems = []
+    for where, source in sources:
+        path = Path(source).expanduser()
+        if "://" in source or not path.is_file():
+            continue
+        result = validate_dataset(path, settings.dataset_limits)
+        problems += [f"{where} {path.name}: {message}" for message in result.messages()]
+    return problems
+
+
 def _not_a_json_document(path: Path) -> str | None:
     """What the file is instead of a JSON object, from its first bytes (a CSV, a JSON array,
     an empty file); None when it may be one. Compressed files are left to the dataset stage."""
@@ -371,6 +392,8 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
 
     compute = request.compute or settings.compute
     problems += check_sources(request.dataset, request.training_file_id, request.datasets)
+    if not problems:
+        problems += check_local_contents(request, settings)
     problems += check_base_model(request.base_model)
     problems += check_environment(request, settings, compute)
     spec: JobSpec | None = None

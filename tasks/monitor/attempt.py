@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,7 +33,7 @@ from brightrun.storage import Storage, StorageError
 from tasks.monitor.ledger import CostLedger
 from tasks.monitor.recording import Outbox, TrainerLog
 from tasks.monitor.recovery import RecoveryPolicy
-from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested
+from tasks.monitor.user_stop import STOPPED_BY_USER, user_stop_requested, wait_for_user_stop
 from tasks.provision import provision
 
 log = logging.getLogger("tasks.monitor")
@@ -158,7 +157,7 @@ class JobContext:
         if isinstance(self.cancel, threading.Event):
             self.cancel.wait(seconds)
         else:
-            time.sleep(seconds)
+            wait_for_user_stop(seconds)
 
     def read_status(self) -> TrainerStatus | None:
         return _read_status(self.storage, self.job)

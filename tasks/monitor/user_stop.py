@@ -24,6 +24,12 @@ def user_stop_requested() -> bool:
     return _requested.is_set()
 
 
+def wait_for_user_stop(seconds: float) -> bool:
+    """Sleep up to `seconds`, waking at once on a Ctrl-C (the monitor's poll wait): the person
+    at the terminal does not wait out a poll interval."""
+    return _requested.wait(seconds)
+
+
 def clear_user_stop() -> None:
     """For a process that runs a second job after a stop (tests)."""
     _requested.clear()

@@ -250,3 +250,21 @@ def test_jobs_show_takes_the_short_id_it_prints_and_refuses_an_ambiguous_one(tmp
     done = _cli(tmp_path, "jobs", "show", other[:8], "--json")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f'"{other}"' in done.stdout and "the other" in done.stdout
+
+
+def test_a_training_file_with_a_byte_order_mark_is_checked_early_and_located(tmp_path: Path) -> None:
+    """Issue 21: a BOM file once passed the early check and failed 41 s later in the flow,
+    leaving a failed job whose hint said `resume`. Now its problems are located before
+    anything starts, and no job row or hint is left."""
+    import json
+
+    data = json.loads((REPO / "examples" / "brightrun-sample.json").read_text())
+    data["conversations"][1]["training_pairs"][0]["turn_number"] = "one"
+    bom = tmp_path / "windows-editor.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(data).encode())
+    done = _cli(tmp_path, "train", str(bom), "--base-model", MODEL)
+    conversation = data["conversations"][1]["conversation_metadata"]["conversation_id"]
+    _assert_clean_exit_2(done, tmp_path, "windows-editor.json", conversation, "field turn_number")
+    out = done.stdout + done.stderr
+    assert "resume" not in out and "invalid char" not in out, out[-3000:]
+    assert not (tmp_path / "home" / "registry.db").exists()

@@ -8,37 +8,23 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from brightrun.compute import PodState
 from brightrun.compute.local import LocalCompute
 from brightrun.registry import open_registry_url
 from brightrun.registry import repository as repo
+from tests.fixtures.cli_runs import REPO, cli_command, train_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = {
-    "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-    "training": {
-        "max_seq_length": 512,
-        "batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": 0.005,
-        "gradient_checkpointing": False,
-    },
-    "evaluation": {"max_new_tokens": 8, "sample_generations": 1},
-}
 
 
 def _cli(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
+        cli_command(args),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -51,8 +37,6 @@ def _cli(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.P
 def test_resume_after_the_flow_process_died(
     prefect_harness: str, brightrun_home: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
     env = {
         **os.environ,
         "BRIGHTRUN_HOME": str(brightrun_home),
@@ -62,21 +46,7 @@ def test_resume_after_the_flow_process_died(
         # The killed flow's job lease (issue 20) must lapse before the resume may take over.
         "BRIGHTRUN_JOB_LEASE_SECONDS": "3",
     }
-    first = _cli(
-        [
-            "train",
-            str(REPO / "examples" / "brightrun-sample.json"),
-            "--base-model",
-            str(tiny_model),
-            "--max-steps",
-            "24",
-            "--checkpoint-steps",
-            "2",
-            "--config",
-            str(config),
-        ],
-        env,
-    )
+    first = _cli(train_args(tmp_path, tiny_model, max_steps=24), env)
     engine = open_registry_url(f"sqlite:///{brightrun_home / 'registry.db'}")
     try:
         deadline = time.monotonic() + 120

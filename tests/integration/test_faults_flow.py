@@ -18,6 +18,7 @@ import pytest
 from brightrun import layout
 from cli.training import demo_params
 from tests.fake_runpod.helpers import FAKE_TRAINER, wait_for
+from tests.fixtures.cli_runs import alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -228,14 +229,6 @@ def _prefect_servers_of(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] not in "ZX"
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="the watchdog reads /proc (Linux)")
 def test_killing_only_the_cli_takes_its_embedded_prefect_server_with_it(
     brightrun_home: Path, tiny_model: Path, tmp_path: Path
@@ -272,7 +265,7 @@ def test_killing_only_the_cli_takes_its_embedded_prefect_server_with_it(
         servers = wait_for(lambda: _prefect_servers_of(cli.pid), timeout=240, interval=0.2)
         cli.send_signal(signal.SIGKILL)
         cli.wait(timeout=30)
-        wait_for(lambda: not any(_alive(pid) for pid in servers), timeout=60, interval=0.2)
+        wait_for(lambda: not any(alive(pid) for pid in servers), timeout=60, interval=0.2)
     finally:
         if cli.poll() is None:
             cli.kill()

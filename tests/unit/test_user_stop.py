@@ -58,3 +58,17 @@ def test_resume_accepts_a_job_stopped_by_the_user_but_not_a_training_failure() -
     assert resume_refusal(job) is None
     job.metadata = {"failure_kind": "training"}
     assert resume_refusal(job) is not None
+
+
+def test_the_monitors_poll_wait_wakes_on_a_ctrl_c() -> None:
+    """A Ctrl-C does not wait out the poll interval (10 s on RunPod) before the stop begins."""
+    import threading
+    import time
+
+    from tasks.monitor.user_stop import wait_for_user_stop
+
+    assert wait_for_user_stop(0.05) is False
+    threading.Timer(0.2, request_user_stop).start()
+    started = time.monotonic()
+    assert wait_for_user_stop(30) is True
+    assert time.monotonic() - started < 10

@@ -229,6 +229,9 @@ def train(
     validation_fraction: float | None = typer.Option(
         None, "--validation-fraction", help="Share of conversations held out (default 0.1)"
     ),
+    max_arc_share: float | None = typer.Option(
+        None, "--max-arc-share", help="Cap any one emotional_arc_key at this share of the training set (0-1]"
+    ),
     compute: str | None = typer.Option(None, "--compute", help="local | runpod (default BRIGHTRUN_COMPUTE)"),
     storage_url: str | None = typer.Option(None, "--storage-url", help="Directory or s3://bucket/prefix"),
     webhook_url: str | None = typer.Option(
@@ -266,7 +269,11 @@ def train(
             "lora": {"r": lora_r, "alpha": lora_alpha},
             "quantization": {"load_in_4bit": False if no_quantize else None},
             "checkpoint": {"every_steps": checkpoint_steps},
-            "preprocessing": {"min_quality": min_quality, "validation_fraction": validation_fraction},
+            "preprocessing": {
+                "min_quality": min_quality,
+                "validation_fraction": validation_fraction,
+                "max_arc_share": max_arc_share,
+            },
         },
         training_file_id=training_file_id,
         init_adapter=init_adapter,

@@ -11,8 +11,8 @@ Rules (stated in README "Scaffolding balance"):
   `emotional_arc_key`, there are at least two arcs and every arc has at least `MIN_PER_ARC`
   conversations, the validation split takes `round(N * fraction)` conversations, shared out
   among arcs in proportion (largest remainder), each arc keeping at least one conversation
-  in training; within an arc the conversations with the smallest seeded split hash are held out. Otherwise today's rule
-  (hash below the fraction) decides, and the report says why.
+  in training; within an arc the conversations with the smallest seeded split hash are held
+  out. Otherwise today's rule (hash below the fraction) decides, and the report says why.
 - Arc cap: after the split, no arc holds more than `max_arc_share` of the training
   conversations. The largest per-arc count `c` with `c <= share * sum(min(n_a, c))` is kept of
   each arc (conversations without an arc are never dropped, but count in the total); within an

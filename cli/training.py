@@ -229,6 +229,9 @@ def train(
     validation_fraction: float | None = typer.Option(
         None, "--validation-fraction", help="Share of conversations held out (default 0.1)"
     ),
+    objective: str | None = typer.Option(
+        None, "--objective", help="sft (default) | dpo | kto: dpo/kto train on a preference file (JSONL)"
+    ),
     max_arc_share: float | None = typer.Option(
         None, "--max-arc-share", help="Cap any one emotional_arc_key at this share of the training set (0-1]"
     ),
@@ -265,6 +268,7 @@ def train(
                 "batch_size": batch_size,
                 "max_seq_length": max_seq_length,
                 "seed": seed,
+                "objective": objective,
             },
             "lora": {"r": lora_r, "alpha": lora_alpha},
             "quantization": {"load_in_4bit": False if no_quantize else None},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -41,6 +40,7 @@ from brightrun.spec import (
     TrainingSettings,
 )
 from brightrun.storage import Storage
+from flows.job_run import JobRun
 from flows.params import ResolvedRequest, TrainRequest, dataset_display_name, resolve_train_request
 from flows.seed_request import SeedHyperparameters, SeedRunpodConfig, job_seed_response
 from flows.train_dataset import preprocess
@@ -79,28 +79,6 @@ class JobCancelled(BrightrunError):
 class JobStopped(BrightrunError):
     """Ctrl-C at the terminal (tasks/monitor/user_stop.py): `failed`, failure kind `stopped`,
     which `brightrun resume` continues."""
-
-
-@dataclass
-class JobRun:
-    """One job's handles, passed as one thing through the flow's body: the resources built at
-    the boundary, the validated request, the job's spec (its dataset hash is filled in by the
-    dataset stage), its storage and its recorder."""
-
-    resources: Resources
-    resolved: ResolvedRequest
-    spec: JobSpec
-    storage: Storage
-    recorder: JobRecorder
-    init_source: LocalAdapter | None = None  # the adapter to continue from, verified, not yet staged
-
-    @property
-    def job_id(self) -> str:
-        return self.spec.job_id
-
-    @property
-    def layout(self) -> JobLayout:
-        return JobLayout(self.spec.job_id)
 
 
 # ---------------------------------------------------------------- stages (one task each)

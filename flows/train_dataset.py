@@ -4,11 +4,10 @@ reports, and the stored copy a resume refetches from."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from brightrun.errors import InputError
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
+from flows.job_run import JobRun
 from flows.params import TrainRequest
 from tasks.dataset.mixture import WeightedSource
 from tasks.dataset.task import (
@@ -16,9 +15,6 @@ from tasks.dataset.task import (
     prepare_job_mixture_task,
     prepare_job_preferences_task,
 )
-
-if TYPE_CHECKING:
-    from flows.train_adapter import JobRun
 
 
 def _dataset_source(resources: Resources, request: TrainRequest) -> str:

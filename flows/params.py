@@ -380,6 +380,11 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
     compute = request.compute or settings.compute
     objective = request.training.objective if request.training else "sft"
     problems += check_sources(request.dataset, request.training_file_id, request.datasets, objective)
+    if objective != "sft" and request.datasets:
+        problems.append(
+            f"datasets: training.objective {objective} trains on one preference file "
+            "(dataset=FILE.preferences.jsonl); a weighted mixture is for sft only"
+        )
     problems += check_base_model(request.base_model)
     problems += check_environment(request, settings, compute)
     spec: JobSpec | None = None

@@ -4,7 +4,6 @@ reports, and the stored copy a resume refetches from."""
 
 from __future__ import annotations
 
-from brightrun.errors import InputError
 from brightrun.registry import repository as repo
 from brightrun.resources import Resources
 from flows.job_run import JobRun
@@ -75,11 +74,7 @@ def preprocess(job: JobRun) -> None:
 
 def preprocess_preferences(job: JobRun, request: TrainRequest) -> None:
     """A dpo/kto job: its preference file checked, deduplicated, split, uploaded, recorded."""
-    if request.datasets:
-        raise InputError(
-            f"datasets: training.objective {job.spec.training.objective} trains on one preference "
-            "file (dataset=FILE.preferences.jsonl); a weighted mixture is for sft only"
-        )
+    assert not request.datasets  # resolve_train_request refuses a preference mixture
     dataset = prepare_job_preferences_task(
         job.resources,
         job_id=job.job_id,

@@ -306,6 +306,11 @@ def estimate_job(params: dict[str, Any]) -> EstimateText:
         resolved = resolve_train_request(params, resources.settings)
         if resolved.request.dataset is None:
             raise InputError("--estimate needs a DATASET file (not --training-file-id)")
+        if resolved.spec.training.objective != "sft":
+            raise InputError(
+                f"--estimate: training.objective {resolved.spec.training.objective} is not estimated "
+                "(the time model is SFT's); run without --estimate, or estimate the SFT round"
+            )
         return estimate_dataset_file(
             resources, resolved.spec, resolved.request.dataset, sample_dataset=SAMPLE_DATASET
         )

@@ -89,3 +89,18 @@ def test_a_preference_mixture_is_refused_before_anything_starts(brightrun_home: 
             load_settings(),
         )
     assert any("a weighted mixture is for sft only" in p for p in info.value.problems)
+
+
+def test_estimate_of_a_preference_job_is_refused_clearly(
+    brightrun_home: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    path = _write(tmp_path / "thumbs.jsonl", [{"prompt": PROMPT, "completion": CHOSEN, "label": True}])
+    args = ["train", str(path), "--base-model", str(tiny_model), "--objective", "kto", "--estimate"]
+    result = CliRunner().invoke(app, args)
+    # In process the error comes out of the command; cli.main:main turns it into exit 2.
+    assert isinstance(result.exception, InputError) and result.exception.exit_code == 2
+    assert "--estimate: training.objective kto is not estimated" in str(result.exception)

@@ -24,6 +24,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _dataset_artifact(api_url: str, flow_run_id: str) -> str:
+    from tests.integration.test_train_flow import _artifacts_of_run
+
+    published = _artifacts_of_run(api_url, flow_run_id)
+    return next(a["data"] for k, a in published.items() if k.endswith("-dataset-report"))
+
+
 def test_dpo_round_continues_from_sft_through_the_flow(
     prefect_harness: str, brightrun_home: Path, tiny_model: Path, sample_dataset: Path, tmp_path: Path
 ) -> None:
@@ -39,6 +46,7 @@ def test_dpo_round_continues_from_sft_through_the_flow(
     engine = open_registry(load_settings())
     try:
         (round1,) = repo.list_artifacts(engine, training_job_id=sft["job_id"])
+        sft_run = repo.get_job(engine, sft["job_id"]).flow_run_id
         params = demo_params(tiny_model, max_steps=4)
         params["dataset"] = str(source)
         params["training"] = {**params["training"], "objective": "dpo", "learning_rate": 1e-2}
@@ -53,6 +61,12 @@ def test_dpo_round_continues_from_sft_through_the_flow(
     finally:
         engine.dispose()
 
+    # Each run's Prefect dataset artifact: the SFT report's balance section, the preference report.
+    sft_report = _dataset_artifact(prefect_harness, str(sft_run))
+    assert "## Scaffolding balance" in sft_report and "| grief_to_stability | 4 |" in sft_report
+    dpo_report = _dataset_artifact(prefect_harness, str(job.flow_run_id))
+    assert "# Preference data: thumbs.preferences.jsonl" in dpo_report
+    assert "| duplicates dropped | 1 |" in dpo_report
     assert validated["objective"] == "dpo" and validated["duplicates"] == 1
     assert validated["records"] == len(lines) and validated["validation_examples"] > 0
     assert row.format == prepared.PREFERENCE_FORMAT

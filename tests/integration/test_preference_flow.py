@@ -16,8 +16,10 @@ import pytest
 from brightrun import layout, prepared
 from brightrun.protocol import EvalReport
 from brightrun.settings import load_settings
+from brightrun.storage import LocalStorage
 from cli.training import demo_params
 from tests.fixtures.preferences import write_dpo, write_kto
+from tests.fixtures.training import adapter_tensors, max_abs_diff
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,6 +80,9 @@ def test_dpo_round_continues_from_sft_through_the_flow(
     assert prepared.read_meta(root / "data").format == prepared.PREFERENCE_FORMAT
     held_out = [json.loads(x) for x in (root / "data" / prepared.VALIDATION).read_text().splitlines()]
     assert len(held_out) == validated["validation_examples"]
+    # It trained: its adapter moved away from the SFT adapter it started from.
+    sft_storage = LocalStorage(Path(round1.storage_path).parent)
+    assert max_abs_diff(adapter_tensors(LocalStorage(root)), adapter_tensors(sft_storage)) > 1e-6
     report = EvalReport.model_validate(json.loads((root / layout.EVAL).read_text()))
     assert report.preference is not None
     assert 0.0 <= report.preference["reward_accuracy"] <= 1.0

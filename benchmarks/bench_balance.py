@@ -39,7 +39,7 @@ def main() -> None:
         tokenizer = load_tokenizer(tiny)
         print(
             "| conversations | scaffolding scan + plan s | prepare s (no cap) "
-            "| prepare s (cap 0.2) | stratified |"
+            "| prepare s (cap 0.15) | stratified |"
         )
         print("|---:|---:|---:|---:|---|")
         for n in args.conversations:
@@ -55,7 +55,7 @@ def main() -> None:
                 source,
                 tokenizer,
                 work / f"c{n}",
-                PrepareOptions(skip_overlong_targets=True, max_arc_share=0.2),
+                PrepareOptions(skip_overlong_targets=True, max_arc_share=0.15),
             )
             cap = time.perf_counter() - t0
             dropped = sum(capped.balance.dropped_by_arc.values())

@@ -113,7 +113,7 @@ def prepare_preferences(
         raise _fail(exc) from exc
     typer.echo(
         f"{report.records} {objective} records: {report.train} train, {report.validation} validation, "
-        f"{len(report.skipped)} skipped; written to {out}"
+        f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicates dropped; written to {out}"
     )
 
 

@@ -229,6 +229,8 @@ def prepare_dataset(
             for conversation in scanner.conversations():
                 if scanner.result.problem_count:
                     continue  # keep scanning to list every problem, but stop producing output
+                if plan is not None and conversation.conversation_id in plan.dropped:
+                    continue  # left out by the arc cap: not tokenized, not counted as trained
                 converter.add(conversation)
             if scanner.result.ok:
                 converter.flush()

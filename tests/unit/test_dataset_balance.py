@@ -153,6 +153,7 @@ def test_prepared_dataset_follows_the_plan(tiny_model: Path, tmp_path: Path) -> 
     assert b.dropped_by_arc == {"panic_to_plan": 5}
     assert b.train_by_arc == {"panic_to_plan": 4, "grief_to_stability": 3, "shame_to_acceptance": 3}
     assert b.counts.persona == {"p0": 10, "p1": 10}
+    assert report.kept_targets == 2 * 15  # the 5 dropped conversations' targets are not counted
     files = {
         split: {e.conversation_id for e in prepared.iter_examples(out / name)}
         for split, name in (("train", prepared.TRAIN), ("validation", prepared.VALIDATION))

@@ -40,7 +40,9 @@ def test_dpo_round_continues_from_sft_through_the_flow(
     from brightrun.registry import repository as repo
     from flows.train_adapter import train_adapter
 
-    sft = train_adapter(**demo_params(tiny_model, max_steps=2))
+    sft_params = demo_params(tiny_model, max_steps=2)
+    sft_params["evaluation"] = {"sample_generations": 0}
+    sft = train_adapter(**sft_params)
     source = write_dpo(sample_dataset, tmp_path / "thumbs.preferences.jsonl")
     lines = source.read_text().splitlines()
     source.write_text("\n".join([*lines, lines[0]]) + "\n")  # the same pair found in two windows
@@ -49,7 +51,7 @@ def test_dpo_round_continues_from_sft_through_the_flow(
     try:
         (round1,) = repo.list_artifacts(engine, training_job_id=sft["job_id"])
         sft_run = repo.get_job(engine, sft["job_id"]).flow_run_id
-        params = demo_params(tiny_model, max_steps=4)
+        params = demo_params(tiny_model, max_steps=3)
         params["dataset"] = str(source)
         params["training"] = {**params["training"], "objective": "dpo", "learning_rate": 1e-2}
         params["evaluation"] = {"sample_generations": 0}

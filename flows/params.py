@@ -53,7 +53,8 @@ class TrainRequest(BaseModel):
 
     dataset: str | None = Field(
         None,
-        description="Training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL",
+        description="Training file (brightrun-lora-v4 JSON; a preference JSONL for training.objective "
+        "dpo/kto): a path, s3:// URI or https URL",
     )
     training_file_id: uuid.UUID | None = Field(
         None, description="Or: a training_files row (the app's way); its json_file_path is fetched"
@@ -83,7 +84,7 @@ class TrainRequest(BaseModel):
     checkpoint: CheckpointSettings | None = Field(None, description="Checkpoint cadence and retention")
     evaluation: EvaluationSettings | None = Field(None, description="Evaluation cadence, sample replies")
     preprocessing: PreprocessingSettings | None = Field(
-        None, description="Quality threshold, validation fraction, over-long targets"
+        None, description="Quality threshold, validation fraction, over-long targets, arc cap"
     )
     provisioning: ProvisioningPolicy | None = Field(
         None, description="RunPod GPU types, spot/on-demand, bid, budget and duration caps"

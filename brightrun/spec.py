@@ -116,6 +116,14 @@ class PreprocessingSettings(_Model):
     skip_overlong_targets: bool = Field(
         False, description="Skip (and report) targets longer than max_seq_length instead of failing"
     )
+    # Scaffolding balance (issue 19): no emotional arc may hold more than this share of the
+    # training conversations; the cap drops training conversations only, seeded.
+    max_arc_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Largest share of training conversations any one emotional_arc_key may hold",
+    )
 
 
 # The section was first called `dataset`; `dataset` is the training file everywhere else

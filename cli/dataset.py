@@ -33,6 +33,9 @@ def prepare(
     skip_overlong_targets: bool = typer.Option(
         False, "--skip-overlong-targets", help="Skip (and report) targets that cannot fit instead of failing"
     ),
+    max_arc_share: float | None = typer.Option(
+        None, "--max-arc-share", help="Cap any one emotional_arc_key at this share of the training set (0-1]"
+    ),
 ) -> None:
     """Validate, convert and tokenize a brightrun-lora-v4 file; write DIR and DIR/report.json."""
     from pydantic import ValidationError
@@ -51,6 +54,7 @@ def prepare(
                 validation_fraction=validation_fraction,
                 seed=seed,
                 skip_overlong_targets=skip_overlong_targets,
+                max_arc_share=max_arc_share,
             )
         except ValidationError as exc:
             raise InputError(
@@ -109,7 +113,7 @@ def prepare_preferences(
         raise _fail(exc) from exc
     typer.echo(
         f"{report.records} {objective} records: {report.train} train, {report.validation} validation, "
-        f"{len(report.skipped)} skipped; written to {out}"
+        f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicates dropped; written to {out}"
     )
 
 

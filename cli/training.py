@@ -231,6 +231,12 @@ def train(
     validation_fraction: float | None = typer.Option(
         None, "--validation-fraction", help="Share of conversations held out (default 0.1)"
     ),
+    objective: str | None = typer.Option(
+        None, "--objective", help="sft (default) | dpo | kto: dpo/kto train on a preference file (JSONL)"
+    ),
+    max_arc_share: float | None = typer.Option(
+        None, "--max-arc-share", help="Cap any one emotional_arc_key at this share of the training set (0-1]"
+    ),
     compute: str | None = typer.Option(None, "--compute", help="local | runpod (default BRIGHTRUN_COMPUTE)"),
     storage_url: str | None = typer.Option(None, "--storage-url", help="Directory or s3://bucket/prefix"),
     webhook_url: str | None = typer.Option(
@@ -264,11 +270,16 @@ def train(
                 "batch_size": batch_size,
                 "max_seq_length": max_seq_length,
                 "seed": seed,
+                "objective": objective,
             },
             "lora": {"r": lora_r, "alpha": lora_alpha},
             "quantization": {"load_in_4bit": False if no_quantize else None},
             "checkpoint": {"every_steps": checkpoint_steps},
-            "preprocessing": {"min_quality": min_quality, "validation_fraction": validation_fraction},
+            "preprocessing": {
+                "min_quality": min_quality,
+                "validation_fraction": validation_fraction,
+                "max_arc_share": max_arc_share,
+            },
         },
         training_file_id=training_file_id,
         init_adapter=init_adapter,
@@ -297,6 +308,11 @@ def estimate_job(params: dict[str, Any]) -> EstimateText:
         resolved = resolve_train_request(params, resources.settings)
         if resolved.request.dataset is None:
             raise InputError("--estimate needs a DATASET file (not --training-file-id)")
+        if resolved.spec.training.objective != "sft":
+            raise InputError(
+                f"--estimate: training.objective {resolved.spec.training.objective} is not estimated "
+                "(the time model is SFT's); run without --estimate, or estimate the SFT round"
+            )
         return estimate_dataset_file(
             resources, resolved.spec, resolved.request.dataset, sample_dataset=SAMPLE_DATASET
         )

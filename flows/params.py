@@ -53,7 +53,8 @@ class TrainRequest(BaseModel):
 
     dataset: str | None = Field(
         None,
-        description="Training file (brightrun-lora-v4 JSON): a path, s3:// URI or https URL",
+        description="Training file (brightrun-lora-v4 JSON; a preference JSONL for training.objective "
+        "dpo/kto): a path, s3:// URI or https URL",
     )
     training_file_id: uuid.UUID | None = Field(
         None, description="Or: a training_files row (the app's way); its json_file_path is fetched"
@@ -83,7 +84,7 @@ class TrainRequest(BaseModel):
     checkpoint: CheckpointSettings | None = Field(None, description="Checkpoint cadence and retention")
     evaluation: EvaluationSettings | None = Field(None, description="Evaluation cadence, sample replies")
     preprocessing: PreprocessingSettings | None = Field(
-        None, description="Quality threshold, validation fraction, over-long targets"
+        None, description="Quality threshold, validation fraction, over-long targets, arc cap"
     )
     provisioning: ProvisioningPolicy | None = Field(
         None, description="RunPod GPU types, spot/on-demand, bid, budget and duration caps"
@@ -167,9 +168,13 @@ def _looks_local(value: str) -> bool:
 
 
 def check_sources(
-    dataset: str | None, training_file_id: uuid.UUID | None, datasets: list[WeightedSource] | None
+    dataset: str | None,
+    training_file_id: uuid.UUID | None,
+    datasets: list[WeightedSource] | None,
+    objective: str = "sft",
 ) -> list[str]:
-    """One of dataset, training_file_id or datasets; each of the datasets' files checked."""
+    """One of dataset, training_file_id or datasets; each of the datasets' files checked
+    (`objective` dpo/kto: the file is a preference JSONL, checked by the dataset stage)."""
     given = [
         n
         for n, v in (("dataset", dataset), ("training_file_id", training_file_id), ("datasets", datasets))
@@ -182,7 +187,7 @@ def check_sources(
             else f"{', '.join(given)}: give one of them"
         ]
     if not datasets:
-        return check_dataset(dataset, training_file_id)
+        return check_dataset(dataset, training_file_id, objective)
     problems = []
     for i, entry in enumerate(datasets):
         try:
@@ -196,7 +201,9 @@ def check_sources(
     return problems
 
 
-def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> list[str]:
+def check_dataset(
+    dataset: str | None, training_file_id: uuid.UUID | None, objective: str = "sft"
+) -> list[str]:
     if dataset is None and training_file_id is None:
         return [
             "dataset: give a training file (path, s3:// URI or https URL), a training_file_id, "
@@ -215,6 +222,8 @@ def check_dataset(dataset: str | None, training_file_id: uuid.UUID | None) -> li
     if not path.is_file():
         where = f"{path} (from {Path.cwd()})" if not path.is_absolute() else str(path)
         return [f"dataset: {where} does not exist (give a training file path, s3:// URI or https URL)"]
+    if objective != "sft":
+        return []  # a preference file (JSONL), checked line by line by the dataset stage
     if path.suffix.lower() == ".jsonl":
         return [
             f"dataset: {path} is JSON Lines; the training file must be one brightrun-lora-v4 JSON "
@@ -391,8 +400,14 @@ def resolve_train_request(raw: dict[str, Any] | TrainRequest, settings: Settings
             raise InputError("invalid train_adapter parameters (nothing was started)", problems) from None
 
     compute = request.compute or settings.compute
-    problems += check_sources(request.dataset, request.training_file_id, request.datasets)
-    if not problems:
+    objective = request.training.objective if request.training else "sft"
+    problems += check_sources(request.dataset, request.training_file_id, request.datasets, objective)
+    if objective != "sft" and request.datasets:
+        problems.append(
+            f"datasets: training.objective {objective} trains on one preference file "
+            "(dataset=FILE.preferences.jsonl); a weighted mixture is for sft only"
+        )
+    if not problems and objective == "sft":
         problems += check_local_contents(request, settings)
     problems += check_base_model(request.base_model)
     problems += check_environment(request, settings, compute)

@@ -70,6 +70,7 @@ class PreferenceReport:
     skipped: list[str] = field(default_factory=list)  # where: why
     desirable: int = 0
     undesirable: int = 0
+    duplicates: list[str] = field(default_factory=list)  # where: "same as" where
 
 
 def _messages(value: Any, where: str, name: str, problems: list[str], *, reply: bool) -> list[dict[str, str]]:
@@ -108,9 +109,30 @@ def _group(record: dict[str, Any], prompt: list[dict[str, str]]) -> str:
     return "prompt:" + hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()
 
 
-def read_preferences(path: Path, objective: Objective) -> list[PreferenceRecord]:
+def deduplicate(records: Sequence[PreferenceRecord]) -> tuple[list[PreferenceRecord], list[str]]:
+    """The records without repeats (same prompt and replies, and for KTO the same label), the
+    first kept; and `where: same as where` for each one dropped. An export that finds the same
+    pair in two windows must not weigh it twice."""
+    seen: dict[str, str] = {}
+    kept, duplicates = [], []
+    for r in records:
+        key = json.dumps(
+            [r.prompt, r.chosen, r.rejected, r.completion, r.label], sort_keys=True, ensure_ascii=False
+        )
+        if key in seen:
+            duplicates.append(f"{r.where}: same record as {seen[key]}")
+            continue
+        seen[key] = r.where
+        kept.append(r)
+    return kept, duplicates
+
+
+def read_preferences(
+    path: Path, objective: Objective, source_name: str | None = None
+) -> list[PreferenceRecord]:
     """Every line of `path` checked against `objective`'s format; raises `InputError` listing
-    each problem by file, line and field."""
+    each problem by file, line and field (`source_name`: what people call the file, when the
+    path is a cached copy's)."""
     problems: list[str] = []
     records: list[PreferenceRecord] = []
     try:
@@ -120,7 +142,7 @@ def read_preferences(path: Path, objective: Objective) -> list[PreferenceRecord]
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        where = f"{Path(path).name}:{number}"
+        where = f"{source_name or Path(path).name}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -250,11 +272,16 @@ def tokenize_records(
 
 
 def prepare_preferences(
-    source: Path, tokenizer: str | Path | Any, out_dir: Path, options: PreferenceOptions
+    source: Path,
+    tokenizer: str | Path | Any,
+    out_dir: Path,
+    options: PreferenceOptions,
+    *,
+    source_name: str | None = None,
 ) -> PreferenceReport:
-    """Read, check, tokenize and split `source` into the prepared directory `out_dir`
-    (written beside it and swapped into place: a failure leaves no half-written set)."""
-    records = read_preferences(source, options.objective)
+    """Read, check, deduplicate, tokenize and split `source` into the prepared directory
+    `out_dir` (written beside it and swapped into place: a failure leaves no half-written set)."""
+    records, duplicates = deduplicate(read_preferences(source, options.objective, source_name))
     tok = load_tokenizer(tokenizer)
     items, skipped = tokenize_records(records, tok, options)
     if not items:
@@ -271,6 +298,7 @@ def prepare_preferences(
         skipped=skipped,
         desirable=sum(1 for i in items if i.label is True),
         undesirable=sum(1 for i in items if i.label is False),
+        duplicates=duplicates,
     )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -290,7 +318,7 @@ def prepare_preferences(
             tokenizer=tokenizer_name(tokenizer),
             max_seq_length=options.max_seq_length,
             source_sha256=sha256_file(Path(source)),
-            source_name=Path(source).name,
+            source_name=source_name or Path(source).name,
             min_quality=0.0,
             validation_fraction=options.validation_fraction,
             seed=options.seed,

@@ -21,6 +21,7 @@ from brightrun.errors import InputError
 from brightrun.settings import DatasetLimits
 from brightrun.spec import JobSpec, PreprocessingSettings
 from brightrun.storage import sha256_file
+from tasks.dataset.balance import BalancePlan, BalanceReport, ConversationTags, plan_balance
 from tasks.dataset.convert import (
     CandidateSequence,
     ChatEncoder,
@@ -77,6 +78,7 @@ class DatasetReport(BaseModel):
     validation: SplitStats
     held_out_prompts: int
     quality_histogram: dict[str, int]
+    balance: BalanceReport = Field(default_factory=BalanceReport)
 
 
 def load_and_validate(path: Path, limits: DatasetLimits | None = None) -> ValidationResult:
@@ -102,6 +104,35 @@ def _held_out_prompt(conversation: Conversation, min_quality: float) -> dict[str
             reference=pair.target_response,
         ).model_dump()
     return None
+
+
+def _tags(conversation: Conversation) -> ConversationTags:
+    sc = conversation.conversation_metadata.scaffolding
+    return ConversationTags(
+        conversation_id=conversation.conversation_id,
+        persona=sc.persona_key if sc else None,
+        arc=sc.emotional_arc_key if sc else None,
+        topic=sc.training_topic_key if sc else None,
+    )
+
+
+def _plan_balance(
+    source: Path, options: PrepareOptions, source_sha256: str | None, limits: DatasetLimits | None
+) -> tuple[BalancePlan | None, str | None]:
+    """A first, validating scan for every conversation's scaffolding (the stratified split and
+    the cap need them all before the writer decides the first). None when the file has
+    problems: the main scan lists them. Returns the plan and the file's sha256."""
+    scanner = DatasetScanner(source, sha256=source_sha256, limits=limits)
+    tags = [_tags(c) for c in scanner.conversations()]
+    if not scanner.result.ok:
+        return None, source_sha256
+    plan = plan_balance(tags, options.validation_fraction, options.seed, options.max_arc_share)
+    kept_train = sum(plan.report.train_by_arc.values())
+    if options.max_arc_share is not None and kept_train == 0:
+        raise InputError(
+            f"{source.name}: max_arc_share={options.max_arc_share:g} leaves no training conversation"
+        )
+    return plan, scanner.result.sha256
 
 
 def _target_label(msg: Msg, run: CandidateSequence) -> str:
@@ -184,13 +215,22 @@ def prepare_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
+        plan, source_sha256 = _plan_balance(source, options, source_sha256, limits)
         scanner = DatasetScanner(source, sha256=source_sha256, limits=limits)
-        writer = SplitWriter(tmp, options.validation_fraction, options.seed)
+        writer = SplitWriter(
+            tmp,
+            options.validation_fraction,
+            options.seed,
+            planned=plan.splits if plan else None,
+            dropped=plan.dropped if plan else frozenset(),
+        )
         converter = _Converter(encoder, options, writer)
         try:
             for conversation in scanner.conversations():
                 if scanner.result.problem_count:
                     continue  # keep scanning to list every problem, but stop producing output
+                if plan is not None and conversation.conversation_id in plan.dropped:
+                    continue  # left out by the arc cap: not tokenized, not counted as trained
                 converter.add(conversation)
             if scanner.result.ok:
                 converter.flush()
@@ -218,7 +258,9 @@ def prepare_dataset(
                 f"min_quality={options.min_quality:g}, {stats.skipped['too_long']} too long); "
                 "lower --min-quality or fix the targets"
             )
-        writer.finish()
+        record = writer.finish()
+        if plan is not None:
+            plan.recount(record.train, record.validation)
         assert result.sha256 is not None
         report = DatasetReport(
             source_name=name,
@@ -243,6 +285,7 @@ def prepare_dataset(
             validation=writer.splits["validation"],
             held_out_prompts=writer.prompt_count,
             quality_histogram=dict(sorted(stats.quality_histogram.items())),
+            balance=plan.report if plan else BalanceReport(),
         )
         (tmp / prepared.REPORT).write_text(report.model_dump_json(indent=2), encoding="utf-8")
         files = [prepared.TRAIN, prepared.VALIDATION, prepared.PROMPTS, prepared.REPORT, prepared.SPLITS]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from brightrun import prepared
+from tasks.dataset.balance import balance_markdown, balance_summary
 
 if TYPE_CHECKING:
     from tasks.dataset.prepare import DatasetReport
@@ -50,6 +51,7 @@ def render_report_markdown(report: DatasetReport) -> str:
     if report.too_long_targets:
         lines += ["", "Targets skipped as too long:", ""]
         lines += [f"- {m}" for m in report.too_long_targets[:10]]
+    lines += balance_markdown(report.balance)
     return "\n".join(lines) + "\n"
 
 
@@ -73,6 +75,7 @@ def render_summary(report: DatasetReport, out_dir: Path) -> str:
             f"validation {report.validation.conversations} / {report.validation.examples}, "
             f"held-out prompts {report.held_out_prompts}",
             "  quality " + ", ".join(f"{k}: {v}" for k, v in report.quality_histogram.items()),
+            *balance_summary(report.balance),
             f"  report: {out_dir / prepared.REPORT}",
         ]
     )

@@ -9,6 +9,9 @@ never serve as that fallback (they would hold out nothing).
 Only `SplitDecider` applies the rule, while the writer streams; what it decided is written
 to `splits.json` and copied to the registry. Nobody re-derives the split from conversation
 ids or re-reads the written files.
+
+When the data allows, `balance.stratified_split` plans the split by emotional arc ahead of the
+stream and the decider follows that plan; the small-file fallback applies to either.
 """
 
 from __future__ import annotations
@@ -30,16 +33,22 @@ def split_hash(conversation_id: str, seed: int) -> float:
 class SplitDecider:
     """Applies the rule to conversations as they stream past and remembers every decision."""
 
-    def __init__(self, validation_fraction: float, seed: int) -> None:
+    def __init__(
+        self, validation_fraction: float, seed: int, planned: dict[str, SplitName] | None = None
+    ) -> None:
         self.validation_fraction = validation_fraction
         self.seed = seed
+        # A stratified split planned ahead (balance.py); conversations it lacks use the rule.
+        self.planned = planned or {}
         self.decisions: dict[str, SplitName] = {}
         self._hashes: dict[str, float] = {}
 
     def decide(self, conversation_id: str) -> SplitName:
         h = split_hash(conversation_id, self.seed)
         self._hashes[conversation_id] = h
-        split: SplitName = "validation" if h < self.validation_fraction else "train"
+        split: SplitName = self.planned.get(
+            conversation_id, "validation" if h < self.validation_fraction else "train"
+        )
         self.decisions[conversation_id] = split
         return split
 

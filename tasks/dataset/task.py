@@ -21,6 +21,7 @@ from brightrun.storage import Storage
 from tasks.dataset.mixture import WeightedSource
 from tasks.dataset.stage import PreparedJobDataset, prepare_job_dataset
 from tasks.dataset.stage_mixture import PreparedMixture, prepare_job_mixture
+from tasks.dataset.stage_preferences import PreparedJobPreferences, prepare_job_preferences
 
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -77,4 +78,30 @@ def prepare_job_mixture_task(
 ) -> PreparedMixture:
     return prepare_job_mixture(
         resources, job_id=job_id, sources=sources, spec=spec, storage=storage, locate=locate
+    )
+
+
+@task(
+    name="prepare-preferences",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def prepare_job_preferences_task(
+    resources: Resources,
+    *,
+    job_id: str,
+    dataset: str,
+    spec: JobSpec,
+    storage: Storage,
+    training_file_id: str | None = None,
+) -> PreparedJobPreferences:
+    return prepare_job_preferences(
+        resources,
+        job_id=job_id,
+        dataset=dataset,
+        spec=spec,
+        storage=storage,
+        training_file_id=training_file_id,
     )

@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel
 
 from brightrun import prepared
-from tasks.dataset.split import SplitDecider
+from tasks.dataset.split import SplitDecider, SplitName
 
 MAX_HELD_OUT_PROMPTS = 16
 
@@ -46,9 +46,18 @@ class _Written:
 class SplitWriter:
     """Writes `train.jsonl`, `validation.jsonl` and `prompts.jsonl` into `directory`."""
 
-    def __init__(self, directory: Path, validation_fraction: float, seed: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        validation_fraction: float,
+        seed: int,
+        planned: dict[str, SplitName] | None = None,
+        dropped: frozenset[str] = frozenset(),
+    ) -> None:
         self.directory = directory
-        self.decider = SplitDecider(validation_fraction, seed)
+        self.decider = SplitDecider(validation_fraction, seed, planned)
+        # Training conversations the arc cap leaves out: written nowhere, listed in no split.
+        self.dropped = dropped
         self.files: dict[str, IO[str]] = {
             # Open for the writer's whole life; close() in prepare_dataset's finally.
             "train": open(directory / prepared.TRAIN, "w", encoding="utf-8"),  # noqa: SIM115
@@ -66,6 +75,8 @@ class SplitWriter:
             f.close()
 
     def conversation(self, conversation_id: str, examples: Sequence[Example], prompt: Any) -> None:
+        if conversation_id in self.dropped:
+            return
         split = self.decider.decide(conversation_id)
         stats = self.splits[split]
         stats.conversations += 1

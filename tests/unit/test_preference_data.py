@@ -134,6 +134,8 @@ def test_cli_prepares_a_set_and_refuses_a_bad_file_with_exit_2(
     done = runner.invoke(app, [*args[:1], str(good), *args[1:], "--max-seq-length", "256"])
     assert done.exit_code == 0, done.output
     assert prepared.read_meta(out).objective == "kto"
+    report = json.loads((out / prepared.REPORT).read_text())
+    assert f"{len(report['duplicates'])} duplicates dropped" in done.output and report["duplicates"]
 
     bad = _write(tmp_path / "bad.jsonl", [{"prompt": PROMPT, "chosen": [], "rejected": []}])
     refused = runner.invoke(app, [*args[:1], str(bad), *args[1:-1], str(tmp_path / "other")])

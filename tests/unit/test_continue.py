@@ -27,10 +27,9 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "data.json"
-    path.write_text('{"conversations": []}')
-    return path
+def data_file() -> Path:
+    # A valid training file: resolve_train_request checks a local file's contents early.
+    return Path(__file__).resolve().parents[2] / "examples" / "brightrun-sample.json"
 
 
 def _spec(model_dir: Path, data_file: Path, tmp_path: Path, **params: object) -> JobSpec:

@@ -104,11 +104,15 @@ class Scrubber:
     """Scrubs one conversation's texts; `counts` accumulates replacements by placeholder."""
 
     def __init__(
-        self, user_ids: list[str] | tuple[str, ...] = (), analyzer: PiiAnalyzer | None = None
+        self,
+        user_ids: list[str] | tuple[str, ...] = (),
+        analyzer: PiiAnalyzer | None = None,
+        names: Pseudonyms | None = None,
     ) -> None:
         self.counts: Counter[str] = Counter()
         self.analyzer = analyzer or pii_analyzer(None)
-        self.names = Pseudonyms()
+        # Shared by every turn of one conversation (the same person, the same pseudonym).
+        self.names = names if names is not None else Pseudonyms()
         self._ids = tuple(sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}))
         self._ids_lower = tuple(u.lower() for u in self._ids)
         self._user_re: re.Pattern[str] | None = None

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +36,6 @@ from brightrun.registry import evalsets
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
 from brightrun.registry.feedback_rows import WATERMARK, export_lock
-from tasks.evalsets.fingerprint import turns_fingerprint
 from tasks.feedback.conversations import Conversations
 from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
@@ -85,6 +84,13 @@ class ExportOptions(BaseModel):
 
 
 # ---------------------------------------------------------------- the fold (pure)
+
+
+def turns_fingerprint(turns: Iterable[tuple[str, str | None]]) -> str:
+    # Imported here: tasks.evalsets imports this package (its dedup normaliser) at load time.
+    from tasks.evalsets.fingerprint import turns_fingerprint as fingerprint
+
+    return fingerprint(turns)
 
 
 def process_rows(

@@ -88,9 +88,15 @@ class Pseudonyms:
             return f"{first} {last}" if len(tokens) > 1 else first
         if len(tokens) == 1 and key in self._parts:
             return self._parts[key]
-        first, last = PSEUDONYMS[len(self._full) % len(PSEUDONYMS)]
-        if len(self._full) >= len(PSEUDONYMS):
-            last = f"{last}-{len(self._full) // len(PSEUDONYMS) + 1}"
+        lone_first = tokens[0].lower() if len(tokens) > 1 else None
+        if lone_first in self._full:
+            # "Maria" came first (a chat's turns can be scrubbed out of order), then
+            # "Maria Lopez": the same person, so the pseudonym "Maria" already has.
+            first, last = self._full[lone_first]
+        else:
+            first, last = PSEUDONYMS[len(self._full) % len(PSEUDONYMS)]
+            if len(self._full) >= len(PSEUDONYMS):
+                last = f"{last}-{len(self._full) // len(PSEUDONYMS) + 1}"
         self._full[key] = (first, last)
         if len(tokens) > 1:
             self._parts.setdefault(tokens[0].lower(), first)

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     export_conversation_keys: str = Field(default="none", description="BRIGHTRUN_EXPORT_CONVERSATION_KEYS")
     export_output_text_field: str = Field(default="json", description="BRIGHTRUN_EXPORT_OUTPUT_TEXT_FIELD")
     export_system_prompt_key: str = Field(default="none", description="BRIGHTRUN_EXPORT_SYSTEM_PROMPT_KEY")
+    export_context_in_user_turn: bool = Field(
+        default=True, description="BRIGHTRUN_EXPORT_CONTEXT_IN_USER_TURN"
+    )
 
     # Issue 20 (harden): one registry's own pods, one operator per job, trustworthy webhooks.
     registry_id: str | None = Field(

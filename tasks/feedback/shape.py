@@ -11,6 +11,8 @@
   target is that field of an output object, or the output itself when it is a JSON string.
 - `system_prompt_key`: a request-context key whose text is that request's system prompt;
   where it is missing, the configured prompt (per insight type, then the default) is used.
+- `context_in_user_turn`: whether the rest of the context is appended to the user turn
+  (LexyBrain's insights need it; a chat whose context is bookkeeping does not).
 
 The keys the shape consumes (conversation id, system prompt) are removed from the context
 before it is rendered into the user turn: they are bookkeeping, not what the user asked.
@@ -44,6 +46,11 @@ class ExportShape(BaseModel):
     )
     system_prompt_key: str | None = Field(
         default=None, description="Request-context key holding the request's own system prompt"
+    )
+    context_in_user_turn: bool = Field(
+        default=True,
+        description="Append the request context (less the consumed keys) to the user turn, as LexyBrain's "
+        "insights need; a chat whose context is only bookkeeping turns it off",
     )
 
     @field_validator("conversation_keys", mode="before")
@@ -88,6 +95,7 @@ class ExportShape(BaseModel):
             conversation_keys=settings.export_conversation_keys,
             output_text_field=settings.export_output_text_field,
             system_prompt_key=settings.export_system_prompt_key,
+            context_in_user_turn=settings.export_context_in_user_turn,
         )
 
     def conversation_id(self, context: Any) -> str | None:
@@ -107,7 +115,9 @@ class ExportShape(BaseModel):
         return value if isinstance(value, str) and value.strip() else None
 
     def rendered_context(self, context: Any) -> Any:
-        """The context without the keys this shape consumed."""
+        """The context without the keys this shape consumed (None: none rendered)."""
+        if not self.context_in_user_turn:
+            return None
         if not isinstance(context, dict):
             return context
         consumed = {*self.conversation_keys, self.system_prompt_key}

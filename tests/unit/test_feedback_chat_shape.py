@@ -89,6 +89,8 @@ def test_the_shape_is_validated_once_with_none_meaning_each_request_alone() -> N
         conversation_keys=["session_id"], output_text_field="reply", system_prompt_key="sp"
     )
     assert ExportShape.from_settings(load_settings()) == ExportShape()
+    quiet = ExportShape(context_in_user_turn=False)
+    assert quiet.rendered_context({"account_tier": "gold"}) is None
 
 
 def test_free_text_outputs_become_the_target_from_the_named_field_or_a_bare_string() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from brightrun.settings import Settings
@@ -91,12 +91,7 @@ class ExportShape(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExportShape:
-        return cls(
-            conversation_keys=settings.export_conversation_keys,
-            output_text_field=settings.export_output_text_field,
-            system_prompt_key=settings.export_system_prompt_key,
-            context_in_user_turn=settings.export_context_in_user_turn,
-        )
+        return shape_with_overrides(settings, where="settings")
 
     def conversation_id(self, context: Any) -> str | None:
         """The first configured key present in the context with a non-empty scalar value."""
@@ -133,3 +128,39 @@ class ExportShape(BaseModel):
             value = output.get(self.output_text_field or "")
             return value if isinstance(value, str) and value.strip() else None
         return None
+
+
+def shape_with_overrides(
+    settings: Settings,
+    *,
+    conversation_keys: str | list[str] | None = None,
+    output_text_field: str | None = None,
+    system_prompt_key: str | None = None,
+    context_in_user_turn: bool | None = None,
+    where: str = "the export",
+) -> ExportShape:
+    """The settings' shape (BRIGHTRUN_EXPORT_*) with what a CLI flag or flow parameter gave
+    (None: the setting), validated once; a bad value is an InputError naming it."""
+    from brightrun.errors import InputError
+
+    values: dict[str, Any] = {
+        "conversation_keys": settings.export_conversation_keys,
+        "output_text_field": settings.export_output_text_field,
+        "system_prompt_key": settings.export_system_prompt_key,
+        "context_in_user_turn": settings.export_context_in_user_turn,
+    }
+    given = {
+        "conversation_keys": conversation_keys,
+        "output_text_field": output_text_field,
+        "system_prompt_key": system_prompt_key,
+        "context_in_user_turn": context_in_user_turn,
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        return ExportShape(**values)
+    except ValidationError as error:
+        problems = [str(e["msg"]).removeprefix("Value error, ") for e in error.errors()]
+        raise InputError(
+            f"{where}: the export shape is invalid (flags, flow parameters or BRIGHTRUN_EXPORT_* settings): "
+            + "; ".join(problems)
+        ) from error

@@ -126,16 +126,19 @@ class Scrubber:
     def needed(self, *texts: str | None) -> bool:
         """False when none of `texts` can hold anything to scrub, checked on the raw texts
         at once so such logs skip the value-by-value walk."""
+        needed = False
+        ids_seen = False
         for text in texts:
             if not text:
                 continue
-            if needs_analysis(text):
-                return True
-            if self._ids_lower:
+            needed = needed or needs_analysis(text)
+            if self._ids_lower and not ids_seen:
                 lowered = text.lower()
-                if any(u in lowered for u in self._ids_lower):
-                    return True
-        return False
+                ids_seen = any(u in lowered for u in self._ids_lower)
+        # No user id in the raw texts: none in their values either, so `text` skips the look.
+        if not ids_seen:
+            self._ids_lower = ()
+        return needed or ids_seen
 
     def text(self, value: str) -> str:
         if self._ids_lower and any(u in value.lower() for u in self._ids_lower):

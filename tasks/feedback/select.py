@@ -299,7 +299,9 @@ def build_example(
         names(conversation) if names is not None else None,
     )
     try:
-        if scrubber.needed(row.prompt, row.context_text, row.output_text):
+        if scrubber.needed(row.prompt, row.context_text, row.output_text) and scrubber.finds_any(
+            row.prompt, context, output, system_prompt
+        ):
             user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
             target = scrubber.text(output) if shape.free_text else canonical_json(scrubber.value(output))
             if system_prompt is not None:

@@ -302,7 +302,10 @@ def build_example(
         if scrubber.needed(row.prompt, row.context_text, row.output_text) and scrubber.finds_any(
             row.prompt, context, output, system_prompt
         ):
-            user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
+            # The prompt and each context value are scrubbed on their own (as the output's
+            # values are), not the rendered turn once more: that third pass ran every
+            # recognizer over the whole prompt again and found nothing new.
+            user = user_turn(scrubber.text(row.prompt), scrubber.value(context))
             target = scrubber.text(output) if shape.free_text else canonical_json(scrubber.value(output))
             if system_prompt is not None:
                 system_prompt = scrubber.text(system_prompt)

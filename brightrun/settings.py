@@ -158,6 +158,17 @@ class Settings(BaseSettings):
     # means the built-in fallback (see tasks/feedback/pii.py). Never downloaded.
     pii_spacy_model: str = Field(default="en_core_web_lg", description="BRIGHTRUN_PII_SPACY_MODEL")
 
+    # Chat-shaped feedback export (issue 19, tasks/feedback/shape.py): which request-context
+    # keys group requests into conversations (comma-separated; "none": each request alone),
+    # which output field holds a free-text answer ("json": LexyBrain's JSON insights), and
+    # which context key carries a request's own system prompt ("none": configured prompts).
+    export_conversation_keys: str = Field(default="none", description="BRIGHTRUN_EXPORT_CONVERSATION_KEYS")
+    export_output_text_field: str = Field(default="json", description="BRIGHTRUN_EXPORT_OUTPUT_TEXT_FIELD")
+    export_system_prompt_key: str = Field(default="none", description="BRIGHTRUN_EXPORT_SYSTEM_PROMPT_KEY")
+    export_context_in_user_turn: bool = Field(
+        default=True, description="BRIGHTRUN_EXPORT_CONTEXT_IN_USER_TURN"
+    )
+
     # Issue 20 (harden): one registry's own pods, one operator per job, trustworthy webhooks.
     registry_id: str | None = Field(
         default=None,

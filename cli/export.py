@@ -29,10 +29,32 @@ def export_feedback_command(
         bool, typer.Option(help="Also export responses rated neutral with notes")
     ] = False,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a running export")] = 0.0,
+    conversation_keys: Annotated[
+        str | None,
+        typer.Option(
+            help="Request-context keys holding a conversation/session id, comma-separated, or none "
+            "(default: BRIGHTRUN_EXPORT_CONVERSATION_KEYS)"
+        ),
+    ] = None,
+    output_text_field: Annotated[
+        str | None,
+        typer.Option(
+            help="Output field holding a free-text answer, or json for JSON insights "
+            "(default: BRIGHTRUN_EXPORT_OUTPUT_TEXT_FIELD)"
+        ),
+    ] = None,
+    system_prompt_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Request-context key holding the request's system prompt, or none "
+            "(default: BRIGHTRUN_EXPORT_SYSTEM_PROMPT_KEY)"
+        ),
+    ] = None,
 ) -> None:
     """Export feedback-rated inference logs into a brightrun-lora-v4 training file."""
     from brightrun.resources import Resources
     from tasks.feedback import ExportOptions, SelectionOptions, export_feedback_window
+    from tasks.feedback.shape import shape_with_overrides
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     if start is not None and end is not None and end <= start:
@@ -43,6 +65,14 @@ def export_feedback_command(
         lock_wait_s=wait,
     )
     with Resources.from_settings() as resources:
+        shape = shape_with_overrides(
+            resources.settings,
+            conversation_keys=conversation_keys,
+            output_text_field=output_text_field,
+            system_prompt_key=system_prompt_key,
+            where="export-feedback",
+        )
+        options = options.model_copy(update={"shape": shape})
         result = export_feedback_window(resources, since=start, until=end, options=options, dry_run=dry_run)
     typer.echo(result.report)
     typer.echo(result.message)

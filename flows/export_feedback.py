@@ -23,6 +23,7 @@ from brightrun.errors import InputError
 from brightrun.resources import Resources
 from tasks.feedback import ExportOptions, FileOptions, SelectionOptions
 from tasks.feedback.retrain import continue_from, retrain_datasets
+from tasks.feedback.shape import shape_with_overrides
 from tasks.feedback.task import export_window_task, start_training
 
 CONCURRENCY_LIMIT = "export-feedback"
@@ -94,6 +95,10 @@ def export_feedback(
     max_prompt_chars: Annotated[int, Field(gt=0)] = 8000,
     system_prompts: dict[str, str] | None = None,
     default_system_prompt: str | None = None,
+    conversation_keys: list[str] | None = None,
+    output_text_field: str | None = None,
+    system_prompt_key: str | None = None,
+    context_in_user_turn: bool | None = None,
     target_model: str = "lexybrain",
     vertical: str = "lexybrain_insights",
     min_examples: Annotated[int, Field(ge=1)] = 200,
@@ -123,6 +128,14 @@ def export_feedback(
         max_prompt_chars: user turns longer than this are skipped.
         system_prompts: system prompt per insight type.
         default_system_prompt: system prompt for other insight types.
+        conversation_keys: request-context keys holding a conversation/session id (["none"]:
+            each request alone; default: BRIGHTRUN_EXPORT_CONVERSATION_KEYS).
+        output_text_field: output field holding a free-text answer ("json": JSON insights;
+            default: BRIGHTRUN_EXPORT_OUTPUT_TEXT_FIELD).
+        system_prompt_key: request-context key holding the request's system prompt
+            (default: BRIGHTRUN_EXPORT_SYSTEM_PROMPT_KEY).
+        context_in_user_turn: append the rest of the request context to the user turn
+            (default: BRIGHTRUN_EXPORT_CONTEXT_IN_USER_TURN).
         target_model / vertical: recorded in the file's metadata.
         min_examples: with auto_train, train only when the new file has this many examples.
         auto_train: start `train_deployment` on the new file.
@@ -159,6 +172,15 @@ def export_feedback(
     # The Prefect limit queues exports in this orchestrator; the database lock inside the
     # export also stops a CLI run or a second Prefect server from exporting at once.
     with Resources.from_settings() as resources:
+        shape = shape_with_overrides(
+            resources.settings,
+            conversation_keys=conversation_keys,
+            output_text_field=output_text_field,
+            system_prompt_key=system_prompt_key,
+            context_in_user_turn=context_in_user_turn,
+            where="export_feedback",
+        )
+        options = options.model_copy(update={"shape": shape})
         try:
             with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=lock_wait_seconds + 60):
                 result = export_window_task(resources, since, until, options, dry_run)

@@ -218,3 +218,10 @@ def sets_holding(bind: Bind, fingerprints: Iterable[str]) -> dict[str, Evaluatio
                     data["id"] = str(data["id"])
                     found[fp] = EvaluationSetRow(**data)
     return found
+
+
+def all_fingerprints(bind: Bind) -> frozenset[str]:
+    """Every registered set's conversation fingerprints (the feedback export drops those
+    conversations; exams are hundreds of conversations, not millions)."""
+    with repo._tx(bind) as conn:
+        return frozenset(fp for (fp,) in conn.execute(select(conversations_t.c.fingerprint).distinct()))

@@ -24,9 +24,16 @@ FINGERPRINT_VERSION = "brightrun-evalset-fingerprint-1"
 
 
 def conversation_fingerprint(conversation: Conversation) -> str:
+    pairs = sorted(conversation.training_pairs, key=lambda p: p.turn_number)
+    return turns_fingerprint((p.current_user_input, p.target_response) for p in pairs)
+
+
+def turns_fingerprint(turns: Iterable[tuple[str, str | None]]) -> str:
+    """The fingerprint of (user input, target or None) turns in order (the feedback export
+    checks its conversations with this before it writes them)."""
     h = hashlib.sha256(FINGERPRINT_VERSION.encode())
-    for pair in sorted(conversation.training_pairs, key=lambda p: p.turn_number):
-        for role, text in (("user", pair.current_user_input), ("assistant", pair.target_response)):
+    for user, target in turns:
+        for role, text in (("user", user), ("assistant", target)):
             if text is None:
                 continue
             normalised = normalize_text(text).encode("utf-8", "surrogatepass")

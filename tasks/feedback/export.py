@@ -24,7 +24,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, exc
 
+from brightrun.registry import evalsets
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
 from brightrun.registry.feedback_rows import WATERMARK, export_lock
 from tasks.feedback.corrections import CorrectionPass, add_earlier_corrections, load_corrections
 from tasks.feedback.cross_window import earlier_pairs
+from tasks.feedback.conversations import Conversations
 from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text
@@ -53,6 +55,7 @@ from tasks.feedback.select import (
     group_by_response,
     wanted,
 )
+from tasks.feedback.shape import ExportShape
 from tasks.feedback.write import ExportWriter, FileOptions, validate_written
 
 if TYPE_CHECKING:
@@ -68,6 +71,9 @@ class ExportOptions(BaseModel):
 
     selection: SelectionOptions = Field(default_factory=SelectionOptions)
     file: FileOptions = Field(default_factory=FileOptions)
+    shape: ExportShape | None = Field(
+        default=None, description="The logs' shape (None: from the BRIGHTRUN_EXPORT_* settings)"
+    )
     settle_delay_s: float = Field(
         default=900.0, ge=0, description="Default window end: now minus this (late ratings still land)"
     )
@@ -84,6 +90,13 @@ class ExportOptions(BaseModel):
 # ---------------------------------------------------------------- the fold (pure)
 
 
+def turns_fingerprint(turns: Iterable[tuple[str, str | None]]) -> str:
+    # Imported here: tasks.evalsets imports this package (its dedup normaliser) at load time.
+    from tasks.evalsets.fingerprint import turns_fingerprint as fingerprint
+
+    return fingerprint(turns)
+
+
 def process_rows(
     rows: Iterator[LogRow],
     options: SelectionOptions,
@@ -92,8 +105,18 @@ def process_rows(
     preferences: PreferencePairs,
     stats: ExportStats,
     corrections: CorrectionPass | None = None,
+    *,
+    shape: ExportShape | None = None,
+    exam: frozenset[str] = frozenset(),
 ) -> None:
-    """Fold the stream into examples (written to `writer`) and preference candidates."""
+    """Fold the stream into examples (written to `writer`) and preference candidates.
+
+    `shape` grouped: turns with a conversation id are gathered and written as conversations
+    once the stream ends. `exam`: fingerprints of registered evaluation conversations; an
+    example or conversation that is one of them is held out, never written."""
+    shape = shape or ExportShape()
+    chats = Conversations() if shape.grouped else None
+    names = chats.names if chats is not None else None
 
     def counted() -> Iterator[LogRow]:
         for row in rows:
@@ -115,30 +138,67 @@ def process_rows(
                     writer.add(corrected)
             continue
         skip = wanted(decision, options)
-        if skip is Skip.rated_negative:
-            built = build_example(decision, options)
+        # A chat turn that is not trained is still its conversation's history.
+        as_context = chats is not None and skip in (Skip.rated_negative, Skip.rated_neutral)
+        if skip is Skip.rated_negative or as_context:
+            built = build_example(decision, options, shape, names)
             if built.example is not None:
-                preferences.rejected(built.example)
+                if skip is Skip.rated_negative:
+                    preferences.rejected(built.example)
+                if chats is not None and built.example.conversation is not None:
+                    chats.add(built.example, trained=False)
+                    stats.scrubbed.update(built.scrubbed)
+            assert skip is not None
             stats.skipped[skip.value] += 1
             continue
         if skip is not None:
             stats.skipped[skip.value] += 1
             continue
-        built = build_example(decision, options)
+        built = build_example(decision, options, shape, names)
         if built.example is None:
             assert built.skip is not None
             stats.skipped[built.skip.value] += 1
             continue
-        if built.example.rating is Rating.positive:
-            preferences.chosen(built.example)
-        dup = deduper.check(built.example)
+        example = built.example
+        if chats is not None and example.conversation is not None:
+            if example.rating is Rating.positive:
+                preferences.chosen(example)
+            dup = deduper.check(example)
+            if dup is not None:
+                stats.deduped[dup.value] += 1
+            chats.add(example, trained=dup is None)
+            stats.scrubbed.update(built.scrubbed)
+            continue
+        if exam and turns_fingerprint([(example.user, example.target)]) in exam:
+            stats.held_out_for_exam += 1
+            continue
+        if example.rating is Rating.positive:
+            preferences.chosen(example)
+        dup = deduper.check(example)
         if dup is not None:
             stats.deduped[dup.value] += 1
             continue
         stats.scrubbed.update(built.scrubbed)
         stats.selected += 1
         if writer is not None:
-            writer.add(built.example)
+            writer.add(example)
+    if chats is not None:
+        _write_conversations(chats, writer, stats, exam)
+
+
+def _write_conversations(
+    chats: Conversations, writer: ExportWriter | None, stats: ExportStats, exam: frozenset[str]
+) -> None:
+    stats.context_only_conversations += chats.context_only()
+    for conversation_id, turns in chats.assembled():
+        pairs = [(t.example, t.trained) for t in turns]
+        fingerprint = turns_fingerprint((e.user, e.target if trained else None) for e, trained in pairs)
+        if exam and fingerprint in exam:
+            stats.held_out_for_exam += 1
+            continue
+        stats.selected += 1
+        if writer is not None:
+            writer.add_conversation(conversation_id, pairs)
 
 
 # ---------------------------------------------------------------- the window
@@ -172,6 +232,7 @@ def _read_with_retries(
     earlier: Deduper,
     out_dir: Path,
     *,
+    exam: frozenset[str],
     on_progress: Callable[[int], None] | None,
     progress_every: int,
     corrections: CorrectionPass,
@@ -195,7 +256,15 @@ def _read_with_retries(
                     progress_every=progress_every,
                 )
                 process_rows(
-                    rows, options.selection, earlier.fresh(), writer, preferences, stats, corrections
+                    rows,
+                    options.selection,
+                    earlier.fresh(),
+                    writer,
+                    preferences,
+                    stats,
+                    shape=options.shape,
+                    exam=exam,
+                    corrections=corrections,
                 )
                 add_earlier_corrections(conn, corrections, since, writer, stats, options.batch_size)
             return stats, writer, preferences
@@ -257,6 +326,8 @@ def export_feedback_window(
             update={"pii_spacy_model": resources.settings.pii_spacy_model}
         )
         options = options.model_copy(update={"selection": selection})
+    if options.shape is None:
+        options = options.model_copy(update={"shape": ExportShape.from_settings(resources.settings)})
     now = _utc(now or datetime.now(UTC))
     if dry_run and not resources.registry_exists():
         since_, until_ = resolve_window(None, since, until, options.settle_delay_s, now)
@@ -293,6 +364,7 @@ def export_feedback_window(
             options,
             earlier,
             workdir / "out",
+            exam=evalsets.all_fingerprints(engine),
             on_progress=on_progress,
             progress_every=progress_every,
             corrections=corrections,

@@ -23,6 +23,7 @@ with a capitalised word after the first one.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import re
 import sys
@@ -172,6 +173,10 @@ def _recognizers() -> tuple[list[Any], Any]:
 
 # ---------------------------------------------------------------- cheap prefilters
 
+# Texts up to this long are cached by `PiiAnalyzer.find` (bounded: ~64k entries of at most
+# 256 characters, a few tens of MB at worst).
+_CACHED_TEXT_CHARS = 256
+_CACHE_ENTRIES = 65_536
 _DIGITISH_RE = re.compile(r"\d[\d ().\-/]{5,}\d")
 # A capitalised word that is not the text's first word: the only texts a model needs.
 _LATER_CAPITAL_RE = re.compile(r"\S\s+[A-Z][a-z]")
@@ -270,16 +275,27 @@ def _has_context(text: str, start: int, words: list[str] | tuple[str, ...]) -> b
 # ---------------------------------------------------------------- the analyzer
 
 
+def _is_installed_package(name: str) -> bool:
+    if not name.isidentifier():
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _load_spacy(name: str | None) -> tuple[Any | None, str]:
     """The configured spaCy pipeline, or None and the reason (never downloads one)."""
     if name is None or name.strip().lower() in NO_MODEL:
         return None, "no spaCy pipeline is configured (BRIGHTRUN_PII_SPACY_MODEL=none)"
+    # Looked up before spaCy is imported: importing it pulls in thinc and torch (7 s and
+    # ~200 MB on the export benchmark) only to learn that the pipeline is missing.
+    if not (Path(name).is_dir() or _is_installed_package(name)):
+        return None, f"the spaCy pipeline {name!r} (BRIGHTRUN_PII_SPACY_MODEL) is not installed"
     try:
         import spacy
     except ImportError:
         return None, "spaCy is not installed"
-    if not (spacy.util.is_package(name) or Path(name).is_dir()):
-        return None, f"the spaCy pipeline {name!r} (BRIGHTRUN_PII_SPACY_MODEL) is not installed"
     try:
         return spacy.load(name, exclude=["lemmatizer", "parser", "tagger", "attribute_ruler"]), ""
     except (OSError, ValueError) as error:
@@ -303,9 +319,17 @@ class PiiAnalyzer:
         else:
             self.ner_source = f"spacy:{spacy_model}"
         self._numbers, self._email = _recognizers()
+        self._cached_find = functools.lru_cache(maxsize=_CACHE_ENTRIES)(lambda text: tuple(self._find(text)))
 
     def find(self, text: str) -> list[Finding]:
         """Every span of personal data in `text`, overlaps resolved (left to right)."""
+        # Logs repeat their values (shop ids, regions, item names): each distinct short text
+        # is analysed once per process. Findings are spans only; pseudonyms stay per Scrubber.
+        if len(text) <= _CACHED_TEXT_CHARS:
+            return list(self._cached_find(text))
+        return self._find(text)
+
+    def _find(self, text: str) -> list[Finding]:
         found: list[Finding] = []
         if "@" in text:
             found += self._presidio(self._email, text)

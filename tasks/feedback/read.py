@@ -41,6 +41,7 @@ class LogRow:
     prompt: str | None
     context_text: str | None
     insight_type: str | None
+    requested_at: datetime | None = None  # orders the turns of one conversation
 
 
 def _as_str(value: Any) -> str | None:
@@ -74,6 +75,7 @@ def log_query(since: datetime, until: datetime) -> Select[Any]:
             q.c.prompt,
             cast(q.c.context, Text).label("context_text"),
             q.c.insight_type,
+            q.c.requested_at,
         )
         .select_from(f.outerjoin(r, r.c.id == f.c.response_id).outerjoin(q, q.c.id == r.c.request_id))
         .where(f.c.created_at >= since, f.c.created_at < until)
@@ -138,4 +140,5 @@ def read_rows(
             prompt=row.prompt,
             context_text=row.context_text,
             insight_type=row.insight_type,
+            requested_at=row.requested_at,
         )

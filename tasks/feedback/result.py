@@ -31,6 +31,8 @@ class ExportStats:
     preference_pairs: int = 0
     read_attempts: int = 0
     corrections: int = 0  # examples whose target is a reviewer's correction (issue 19)
+    held_out_for_exam: int = 0  # in a registered evaluation set: never written (issue 25)
+    context_only_conversations: int = 0  # chat shape: no turn to train on, not written
 
 
 @dataclass
@@ -79,6 +81,8 @@ def render_report(result: ExportResult) -> str:
         f"| selected (exported examples) | {s.selected} |",
         f"| skipped | {sum(s.skipped.values())} |",
         f"| deduped | {sum(s.deduped.values())} |",
+        f"| held out for the exam | {s.held_out_for_exam} |",
+        f"| conversations with no turn to train on | {s.context_only_conversations} |",
         f"| personal data replaced | {sum(s.scrubbed.values())} |",
         f"| preference pairs | {s.preference_pairs} |",
         f"| read attempts | {s.read_attempts} |",

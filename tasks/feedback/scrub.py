@@ -88,9 +88,15 @@ class Pseudonyms:
             return f"{first} {last}" if len(tokens) > 1 else first
         if len(tokens) == 1 and key in self._parts:
             return self._parts[key]
-        first, last = PSEUDONYMS[len(self._full) % len(PSEUDONYMS)]
-        if len(self._full) >= len(PSEUDONYMS):
-            last = f"{last}-{len(self._full) // len(PSEUDONYMS) + 1}"
+        lone_first = tokens[0].lower() if len(tokens) > 1 else None
+        if lone_first in self._full:
+            # "Maria" came first (a chat's turns can be scrubbed out of order), then
+            # "Maria Lopez": the same person, so the pseudonym "Maria" already has.
+            first, last = self._full[lone_first]
+        else:
+            first, last = PSEUDONYMS[len(self._full) % len(PSEUDONYMS)]
+            if len(self._full) >= len(PSEUDONYMS):
+                last = f"{last}-{len(self._full) // len(PSEUDONYMS) + 1}"
         self._full[key] = (first, last)
         if len(tokens) > 1:
             self._parts.setdefault(tokens[0].lower(), first)
@@ -104,11 +110,15 @@ class Scrubber:
     """Scrubs one conversation's texts; `counts` accumulates replacements by placeholder."""
 
     def __init__(
-        self, user_ids: list[str] | tuple[str, ...] = (), analyzer: PiiAnalyzer | None = None
+        self,
+        user_ids: list[str] | tuple[str, ...] = (),
+        analyzer: PiiAnalyzer | None = None,
+        names: Pseudonyms | None = None,
     ) -> None:
         self.counts: Counter[str] = Counter()
         self.analyzer = analyzer or pii_analyzer(None)
-        self.names = Pseudonyms()
+        # Shared by every turn of one conversation (the same person, the same pseudonym).
+        self.names = names if names is not None else Pseudonyms()
         self._ids = tuple(sorted({u for u in user_ids if u and len(u) >= MIN_USER_ID_LENGTH}))
         self._ids_lower = tuple(u.lower() for u in self._ids)
         self._user_re: re.Pattern[str] | None = None
@@ -116,16 +126,33 @@ class Scrubber:
     def needed(self, *texts: str | None) -> bool:
         """False when none of `texts` can hold anything to scrub, checked on the raw texts
         at once so such logs skip the value-by-value walk."""
+        needed = False
+        ids_seen = False
         for text in texts:
             if not text:
                 continue
-            if needs_analysis(text):
-                return True
-            if self._ids_lower:
+            needed = needed or needs_analysis(text)
+            if self._ids_lower and not ids_seen:
                 lowered = text.lower()
-                if any(u in lowered for u in self._ids_lower):
-                    return True
-        return False
+                ids_seen = any(u in lowered for u in self._ids_lower)
+        # No user id in the raw texts: none in their values either, so `text` skips the look.
+        if not ids_seen:
+            self._ids_lower = ()
+        return needed or ids_seen
+
+    def finds_any(self, prompt: str, *values: Any) -> bool:
+        """Whether anything is to be replaced in the prompt or the JSON values, asked once
+        over all their texts joined (one analysis instead of one per value: on the export
+        benchmark nearly every log has a digit or a capital, and nearly none has personal
+        data). A finding in any one text is also a finding in the joined texts, so a False
+        here never lets personal data through; a match across two texts only costs the walk."""
+        if self._ids_lower:
+            return True
+        texts = [prompt]
+        for value in values:
+            _collect_texts(value, texts)
+        joined = "\n".join(t for t in texts if t)
+        return needs_analysis(joined) and bool(self.analyzer.find(joined))
 
     def text(self, value: str) -> str:
         if self._ids_lower and any(u in value.lower() for u in self._ids_lower):
@@ -172,6 +199,25 @@ class Scrubber:
         if isinstance(value, list | tuple):
             return [self.value(v) for v in value]
         return value
+
+
+def _collect_texts(value: Any, out: list[str]) -> None:
+    """Every text `Scrubber.value` would scrub in a JSON value (strings, keys, integers)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, bool) or item is None or isinstance(item, float):
+            continue
+        elif isinstance(item, int):
+            out.append(str(item))
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                out.append(str(k))
+                stack.append(v)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 _PSEUDONYM_WORDS = frozenset(w.lower() for pair in PSEUDONYMS for w in (*pair, " ".join(pair)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -23,7 +24,8 @@ from pydantic import BaseModel, Field, field_validator
 from tasks.feedback.dedup import digest, exact_key, normalize_text
 from tasks.feedback.pii import pii_analyzer
 from tasks.feedback.read import LogRow
-from tasks.feedback.scrub import Scrubber
+from tasks.feedback.scrub import Pseudonyms, Scrubber
+from tasks.feedback.shape import ExportShape
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are LexyBrain, an assistant that produces structured insights. "
@@ -46,6 +48,7 @@ class Skip(StrEnum):
     null_prompt = "null_prompt"
     prompt_too_long = "prompt_too_long"
     invalid_output_json = "invalid_output_json"
+    no_output_text = "no_output_text"
     empty_output = "empty_output"
     invalid_context_json = "invalid_context_json"
     invalid_text = "invalid_text"
@@ -207,6 +210,10 @@ class Example:
     rating: Rating
     quality_score: float
     provenance: dict[str, Any]
+    # Chat shape: the conversation this turn belongs to (None: it stands alone), and when
+    # it was asked (orders the turns).
+    conversation: str | None = None
+    asked_at: datetime | None = None
 
     @property
     def example_id(self) -> str:
@@ -245,8 +252,17 @@ def user_turn(prompt: str, context: Any) -> str:
     return f"{text}\n\nContext:\n{rendered}"
 
 
-def build_example(decision: Decision, options: SelectionOptions) -> Built:
-    """Validate one decided log and render it as a scrubbed example (or say why not)."""
+def build_example(
+    decision: Decision,
+    options: SelectionOptions,
+    shape: ExportShape | None = None,
+    names: Callable[[str | None], Pseudonyms] | None = None,
+) -> Built:
+    """Validate one decided log and render it as a scrubbed example (or say why not).
+
+    `names` gives the pseudonyms of a conversation (by its id; None: a lone request), so a
+    person keeps one pseudonym across the turns of a chat."""
+    shape = shape or _JSON_SHAPE
     row = decision.row
     if not row.response_found:
         return Built(None, Skip.response_missing)
@@ -264,22 +280,38 @@ def build_example(decision: Decision, options: SelectionOptions) -> Built:
         return Built(None, Skip.invalid_output_json)
     if output in (None, "", {}, []) or (isinstance(output, str) and not output.strip()):
         return Built(None, Skip.empty_output)
-    if not isinstance(output, dict | list):
+    if shape.free_text:
+        output = shape.output_text(output)
+        if output is None:
+            return Built(None, Skip.no_output_text)
+    elif not isinstance(output, dict | list):
         # A bare string or number is not the structured output an insight must be.
         return Built(None, Skip.invalid_output_json)
     ok, context = _parse_json(row.context_text)
     if not ok:
         return Built(None, Skip.invalid_context_json)
+    conversation = shape.conversation_id(context)
+    system_prompt = shape.context_system_prompt(context)
+    context = shape.rendered_context(context)
     scrubber = Scrubber(
-        [u for u in (row.request_user_id, row.feedback_user_id) if u], pii_analyzer(options.pii_spacy_model)
+        [u for u in (row.request_user_id, row.feedback_user_id) if u],
+        pii_analyzer(options.pii_spacy_model),
+        names(conversation) if names is not None else None,
     )
     try:
-        if scrubber.needed(row.prompt, row.context_text, row.output_text):
-            user = scrubber.text(user_turn(row.prompt, scrubber.value(context)))
-            target = canonical_json(scrubber.value(output))
+        if scrubber.needed(row.prompt, row.context_text, row.output_text) and scrubber.finds_any(
+            row.prompt, context, output, system_prompt
+        ):
+            # The prompt and each context value are scrubbed on their own (as the output's
+            # values are), not the rendered turn once more: that third pass ran every
+            # recognizer over the whole prompt again and found nothing new.
+            user = user_turn(scrubber.text(row.prompt), scrubber.value(context))
+            target = scrubber.text(output) if shape.free_text else canonical_json(scrubber.value(output))
+            if system_prompt is not None:
+                system_prompt = scrubber.text(system_prompt)
         else:
             user = user_turn(row.prompt, context)
-            target = canonical_json(output)
+            target = output if shape.free_text else canonical_json(output)
     except ValueError:
         return Built(None, Skip.invalid_output_json)
     if len(user) > options.max_prompt_chars:
@@ -288,7 +320,7 @@ def build_example(decision: Decision, options: SelectionOptions) -> Built:
     quality = options.positive_quality_score if rating is Rating.positive else options.neutral_quality_score
     insight = row.insight_type or "default"
     example = Example(
-        system_prompt=options.system_prompt(row.insight_type),
+        system_prompt=system_prompt or options.system_prompt(row.insight_type),
         user=user,
         target=target,
         insight_type=insight,
@@ -303,8 +335,13 @@ def build_example(decision: Decision, options: SelectionOptions) -> Built:
             "rating": rating.value,
             "votes": decision.votes,
         },
+        conversation=conversation,
+        asked_at=row.requested_at,
     )
     return Built(example, None, scrubber.counts)
+
+
+_JSON_SHAPE = ExportShape()
 
 
 def wanted(decision: Decision, options: SelectionOptions) -> Skip | None:

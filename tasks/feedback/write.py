@@ -87,6 +87,68 @@ def conversation(example: Example) -> dict[str, Any]:
     }
 
 
+def _pair(example: Example, turn_number: int, history: list[dict[str, str]], trained: bool) -> dict[str, Any]:
+    return {
+        "id": f"{example.example_id}-t{turn_number}",
+        "turn_number": turn_number,
+        "system_prompt": example.system_prompt,
+        "conversation_history": history,
+        "current_user_input": example.user,
+        "emotional_context": {},
+        # A turn that is not trained (rated down, neutral, a duplicate) is context only:
+        # its answer reaches the model as the next turn's history, never as a target.
+        "target_response": example.target if trained else None,
+        "training_metadata": {
+            "quality_score": example.quality_score,
+            "difficulty_level": f"feedback_{example.rating.value}",
+            "demonstrates_skills": [example.insight_type],
+        },
+        "provenance": example.provenance,
+    }
+
+
+def chat_conversation(conversation_id: str, turns: list[tuple[Example, bool]]) -> dict[str, Any]:
+    """One chat conversation (its turns in order, each with `trained`) as a brightrun-lora-v4
+    conversation: pair k carries turns 1..k-1 as its history."""
+    pairs: list[dict[str, Any]] = []
+    history: list[dict[str, str]] = []
+    for number, (example, trained) in enumerate(turns, start=1):
+        pairs.append(_pair(example, number, list(history), trained))
+        history += [
+            {"role": "user", "content": example.user},
+            {"role": "assistant", "content": example.target},
+        ]
+    return {
+        "conversation_metadata": {
+            "conversation_id": conversation_id,
+            "total_turns": len(turns),
+            "scaffolding": {
+                "persona_key": "chat_user",
+                "emotional_arc_key": "feedback_export",
+                "training_topic_key": turns[0][0].insight_type,
+            },
+        },
+        "training_pairs": pairs,
+    }
+
+
+def chat_messages_record(conversation_id: str, turns: list[tuple[Example, bool]]) -> dict[str, Any]:
+    """The chat JSONL line of a conversation: up to its last trained turn."""
+    last = max(i for i, (_, trained) in enumerate(turns) if trained)
+    messages = [{"role": "system", "content": turns[0][0].system_prompt}]
+    for example, _ in turns[: last + 1]:
+        messages += [
+            {"role": "user", "content": example.user},
+            {"role": "assistant", "content": example.target},
+        ]
+    return {
+        "id": conversation_id,
+        "messages": messages,
+        "trained_turns": [i + 1 for i, (_, trained) in enumerate(turns[: last + 1]) if trained],
+        "provenance": [example.provenance for example, _ in turns[: last + 1]],
+    }
+
+
 def chat_record(example: Example) -> dict[str, Any]:
     return {
         "id": example.example_id,
@@ -138,6 +200,7 @@ class ExportWriter:
         self.chat_path = directory / f"{self.name}.chat.jsonl"
         self._chat = open(self.chat_path, "w", encoding="utf-8")  # noqa: SIM115
         self.examples = 0
+        self.pairs = 0
         # (conversation id, source response id) of every example, for the registry.
         self.refs: list[tuple[str, str]] = []
 
@@ -148,6 +211,18 @@ class ExportWriter:
         self._chat.write(_dumps(chat_record(example)) + "\n")
         self.refs.append((example.example_id, str(example.provenance["response_id"])))
         self.examples += 1
+        self.pairs += 1
+
+    def add_conversation(self, conversation_id: str, turns: list[tuple[Example, bool]]) -> None:
+        """A chat conversation, its turns in order; at least one of them is trained."""
+        if self.examples:
+            self._spool.write(",\n")
+        self._spool.write(_dumps(chat_conversation(conversation_id, turns)))
+        self._chat.write(_dumps(chat_messages_record(conversation_id, turns)) + "\n")
+        last_trained = next(e for e, trained in reversed(turns) if trained)
+        self.refs.append((conversation_id, str(last_trained.provenance["response_id"])))
+        self.examples += 1
+        self.pairs += len(turns)
 
     def close(self) -> None:
         for f in (self._spool, self._chat):
@@ -163,7 +238,7 @@ class ExportWriter:
             "target_model": self.options.target_model,
             "vertical": self.options.vertical,
             "total_conversations": self.examples,
-            "total_training_pairs": self.examples,
+            "total_training_pairs": self.pairs,
             "source": SOURCE,
             "window": {
                 "since": self.since.astimezone(UTC).isoformat(),

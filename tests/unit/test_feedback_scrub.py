@@ -77,3 +77,18 @@ def test_json_values_stay_valid_json() -> None:
         USER_ID: [f"call {PHONE}", None, 2.5],
     }
     assert dict(scrubber.counts) == {EMAIL: 1, CARD: 1, PHONE: 1, USER_ID: 1}
+
+
+def test_one_joined_look_tells_whether_a_log_needs_the_value_by_value_walk() -> None:
+    from tests.unit.test_feedback_pii import SENTINELS
+
+    plain = Scrubber()
+    assert plain.needed("Request 4211: Stock mugs for shop 17?")
+    assert not plain.finds_any("Request 4211: Stock mugs", {"Shop": "shop-17", "n": [3, 0.5]}, "Fine")
+    for kind, sentence in SENTINELS.items():
+        # Deep in a JSON value, as a key, or in the prompt: the joined look sees each kind.
+        assert Scrubber().finds_any("Which items?", {"a": [{"b": sentence}]}), kind
+        assert Scrubber().finds_any("Which items?", {sentence: 1}), kind
+        assert Scrubber().finds_any(f"Which items? {sentence}", None), kind
+    with_id = Scrubber(["user-4711"])
+    assert with_id.needed("for user-4711") and with_id.finds_any("Stock mugs", None)

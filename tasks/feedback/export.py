@@ -36,9 +36,9 @@ from brightrun.registry import evalsets
 from brightrun.registry import repository as repo
 from brightrun.registry.db import is_disconnect
 from brightrun.registry.feedback_rows import WATERMARK, export_lock
+from tasks.feedback.conversations import Conversations
 from tasks.feedback.corrections import CorrectionPass, add_earlier_corrections, load_corrections
 from tasks.feedback.cross_window import earlier_pairs
-from tasks.feedback.conversations import Conversations
 from tasks.feedback.dedup import Deduper, load_earlier
 from tasks.feedback.errors import ExportError
 from tasks.feedback.read import LogRow, read_rows, tolerant_text

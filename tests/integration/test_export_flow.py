@@ -134,7 +134,7 @@ def test_flow_exits_cleanly_while_another_export_runs(prefect_api: None, brightr
 
 
 def test_a_later_round_replays_the_curated_set_with_every_accepted_file_from_production(
-    prefect_api: None, brightrun_home: Path, tmp_path: Path
+    prefect_api: None, brightrun_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 25: the auto-retrain trains on the curated set (at the stated replay share) plus
     every accepted feedback file, oldest first, and continues from the production adapter
@@ -144,6 +144,7 @@ def test_a_later_round_replays_the_curated_set_with_every_accepted_file_from_pro
     from brightrun.registry import promotion as pm
     from flows.export_feedback import export_feedback
 
+    monkeypatch.setenv("BRIGHTRUN_REVIEW_REQUIRED", "false")  # this window's file is accepted at once
     _seed(brightrun_home / "registry.db", 3)
     # Real files: the export reads every earlier training file to drop repeats of them.
     # (name, conversations, source, examples counted, review status)
@@ -167,7 +168,7 @@ def test_a_later_round_replays_the_curated_set_with_every_accepted_file_from_pro
                 sha256=sha256_file(files[name]),
                 source=source,
                 examples=examples,
-                metadata={"review_status": review} if review else None,
+                review_status=review or "approved",
             )
         job = repo.create_job(engine, job_name="round 1", base_model="tiny")
         for step in ("preprocessing", "model_loaded", "training", "completed"):

@@ -328,7 +328,9 @@ def tokens_per_step(spec: JobSpec, train_examples: int, train_tokens: int | None
 
 
 def estimated_total_steps(spec: JobSpec, train_examples: int) -> int:
-    """Optimizer steps the trainer will run (the trainer's own formula, brightrun.steps)."""
+    """Optimizer steps the trainer will run (the trainer's own formula, brightrun.steps).
+    `train_examples` counts trained examples: the prepared set's assistant targets
+    (brightrun.prepared.step_examples), not its packed sequences."""
     t = spec.training
     return _total_steps(
         train_examples,

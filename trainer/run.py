@@ -167,6 +167,7 @@ class TrainingRun:
         self.total_steps, self.total_micro = plan_steps(
             self.stream.batches_per_epoch, t.epochs, t.max_steps, t.gradient_accumulation_steps
         )
+        self._report_plan()
         self.scheduler = _setup_scheduler(spec, self.optimizer, self.total_steps)
         self.pad_id = self.tokenizer.pad_token_id
         self.eval_batch = spec.evaluation.batch_size or t.batch_size
@@ -193,10 +194,29 @@ class TrainingRun:
         return setup_data(self.storage, self.spec, self.work)
 
     def _batch_stream(self) -> Any:
-        from trainer.data import BatchStream
+        from trainer.data import TargetStream
 
         t = self.spec.training
-        return BatchStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+        return TargetStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+
+    def _report_plan(self) -> None:
+        """The "steps per epoch" line, before the first step: what a step means here."""
+        from brightrun.steps import describe_plan, steps_per_epoch
+
+        t = self.spec.training
+        targets = getattr(self.stream, "total_targets", len(self.stream.examples))
+        line = describe_plan(
+            targets, len(self.stream.examples), t.batch_size, t.gradient_accumulation_steps, self.total_steps
+        )
+        log.info("%s", line)
+        if self.world.is_main:
+            self.reporter.event(
+                "step_plan",
+                steps_per_epoch=steps_per_epoch(targets, t.batch_size, t.gradient_accumulation_steps),
+                trained_examples=targets,
+                sequences=len(self.stream.examples),
+                total_steps=self.total_steps,
+            )
 
     def _plan_step(self, first: int, last: int) -> Any:
         from trainer.steps import SftStep

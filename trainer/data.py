@@ -140,6 +140,12 @@ class BatchStream:
         return [self.examples[i] for i in plan[pos.batch_index]]
 
 
+def one_row_per_target(example: Example) -> list[Example]:
+    """The per-pair recipe's rows (TRL's SFTTrainer, one example per pair, no packing): each
+    target with the conversation before it, trained on that target alone."""
+    return [example.piece(t, t + 1) for t in range(len(target_spans(example.labels)))]
+
+
 # One piece of a micro-batch: (example index, first target, stop target).
 Piece = tuple[int, int, int]
 

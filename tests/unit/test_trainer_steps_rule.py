@@ -166,3 +166,33 @@ def test_the_prepared_set_records_the_targets_the_trainer_counts(
     assert meta.train_targets == pairs > meta.train_examples  # merged turns: several per sequence
     # A set prepared before the field counts its sequences, as estimates did then.
     assert prepared.step_examples(meta.model_copy(update={"train_targets": None})) == meta.train_examples
+
+
+def test_a_checkpoint_from_another_plan_is_refused_not_resumed_out_of_place() -> None:
+    from brightrun.errors import BrightrunError
+    from trainer.checkpoints import TrainerState
+    from trainer.plan import check_plan
+
+    stream = TargetStream(dataset(30, seed=2), 4, seed=0)
+    steps, _ = plan_steps(stream.batches_per_epoch, 2.0, None, 4)
+
+    def state(total: int, per_epoch: int | None) -> TrainerState:
+        return TrainerState(
+            step=3,
+            total_steps=total,
+            epoch=0.5,
+            micro_batches_done=12,
+            data_epoch=0,
+            data_batch_index=12,
+            sampler_seed=0,
+            micro_batches_per_epoch=per_epoch,
+        )
+
+    check_plan(state(steps, stream.batches_per_epoch), stream, steps)
+    check_plan(state(steps, None), stream, steps)  # written before the field: the steps agree
+    # Written under the old rule (a micro-batch of 4 sequences): another plan.
+    old = math.ceil(30 / 4)
+    with pytest.raises(BrightrunError, match=r"checkpoint 3 .* micro-batches an epoch.*step rule"):
+        check_plan(state(steps, old), stream, steps)
+    with pytest.raises(BrightrunError, match="start the job again"):
+        check_plan(state(math.ceil(2 * old / 4), None), stream, steps)

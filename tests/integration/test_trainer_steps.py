@@ -21,7 +21,7 @@ from tests.fixtures.training import (
     small_spec,
 )
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _one_epoch(root: Path, data: Path, job_id: str, model: Path, packing: bool) -> dict[str, float]:

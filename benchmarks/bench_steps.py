@@ -83,6 +83,81 @@ def run(
     }
 
 
+def run_trl(data: Path, model: str, args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]:
+    """The seed's own recipe: TRL's SFTTrainer on the per-pair rows (pre-tokenized, the
+    reply's tokens as `assistant_masks`), no packing, 4 x 4; scored with our validation loss."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.data import load_examples
+    from trainer.evaluate import validation_loss
+
+    rows = [
+        {
+            "input_ids": e.input_ids,
+            "assistant_masks": [int(label != prepared.IGNORE_INDEX) for label in e.labels],
+        }
+        for e in load_examples(data / prepared.TRAIN, args.max_seq_length)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    config = SFTConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        warmup_steps=1,
+        lr_scheduler_type="cosine",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_length=args.max_seq_length,
+        packing=False,
+        seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        optim="adamw_torch",
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,  # only slower on the tiny model; the loss is the same
+    )
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    validation = load_examples(data / prepared.VALIDATION, args.max_seq_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = SFTTrainer(
+        model=base,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    before, _ = validation_loss(trainer.model, validation, 4, pad, torch.device("cpu"))
+    started = time.perf_counter()
+    state = trainer.train()
+    seconds = time.perf_counter() - started
+    after, _ = validation_loss(trainer.model, validation, 4, pad, torch.device("cpu"))
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    return {
+        "steps": state.global_step,
+        "eval_before": before,
+        "eval_after": after,
+        "tokens": tokens,
+        "padding": -1,  # TRL pads each batch; not counted here
+        "seconds": seconds,
+        "wall": seconds,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -91,6 +166,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7])
     parser.add_argument("--dataset", type=Path, default=SAMPLE, help="a conversations file")
     parser.add_argument("--base-model", help="a model path (default: the tiny model)")
+    parser.add_argument("--trl", action="store_true", help="also run TRL's SFTTrainer on the per-pair rows")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-steps-"))
     try:
@@ -120,7 +196,10 @@ def main() -> int:
         for seed in args.seeds:
             per_pair = run(work, work / "per-pair", f"per-pair-{seed}", model, args, False, seed)
             ours = run(work, ours_data, f"packed-{seed}", model, args, True, seed)
-            for name, r in (("per-pair", per_pair), ("ours", ours)):
+            named = [("per-pair", per_pair), ("ours", ours)]
+            if args.trl:
+                named.append(("trl", run_trl(work / "per-pair", model, args, seed, work / f"trl-{seed}")))
+            for name, r in named:
                 print(
                     f"{seed:>5} {name:9} {r['steps']:>6} {r['eval_before']:>16.4f} {r['eval_after']:>8.4f} "
                     f"{r['tokens']:>9} {r['padding']:>8} {r['seconds']:>8.1f}"
@@ -130,6 +209,9 @@ def main() -> int:
                 f"(target within 0.01); tokens {ours['tokens'] / per_pair['tokens']:.2f} x the per-pair "
                 f"recipe's"
             )
+            if args.trl:
+                trl_loss = named[-1][1]["eval_after"]
+                print(f"      ours - TRL SFTTrainer held-out loss: {ours['eval_after'] - trl_loss:+.4f}")
         print(f"the old rule (batch_size counted packed sequences) would have run {old_rule} steps")
         return 0
     finally:

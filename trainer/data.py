@@ -296,7 +296,7 @@ def make_batch(examples: Sequence[Example], pad_token_id: int, *, packing: bool)
     return pack(examples) if packing else collate(examples, pad_token_id)
 
 
-def padding_share(stream: BatchStream, micro_batches: int, *, packing: bool = False) -> float:
+def padding_share(stream: BatchStream | TargetStream, micro_batches: int, *, packing: bool = False) -> float:
     """Share of padding among all positions of the first `micro_batches` micro-batches."""
     padding = total = 0
     for m in range(micro_batches):

@@ -1,8 +1,11 @@
 """Steps that mean what the recipe means (issue 25): our packed trainer against the per-pair
 recipe, one epoch at equal settings, on the tiny model.
 
-    .venv/bin/python benchmarks/bench_steps.py [--epochs 1] [--lr 5e-3] [--max-seq-length 512]
-        [--seeds 7 8 9] [--dataset examples/brightrun-sample.json]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_steps.py [--epochs 1] [--lr 5e-3]
+        [--max-seq-length 512] [--seeds 7 8 9] [--dataset examples/brightrun-sample.json] [--trl]
+
+`--trl` adds TRL's own SFTTrainer on the same per-pair rows (the seed's recipe itself), scored
+with our validation loss; on a shared CPU give it OMP_NUM_THREADS=1 or it crawls.
 
 The per-pair recipe is the seed's: one row per (context, reply) pair, padded, no packing,
 batch 4 x accumulation 4 (TRL's SFTTrainer's meaning of a step). It is run by our own
@@ -152,7 +155,7 @@ def run_trl(data: Path, model: str, args: argparse.Namespace, seed: int, out: Pa
         "eval_before": before,
         "eval_after": after,
         "tokens": tokens,
-        "padding": -1,  # TRL pads each batch; not counted here
+        "padding": -1,  # TRL pads each batch to its longest row; not counted (tokens are real ones)
         "seconds": seconds,
         "wall": seconds,
     }
@@ -202,7 +205,7 @@ def main() -> int:
             for name, r in named:
                 print(
                     f"{seed:>5} {name:9} {r['steps']:>6} {r['eval_before']:>16.4f} {r['eval_after']:>8.4f} "
-                    f"{r['tokens']:>9} {r['padding']:>8} {r['seconds']:>8.1f}"
+                    f"{r['tokens']:>9} {r['padding'] if r['padding'] >= 0 else 'n/a':>8} {r['seconds']:>8.1f}"
                 )
             print(
                 f"      ours - per-pair held-out loss: {ours['eval_after'] - per_pair['eval_after']:+.4f} "

@@ -57,7 +57,11 @@ def job_prices(compute: Any, spec: JobSpec) -> dict[str, tuple[float | None, flo
 
 
 def cost_for_cap(
-    spec: JobSpec, train_examples: int, train_tokens: int | None, prices: Prices
+    spec: JobSpec,
+    train_examples: int,
+    train_tokens: int | None,
+    prices: Prices,
+    train_sequences: int | None = None,
 ) -> CostEstimate:
     """The estimate held against the job's caps (the first offer the provisioner would try)."""
     return cap_estimate(
@@ -66,6 +70,7 @@ def cost_for_cap(
         prices,
         train_tokens=train_tokens,
         model_config=local_model_config(spec.base_model),
+        train_sequences=train_sequences,
     )
 
 
@@ -79,7 +84,9 @@ def check_job_cost(
     )
     examples = prepared.step_examples(meta)
     steps = estimated_total_steps(spec, examples)
-    estimate = cost_for_cap(spec, examples, meta.train_tokens, job_prices(compute, spec))
+    estimate = cost_for_cap(
+        spec, examples, meta.train_tokens, job_prices(compute, spec), train_sequences=meta.train_examples
+    )
     recorder.event(
         "cost_estimated",
         0,
@@ -179,7 +186,8 @@ def estimate_dataset_file(
             limits=resources.settings.dataset_limits,
         )
         # A step counts assistant targets, not sequences (brightrun.steps).
-        trained_examples = prepared.step_examples(prepared.read_meta(Path(tmp) / "prepared"))
+        meta = prepared.read_meta(Path(tmp) / "prepared")
+        trained_examples = prepared.step_examples(meta)
     prices: dict[str, tuple[float | None, float | None]] = {}
     if resources.settings.runpod_api_key is not None:
         prices = job_prices(resources.compute(ComputeBackend.runpod, spec.provisioning), spec)
@@ -194,6 +202,7 @@ def estimate_dataset_file(
         prices,
         train_tokens=report.train.tokens,
         model_config=local_model_config(spec.base_model),
+        train_sequences=meta.train_examples,
     )
     return EstimateText(
         render_estimate(estimate, spec.provisioning) + note,

@@ -196,3 +196,23 @@ def test_a_checkpoint_from_another_plan_is_refused_not_resumed_out_of_place() ->
         check_plan(state(steps, old), stream, steps)
     with pytest.raises(BrightrunError, match="start the job again"):
         check_plan(state(math.ceil(2 * old / 4), None), stream, steps)
+
+
+@pytest.mark.parametrize(("batch", "most"), [(2, 7), (4, 7), (4, 3), (8, 12)])
+def test_the_cost_models_tokens_per_step_counts_the_repeated_prefixes(batch: int, most: int) -> None:
+    examples = dataset(200, seed=batch + most, most=most)
+    stream = TargetStream(examples, batch, seed=1)
+    actual = sum(
+        make_batch(stream.micro_batch(m), 0, packing=True).tokens for m in range(stream.batches_per_epoch)
+    )
+    tokens = sum(len(e.input_ids) for e in examples)
+    job = JobSpec(
+        job_id="j", base_model="m", training={"batch_size": batch, "gradient_accumulation_steps": 1}
+    )
+    estimated = (
+        cm.tokens_per_step(job, stream.total_targets, tokens, len(examples)) * stream.batches_per_epoch
+    )
+    blind = cm.tokens_per_step(job, stream.total_targets, tokens) * stream.batches_per_epoch
+    assert actual > tokens  # straddling sequences are computed twice in part
+    assert abs(estimated / actual - 1) < 0.15
+    assert abs(estimated - actual) < abs(blind - actual)

@@ -78,10 +78,10 @@ def _events(storage: LocalStorage, kind: str) -> list[dict[str, object]]:
 
 
 def _unpacked_padding(prepared: Path, *, group: bool = True) -> float:
-    from trainer.data import BatchStream, load_examples, padding_share
+    from trainer.data import TargetStream, load_examples, padding_share
 
     examples = load_examples(prepared / "train.jsonl", 1 << 20)
-    stream = BatchStream(examples, 4, seed=42, group_by_length=group)
+    stream = TargetStream(examples, 4, seed=42, group_by_length=group)
     return padding_share(stream, stream.batches_per_epoch * 10)
 
 

@@ -49,8 +49,16 @@ class PreparedMeta(BaseModel):
     validation_examples: int
     train_tokens: int
     trained_tokens: int
+    # Assistant targets of the train split: what a step counts (brightrun.steps). Sets
+    # prepared before it say nothing; their estimates count sequences instead.
+    train_targets: int | None = None
     files_sha256: dict[str, str] = Field(default_factory=dict)
     objective: Literal["sft", "dpo", "kto"] = "sft"
+
+
+def step_examples(meta: PreparedMeta) -> int:
+    """The trained examples a step counts for this set: its targets, else its sequences."""
+    return meta.train_targets if meta.train_targets is not None else meta.train_examples
 
 
 class PreparedExample(BaseModel):

@@ -33,6 +33,7 @@ from typing import Any
 
 from brightrun.errors import BrightrunError, InputError
 from brightrun.spec import JobSpec, ProvisioningPolicy
+from brightrun.steps import tokens_per_micro_batch
 from brightrun.steps import total_steps as _total_steps
 from tasks.provision import capacity_plan
 
@@ -319,16 +320,24 @@ def startup_seconds(shape: ModelShape, *, network_volume: bool) -> Range:
     return Range(*POD_START_S) + download + load
 
 
-def tokens_per_step(spec: JobSpec, train_examples: int, train_tokens: int | None = None) -> float:
-    """Tokens an optimizer step processes: the prepared data's mean example length when
-    known, else every example at max_seq_length (the upper bound)."""
+def tokens_per_step(
+    spec: JobSpec, train_examples: int, train_tokens: int | None = None, train_sequences: int | None = None
+) -> float:
+    """Tokens an optimizer step processes. `train_examples` counts assistant targets (a step
+    is batch x accumulation of them, brightrun.steps); with the prepared data's tokens known,
+    their share per target plus the prefixes that sequences straddling two micro-batches
+    repeat (`train_sequences` given), else every target at max_seq_length (the upper bound)."""
     t = spec.training
-    mean = train_tokens / train_examples if train_tokens and train_examples else t.max_seq_length
-    return min(mean, t.max_seq_length) * t.batch_size * t.gradient_accumulation_steps
+    if not (train_tokens and train_examples):
+        return t.max_seq_length * t.batch_size * t.gradient_accumulation_steps
+    micro = tokens_per_micro_batch(train_examples, train_sequences, train_tokens, t.batch_size)
+    return min(micro, t.max_seq_length * t.batch_size) * t.gradient_accumulation_steps
 
 
 def estimated_total_steps(spec: JobSpec, train_examples: int) -> int:
-    """Optimizer steps the trainer will run (the trainer's own formula, brightrun.steps)."""
+    """Optimizer steps the trainer will run (the trainer's own formula, brightrun.steps).
+    `train_examples` counts trained examples: the prepared set's assistant targets
+    (brightrun.prepared.step_examples), not its packed sequences."""
     t = spec.training
     return _total_steps(
         train_examples,
@@ -419,6 +428,7 @@ def estimate_job(
     train_tokens: int | None = None,
     gpu_types: Sequence[str] | None = None,
     utilisation: tuple[float, float] = DEFAULT_UTILISATION,
+    train_sequences: int | None = None,
 ) -> JobEstimate:
     """Time, cost and fit of `spec` on each GPU type (the policy's, unless `gpu_types`).
 
@@ -427,7 +437,7 @@ def estimate_job(
     """
     policy = spec.provisioning
     steps = estimated_total_steps(spec, train_examples)
-    per_step_tokens = tokens_per_step(spec, train_examples, train_tokens)
+    per_step_tokens = tokens_per_step(spec, train_examples, train_tokens, train_sequences)
     memory = memory_estimate(shape, spec)
     startup = startup_seconds(shape, network_volume=bool(policy.network_volume_id))
     rows: list[GpuEstimate] = []
@@ -502,6 +512,7 @@ def cap_estimate(
     *,
     train_tokens: int | None = None,
     model_config: Mapping[str, Any] | None = None,
+    train_sequences: int | None = None,
 ) -> CostEstimate:
     """What the flow records and holds against the caps before renting: sized by the model
     when its size is known (the hub table or its config.json), refusing a job that fits none
@@ -510,7 +521,9 @@ def cap_estimate(
         shape = model_shape(spec.base_model, model_config)
     except InputError:
         return model_blind_estimate(spec.provisioning, estimated_total_steps(spec, train_examples), prices)
-    estimate = estimate_job(spec, train_examples, prices, shape, train_tokens=train_tokens)
+    estimate = estimate_job(
+        spec, train_examples, prices, shape, train_tokens=train_tokens, train_sequences=train_sequences
+    )
     check_fit(estimate, spec.provisioning)
     return estimate.for_cap(spec.provisioning)
 

@@ -77,6 +77,7 @@ def estimate_all(
     *,
     train_tokens: int | None = None,
     model_config: Mapping[str, Any] | None = None,
+    train_sequences: int | None = None,
 ) -> JobEstimate:
     """The estimate over the job's GPU types first, then the usual ones. Raises InputError when
     the model's size is unknown (no config.json, not in the table)."""
@@ -85,7 +86,15 @@ def estimate_all(
         *spec.provisioning.gpu_types,
         *(g for g in ESTIMATE_GPUS if g not in spec.provisioning.gpu_types),
     ]
-    return estimate_job(spec, train_examples, prices, shape, train_tokens=train_tokens, gpu_types=names)
+    return estimate_job(
+        spec,
+        train_examples,
+        prices,
+        shape,
+        train_tokens=train_tokens,
+        gpu_types=names,
+        train_sequences=train_sequences,
+    )
 
 
 def estimate_table(

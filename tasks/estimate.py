@@ -27,6 +27,7 @@ from brightrun.registry import repository as repo
 from brightrun.resources import Resources
 from brightrun.settings import ComputeBackend
 from brightrun.spec import JobSpec
+from brightrun.steps import describe_plan
 from brightrun.storage import Storage
 from tasks.cost_model import (
     CostEstimate,
@@ -56,7 +57,11 @@ def job_prices(compute: Any, spec: JobSpec) -> dict[str, tuple[float | None, flo
 
 
 def cost_for_cap(
-    spec: JobSpec, train_examples: int, train_tokens: int | None, prices: Prices
+    spec: JobSpec,
+    train_examples: int,
+    train_tokens: int | None,
+    prices: Prices,
+    train_sequences: int | None = None,
 ) -> CostEstimate:
     """The estimate held against the job's caps (the first offer the provisioner would try)."""
     return cap_estimate(
@@ -65,6 +70,7 @@ def cost_for_cap(
         prices,
         train_tokens=train_tokens,
         model_config=local_model_config(spec.base_model),
+        train_sequences=train_sequences,
     )
 
 
@@ -76,8 +82,11 @@ def check_job_cost(
     meta = prepared.PreparedMeta.model_validate_json(
         storage.get_bytes(JobLayout(spec.job_id).key(f"{spec.dataset_prefix}/{prepared.META}"))
     )
-    steps = estimated_total_steps(spec, meta.train_examples)
-    estimate = cost_for_cap(spec, meta.train_examples, meta.train_tokens, job_prices(compute, spec))
+    examples = prepared.step_examples(meta)
+    steps = estimated_total_steps(spec, examples)
+    estimate = cost_for_cap(
+        spec, examples, meta.train_tokens, job_prices(compute, spec), train_sequences=meta.train_examples
+    )
     recorder.event(
         "cost_estimated",
         0,
@@ -91,6 +100,12 @@ def check_job_cost(
     )
     repo.set_job_cost(recorder.engine, spec.job_id, estimated_cost_usd=estimate.usd)
     logger.info("job %s: estimated cost %s for %d steps", spec.job_id, estimate.describe(), steps)
+    t = spec.training
+    logger.info(
+        "job %s: %s",
+        spec.job_id,
+        describe_plan(examples, meta.train_examples, t.batch_size, t.gradient_accumulation_steps, steps),
+    )
     check_estimate(estimate, spec.provisioning)
     return estimate
 
@@ -170,6 +185,9 @@ def estimate_dataset_file(
             source_name=source.display_name,
             limits=resources.settings.dataset_limits,
         )
+        # A step counts assistant targets, not sequences (brightrun.steps).
+        meta = prepared.read_meta(Path(tmp) / "prepared")
+        trained_examples = prepared.step_examples(meta)
     prices: dict[str, tuple[float | None, float | None]] = {}
     if resources.settings.runpod_api_key is not None:
         prices = job_prices(resources.compute(ComputeBackend.runpod, spec.provisioning), spec)
@@ -180,10 +198,11 @@ def estimate_dataset_file(
         )
     estimate = estimate_all(
         spec,
-        report.train.examples,
+        trained_examples,
         prices,
         train_tokens=report.train.tokens,
         model_config=local_model_config(spec.base_model),
+        train_sequences=meta.train_examples,
     )
     return EstimateText(
         render_estimate(estimate, spec.provisioning) + note,

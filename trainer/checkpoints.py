@@ -77,6 +77,8 @@ class TrainerState(BaseModel):
     last_loss: float | None = None
     train_seconds: float = 0.0
     world_size: int = 1  # processes that trained up to here (data parallel)
+    # The plan the data position is in (brightrun.steps); None: written before it was kept.
+    micro_batches_per_epoch: int | None = None
 
 
 class CheckpointRejected(Exception):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from brightrun.prepared import IGNORE_INDEX, iter_examples
-from brightrun.steps import micro_batches_per_epoch, plan_steps  # noqa: F401  (re-exported)
+from brightrun.steps import micro_batches_per_epoch, plan_steps, target_spans  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ class Example:
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    def piece(self, first: int, stop: int) -> Example:
+        """The sequence trained on its targets `first..stop-1` only, cut after the last of
+        them: causal attention means the tokens after it change none of their predictions."""
+        spans = target_spans(self.labels)
+        end = spans[stop - 1][1]
+        labels = [IGNORE_INDEX] * end
+        for start, span_end in spans[first:stop]:
+            labels[start:span_end] = self.labels[start:span_end]
+        return Example(self.input_ids[:end], labels)
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,109 @@ class BatchStream:
         return [self.examples[i] for i in plan[pos.batch_index]]
 
 
+def one_row_per_target(example: Example) -> list[Example]:
+    """The per-pair recipe's rows (TRL's SFTTrainer, one example per pair, no packing): each
+    target with the conversation before it, trained on that target alone."""
+    return [example.piece(t, t + 1) for t in range(len(target_spans(example.labels)))]
+
+
+# One piece of a micro-batch: (example index, first target, stop target).
+Piece = tuple[int, int, int]
+
+
+def plan_target_epoch(
+    lengths: Sequence[int],
+    targets: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    *,
+    group_by_length: bool = True,
+) -> list[list[Piece]]:
+    """The micro-batches of one epoch, each exactly `batch_size` assistant targets (the last
+    possibly fewer), in training order.
+
+    Sequences come in `plan_epoch`'s order; their targets, in conversation order, are cut
+    into consecutive runs of `batch_size`. A sequence whose targets straddle two micro-batches
+    is in both, each time trained on its own targets only: every target is trained exactly
+    once an epoch, as in the per-pair recipe, and a step is `batch_size x accumulation`
+    targets whatever the packing.
+    """
+    order = [
+        i
+        for batch in plan_epoch(lengths, batch_size, seed, epoch, group_by_length=group_by_length)
+        for i in batch
+    ]
+    micro: list[list[Piece]] = []
+    current: list[Piece] = []
+    room = batch_size
+    for i in order:
+        done = 0
+        while done < targets[i]:
+            take = min(room, targets[i] - done)
+            current.append((i, done, done + take))
+            done += take
+            room -= take
+            if room == 0:
+                micro.append(current)
+                current, room = [], batch_size
+    if current:
+        micro.append(current)
+    return micro
+
+
+class TargetStream:
+    """SFT micro-batches by global index, `batch_size` assistant targets each (brightrun.steps);
+    same interface as BatchStream. The plan is a pure function of the examples (their lengths
+    and targets), `batch_size`, the seed and the epoch: a resume rebuilds it exactly from the
+    checkpoint's micro-batch count and seed."""
+
+    def __init__(
+        self, examples: Sequence[Example], batch_size: int, seed: int, *, group_by_length: bool = True
+    ) -> None:
+        if not examples:
+            raise ValueError("the training split is empty")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.lengths = [len(e.input_ids) for e in examples]
+        self.targets = [len(target_spans(e.labels)) for e in examples]
+        self.total_targets = sum(self.targets)
+        self.batches_per_epoch = micro_batches_per_epoch(self.total_targets, batch_size)
+        self._plans: dict[int, list[list[Piece]]] = {}
+
+    def position(self, micro_batch: int) -> DataPosition:
+        return DataPosition(
+            epoch=micro_batch // self.batches_per_epoch,
+            batch_index=micro_batch % self.batches_per_epoch,
+            sampler_seed=self.seed,
+        )
+
+    def pieces(self, index: int) -> list[Piece]:
+        pos = self.position(index)
+        plan = self._plans.get(pos.epoch)
+        if plan is None:
+            plan = plan_target_epoch(
+                self.lengths,
+                self.targets,
+                self.batch_size,
+                self.seed,
+                pos.epoch,
+                group_by_length=self.group_by_length,
+            )
+            self._plans = {pos.epoch: plan}
+        return plan[pos.batch_index]
+
+    def micro_batch(self, index: int) -> list[Example]:
+        out = []
+        for i, first, stop in self.pieces(index):
+            example = self.examples[i]
+            whole = first == 0 and stop == self.targets[i]
+            out.append(example if whole else example.piece(first, stop))
+        return out
+
+
 @dataclass(frozen=True)
 class Batch:
     input_ids: list[list[int]]
@@ -183,7 +296,7 @@ def make_batch(examples: Sequence[Example], pad_token_id: int, *, packing: bool)
     return pack(examples) if packing else collate(examples, pad_token_id)
 
 
-def padding_share(stream: BatchStream, micro_batches: int, *, packing: bool = False) -> float:
+def padding_share(stream: BatchStream | TargetStream, micro_batches: int, *, packing: bool = False) -> float:
     """Share of padding among all positions of the first `micro_batches` micro-batches."""
     padding = total = 0
     for m in range(micro_batches):

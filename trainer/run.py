@@ -37,6 +37,7 @@ from trainer.faults import FAULTS
 from trainer.heartbeat import Reporter
 from trainer.init_adapter import start_from_init_adapter
 from trainer.model import build_training_model, load_tokenizer
+from trainer.plan import check_plan, report_plan
 from trainer.prepared_data import PreparedData, setup_data
 from trainer.throughput import model_flops_per_token, peak_flops
 
@@ -167,6 +168,7 @@ class TrainingRun:
         self.total_steps, self.total_micro = plan_steps(
             self.stream.batches_per_epoch, t.epochs, t.max_steps, t.gradient_accumulation_steps
         )
+        report_plan(self.stream, t, self.total_steps, self.reporter if self.world.is_main else None)
         self.scheduler = _setup_scheduler(spec, self.optimizer, self.total_steps)
         self.pad_id = self.tokenizer.pad_token_id
         self.eval_batch = spec.evaluation.batch_size or t.batch_size
@@ -183,6 +185,7 @@ class TrainingRun:
             data_batch_index=0,
             sampler_seed=t.seed,
             world_size=self.world.size,
+            micro_batches_per_epoch=self.stream.batches_per_epoch,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.flops_per_token = model_flops_per_token(self.model) if self.device.type == "cuda" else None
@@ -193,10 +196,10 @@ class TrainingRun:
         return setup_data(self.storage, self.spec, self.work)
 
     def _batch_stream(self) -> Any:
-        from trainer.data import BatchStream
+        from trainer.data import TargetStream
 
         t = self.spec.training
-        return BatchStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
+        return TargetStream(self.data.train, t.batch_size, t.seed, group_by_length=t.group_by_length)
 
     def _plan_step(self, first: int, last: int) -> Any:
         from trainer.steps import SftStep
@@ -293,6 +296,7 @@ class TrainingRun:
             self.scheduler,
             getattr(torch, self.spec.quantization.adapter_dtype),
         )
+        check_plan(state, self.stream, self.total_steps)
         self._check_world_size(state)
         checkpoints.discard_after(self.storage, restorable.step)
         if checkpoints.read_latest(self.storage) != restorable.step:
@@ -331,6 +335,7 @@ class TrainingRun:
             getattr(torch, self.spec.quantization.adapter_dtype),
         )
         shutil.rmtree(directory, ignore_errors=True)
+        check_plan(state, self.stream, self.total_steps)
         self.last_checkpoint_step = state.step
         return state
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from brightrun import prepared
+from brightrun.steps import count_targets
 from brightrun.storage import sha256_file
 
 MIXTURE_FORMAT = "brightrun-mixture-v1"
@@ -101,7 +102,7 @@ def merge_prepared(parts: list[PreparedPart], out_dir: Path, seed: int) -> Mixtu
     prompt_lines: list[str] = []
     prompt_ids: set[tuple[str, str]] = set()
     splits = prepared.ConversationSplits()
-    tokens = trained_tokens = 0
+    tokens = trained_tokens = targets = 0
     for part in parts:
         d = part.directory
         n_train = n_val = elsewhere = dupes = trained = 0
@@ -128,6 +129,7 @@ def merge_prepared(parts: list[PreparedPart], out_dir: Path, seed: int) -> Mixtu
             trained += n
             tokens += n * len(example.input_ids)
             trained_tokens += n * sum(1 for label in example.labels if label != -100)
+            targets += n * count_targets(example.labels)
         for prompt in prepared.iter_prompts(d / prepared.PROMPTS):
             if (prompt.conversation_id, prompt.pair_id) not in prompt_ids:
                 prompt_ids.add((prompt.conversation_id, prompt.pair_id))
@@ -171,6 +173,7 @@ def merge_prepared(parts: list[PreparedPart], out_dir: Path, seed: int) -> Mixtu
             "validation_examples": len(validation_lines),
             "train_tokens": tokens,
             "trained_tokens": trained_tokens,
+            "train_targets": targets,
             "files_sha256": {
                 name: sha256_file(out_dir / name)
                 for name in (prepared.TRAIN, prepared.VALIDATION, prepared.PROMPTS)

@@ -20,6 +20,7 @@ from brightrun import prepared
 from brightrun.errors import InputError
 from brightrun.settings import DatasetLimits
 from brightrun.spec import JobSpec, PreprocessingSettings
+from brightrun.steps import count_targets
 from brightrun.storage import sha256_file
 from tasks.dataset.balance import BalancePlan, BalanceReport, ConversationTags, plan_balance
 from tasks.dataset.convert import (
@@ -301,6 +302,7 @@ def prepare_dataset(
             validation_examples=report.validation.examples,
             train_tokens=report.train.tokens,
             trained_tokens=report.train.trained_tokens,
+            train_targets=sum(count_targets(e.labels) for e in prepared.iter_examples(tmp / prepared.TRAIN)),
             files_sha256={f: sha256_file(tmp / f) for f in files},
         )
         # meta.json last: its presence marks a complete prepared dataset.

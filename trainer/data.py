@@ -97,6 +97,15 @@ def plan_epoch(
     return [batches[i] for i in rng.permutation(len(batches)).tolist()]
 
 
+def epoch_position(micro_batch: int, batches_per_epoch: int, seed: int) -> DataPosition:
+    """Where global micro-batch `micro_batch` falls: its epoch and its index in that epoch."""
+    return DataPosition(
+        epoch=micro_batch // batches_per_epoch,
+        batch_index=micro_batch % batches_per_epoch,
+        sampler_seed=seed,
+    )
+
+
 class BatchStream:
     """Micro-batches by global index; epoch plans are computed on demand and cached."""
 
@@ -121,11 +130,7 @@ class BatchStream:
         self._plans: dict[int, list[list[int]]] = {}
 
     def position(self, micro_batch: int) -> DataPosition:
-        return DataPosition(
-            epoch=micro_batch // self.batches_per_epoch,
-            batch_index=micro_batch % self.batches_per_epoch,
-            sampler_seed=self.seed,
-        )
+        return epoch_position(micro_batch, self.batches_per_epoch, self.seed)
 
     def micro_batch(self, index: int) -> list[Any]:
         pos = self.position(index)
@@ -213,11 +218,7 @@ class TargetStream:
         self._plans: dict[int, list[list[Piece]]] = {}
 
     def position(self, micro_batch: int) -> DataPosition:
-        return DataPosition(
-            epoch=micro_batch // self.batches_per_epoch,
-            batch_index=micro_batch % self.batches_per_epoch,
-            sampler_seed=self.seed,
-        )
+        return epoch_position(micro_batch, self.batches_per_epoch, self.seed)
 
     def pieces(self, index: int) -> list[Piece]:
         pos = self.position(index)

@@ -31,16 +31,22 @@ def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
         return False
     except Exception:
         return True
+
+
+def _stage_task(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """The stage's Prefect task: retried twice unless the input is bad, never cached by Prefect
+    (the stage caches by content itself; its inputs hold live clients)."""
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=[5, 30],
+        retry_condition_fn=_retry_unless_bad_input,
+        cache_policy=NO_CACHE,
+    )
     return True
 
 
-@task(
-    name="prepare-dataset",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_policy=NO_CACHE,  # the stage caches by content itself; its inputs hold live clients
-)
+@_stage_task("prepare-dataset")
 def prepare_job_dataset_task(
     resources: Resources,
     *,
@@ -60,13 +66,7 @@ def prepare_job_dataset_task(
     )
 
 
-@task(
-    name="prepare-dataset-mixture",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@_stage_task("prepare-dataset-mixture")
 def prepare_job_mixture_task(
     resources: Resources,
     *,
@@ -81,13 +81,7 @@ def prepare_job_mixture_task(
     )
 
 
-@task(
-    name="prepare-preferences",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@_stage_task("prepare-preferences")
 def prepare_job_preferences_task(
     resources: Resources,
     *,
